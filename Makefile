@@ -1,0 +1,29 @@
+# The two commands of the README. Both build .venv from requirements.lock first (once).
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.rpdist-installed
+export RAY_AUTH_MODE := disabled
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: demo test venv clean-venv benchmark
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/rpdist certify --dataset insurance --sigma 0.5 --n 10000
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

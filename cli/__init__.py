@@ -1,0 +1,1 @@
+"""The rpdist command line."""

@@ -1,0 +1,59 @@
+"""The ``rpdist`` command: a thin typer shell over the Python API.
+
+Bad input of any kind — an :class:`rpdist.InputError` or a usage error — becomes one line on
+stderr and exit status 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from rpdist.errors import InputError
+
+app = typer.Typer(
+    name="rpdist",
+    help="Certify Robust Privacy with randomized smoothing and benchmark privacy attacks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from rpdist.cli import datasets_cmd, smoothing_cmds
+
+    smoothing_cmds.register(app)
+    datasets_cmd.register(app)
+
+
+def fail(message: str) -> None:
+    click.echo(f"rpdist: error: {message}", err=True)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="rpdist", standalone_mode=False)
+    except InputError as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else "invalid input")
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        click.echo("rpdist: interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+    except typer.TyperException as exc:  # usage errors: unknown option, unparsable value, …
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        fail(" ".join(message.split()))
+    except KeyboardInterrupt:
+        click.echo("rpdist: interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Named model factories, so that a state dict can be rebuilt without unpickling any code.
+
+A :class:`rpdist.modelref.ModelRef` of kind ``state_dict`` carries only tensors plus an
+architecture name and JSON-able keyword arguments; this registry turns the name back into a
+module. Every module maps float32 ``[B, *input_shape]`` to logits ``[B, C]`` and is
+TorchScript-scriptable, so it can also be exported as a self-describing program.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+from torch import nn
+
+from rpdist.errors import InputError
+
+__all__ = ["MLP", "DigitsCNN", "LinearClassifier", "build", "names"]
+
+
+class MLP(nn.Module):
+    """Linear/ReLU stack over flattened inputs (the insurance default model)."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] = (64, 64)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(torch.flatten(x, 1))
+
+
+class DigitsCNN(nn.Module):
+    """Two 3x3 convolutions, one 2x2 max-pool and two linear layers: enough for 8x8 digits."""
+
+    def __init__(self, num_classes: int = 10, channels: int = 1, side: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        pooled = side // 2
+        self.classifier = nn.Sequential(
+            nn.Linear(32 * pooled * pooled, 64),
+            nn.ReLU(),
+            nn.Linear(64, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class LinearClassifier(nn.Module):
+    """A single affine map over the flattened input: the simplest certifiable baseline."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.flatten(x, 1))
+
+
+def _positive_int(arch: str, key: str, value, minimum: int = 1) -> int:
+    # JSON round trips give ints; bools and floats are almost always a mistake in a spec.
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"architecture {arch!r}: {key} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _mlp(in_features, num_classes, hidden=(64, 64)) -> nn.Module:
+    in_features = _positive_int("mlp", "in_features", in_features)
+    num_classes = _positive_int("mlp", "num_classes", num_classes, 2)
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (list, tuple)):
+        raise InputError(f"architecture 'mlp': hidden must be a list of layer widths, got {hidden!r}")
+    widths = tuple(_positive_int("mlp", "hidden", h) for h in hidden)
+    return MLP(in_features, num_classes, widths)
+
+
+def _cnn(num_classes=10, channels=1, side=8) -> nn.Module:
+    num_classes = _positive_int("cnn", "num_classes", num_classes, 2)
+    channels = _positive_int("cnn", "channels", channels)
+    side = _positive_int("cnn", "side", side, 2)
+    return DigitsCNN(num_classes, channels, side)
+
+
+def _linear(in_features, num_classes) -> nn.Module:
+    in_features = _positive_int("linear", "in_features", in_features)
+    num_classes = _positive_int("linear", "num_classes", num_classes, 2)
+    return LinearClassifier(in_features, num_classes)
+
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "cnn": _cnn, "linear": _linear}
+
+
+def names() -> list[str]:
+    """The architecture names that :func:`build` accepts, sorted."""
+    return sorted(_REGISTRY)
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    """Instantiate architecture ``name`` with freshly initialised weights.
+
+    Keyword arguments are checked against the factory's signature so that a typo in a
+    user-supplied ``arch_kwargs`` is a clear :class:`InputError`, not a ``TypeError`` traceback.
+    """
+    factory = _REGISTRY.get(name) if isinstance(name, str) else None
+    if factory is None:
+        raise InputError(f"unknown architecture {name!r}; known architectures: {', '.join(names())}")
+    params = inspect.signature(factory).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise InputError(
+            f"architecture {name!r} does not take {', '.join(unknown)}; it takes {', '.join(params)}"
+        )
+    missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty and p not in kwargs]
+    if missing:
+        raise InputError(f"architecture {name!r} needs {', '.join(missing)}")
+    return factory(**kwargs)

@@ -1,0 +1,34 @@
+"""The ``ModelReplica`` Ray actor: one model copy per process, returning only integer counts."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import ray
+import torch
+
+from rpdist.modelref import ModelRef
+from rpdist.votes import VoteCounter
+
+
+@ray.remote(max_restarts=4, max_task_retries=4)
+class ModelReplica:
+    """Loads the model once and serves :meth:`VoteCounter.count` calls for the driver.
+
+    Restarts are safe: a retried unit draws the same counter-based noise and returns the same counts.
+    """
+
+    def __init__(self, model_ref: ModelRef, device: str | None = None, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.counter = VoteCounter(model_ref, device)
+
+    def info(self) -> dict:
+        return {"pid": os.getpid(), "device": str(self.counter.device), "threads": torch.get_num_threads(),
+                "node": ray.get_runtime_context().get_node_id()}
+
+    def count(self, x: np.ndarray, input_ids: np.ndarray, params: dict) -> np.ndarray:
+        return self.counter.count(x, input_ids, **params)
+
+    def forward_throughput(self, x: np.ndarray, batch_size: int, repeats: int) -> tuple[int, float]:
+        return self.counter.forward_throughput(x, batch_size, repeats)

@@ -1,0 +1,251 @@
+"""CERTIFY and PREDICT of Cohen et al. on the engine: the public ``certify()`` / ``predict()`` API.
+
+Workers return vote counts; this module turns them into certificates with :mod:`rpdist.stats`.
+Selection (n0) and estimation (n) samples come from different noise phases, so they are
+independent by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from rpdist import stats
+from rpdist.engine import Plan, PhaseSpec, SampleProgress, default_batch_size, ensure_ray, get_pool, run_plan
+from rpdist.errors import InputError
+from rpdist.modelref import ModelRef, load_model_file
+from rpdist.noise import DEFAULT_BLOCK, Phase
+from rpdist.results import certificate_schema, prediction_schema
+
+CERTIFY, PREDICT = "certify", "predict"
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    """Every parameter that determines the counts and the decisions of a run."""
+
+    analysis: str
+    sigma: float
+    n: int
+    alpha: float
+    n0: int | None = None
+    seed: int = 0
+    batch_size: int | None = None
+    noise_block: int = DEFAULT_BLOCK
+
+    def validated(self) -> SmoothingConfig:
+        if self.analysis not in (CERTIFY, PREDICT):
+            raise InputError(f"unknown analysis {self.analysis!r}")
+        stats.check_sigma(self.sigma)
+        stats.check_alpha(self.alpha)
+        stats.check_count(self.n, "n")
+        stats.check_count(self.noise_block, "noise block")
+        if self.batch_size is not None:
+            stats.check_count(self.batch_size, "batch size")
+        if not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
+            raise InputError(f"seed must be a whole number in [0, 2^63), got {self.seed!r}")
+        if self.analysis == CERTIFY:
+            stats.check_count(self.n0, "n0")
+            stats.check_feasible(self.n, self.alpha)
+        else:
+            stats.check_predict_feasible(self.n, self.alpha)
+        return self
+
+    @property
+    def phases(self) -> tuple[PhaseSpec, ...]:
+        if self.analysis == CERTIFY:
+            return (PhaseSpec(Phase.SELECTION, self.n0), PhaseSpec(Phase.ESTIMATION, self.n))
+        return (PhaseSpec(Phase.PREDICT, self.n),)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def as_model_ref(model, example: np.ndarray) -> ModelRef:
+    """Accept a ModelRef, an in-memory ``nn.Module`` or the path of a TorchScript file."""
+    if isinstance(model, ModelRef):
+        return model
+    if isinstance(model, (str, Path)):
+        return load_model_file(model)
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        return ModelRef.from_module(model, torch.as_tensor(example[:1], dtype=torch.float32))
+    raise InputError(f"model must be a torch.nn.Module, a ModelRef or a TorchScript path, got {type(model).__name__}")
+
+
+def check_inputs(X, y=None, input_ids=None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Refuse what would make a certificate meaningless: non-finite features, ragged labels or ids."""
+    X = np.asarray(X.detach().cpu().numpy() if hasattr(X, "detach") else X)
+    if X.ndim < 2 or len(X) == 0:
+        raise InputError(f"X must be a non-empty batch [inputs, features...], got shape {X.shape}")
+    if not np.issubdtype(X.dtype, np.number):
+        raise InputError(f"X must be numeric, got dtype {X.dtype}")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    bad = ~np.isfinite(X.reshape(len(X), -1)).all(axis=1)
+    if bad.any():
+        raise InputError(f"X has non-finite values (NaN or inf) in {int(bad.sum())} rows, first at row {int(bad.argmax())}")
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape != (len(X),):
+            raise InputError(f"y must have shape ({len(X)},), got {y.shape}")
+        y = y.astype(np.int64)
+    if input_ids is None:
+        input_ids = np.arange(len(X), dtype=np.int64)
+    else:
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        if input_ids.shape != (len(X),) or len(np.unique(input_ids)) != len(X):
+            raise InputError("input_ids must be unique, one per row of X")
+    return X, y, input_ids
+
+
+def probe_model(model_ref: ModelRef, X: np.ndarray) -> int:
+    """Run one input through the model on the driver; returns the number of classes."""
+    import torch
+
+    try:
+        model = model_ref.load("cpu")
+        with torch.inference_mode():
+            logits = model(torch.as_tensor(X[:2]))
+    except Exception as exc:
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"the model does not accept inputs of shape {list(X.shape[1:])}: {line[:200]}") from None
+    if logits.ndim != 2 or logits.shape[0] != min(2, len(X)) or logits.shape[1] < 1:
+        raise InputError(f"the model must map [B, ...] to logits [B, classes], got output shape {list(logits.shape)}")
+    return int(logits.shape[1])
+
+
+class SmoothingJob:
+    """One certify/predict job: validated inputs, a plan and a pool, producing Arrow tables per chunk."""
+
+    def __init__(self, model, X, y=None, *, config: SmoothingConfig, input_ids=None, workers=None,
+                 address=None, device=None):
+        self.config = config.validated()
+        self.X, self.y, self.input_ids = check_inputs(X, y, input_ids)
+        self.model_ref = as_model_ref(model, self.X)
+        self.num_classes = probe_model(self.model_ref, self.X)
+        if self.y is not None and len(self.y) and (self.y.min() < 0 or self.y.max() >= self.num_classes):
+            raise InputError(f"labels must lie in [0, {self.num_classes}) for this model")
+        if workers is not None:
+            stats.check_count(workers, "workers")
+        ensure_ray(address)
+        self.pool = get_pool(self.model_ref, workers, device)
+        batch = self.config.batch_size or default_batch_size(self.pool.device)
+        self.plan = Plan(len(self.X), self.config.phases, self.config.noise_block, batch)
+
+    def tables(self, skip: Iterable[int] = (), progress: bool = False,
+               on_unit: Callable | None = None) -> Iterator[tuple[int, pa.Table]]:
+        """Yield (chunk index, table) as chunks finish; ``skip`` lists chunks done in an earlier run."""
+        skip = set(skip)
+        chunks = [c for c in range(self.plan.num_chunks) if c not in skip]
+        self.progress = SampleProgress(self.plan.samples(chunks), f"{self.config.analysis} σ={self.config.sigma}", progress)
+
+        def advance(unit, samples):
+            self.progress.advance(samples)
+            if on_unit is not None:
+                on_unit(unit, samples)
+
+        try:
+            for chunk, counts in run_plan(self.pool, self.X, self.input_ids, self.plan, sigma=self.config.sigma,
+                                          seed=self.config.seed, num_classes=self.num_classes, chunks=chunks,
+                                          on_unit=advance):
+                rows = slice(*self.plan.chunk_rows(chunk))
+                summed = {phase: c.sum(axis=1) for phase, c in counts.items()}
+                yield chunk, self._table(rows, summed)
+        finally:
+            self.progress.close()
+
+    def _table(self, rows: slice, counts: dict[int, np.ndarray]) -> pa.Table:
+        if self.config.analysis == CERTIFY:
+            return certificate_table(self.input_ids[rows], None if self.y is None else self.y[rows],
+                                     counts[Phase.SELECTION], counts[Phase.ESTIMATION], self.config)
+        return prediction_table(self.input_ids[rows], None if self.y is None else self.y[rows],
+                                counts[Phase.PREDICT], self.config)
+
+    def run(self, progress: bool = False) -> pd.DataFrame:
+        parts = sorted(self.tables(progress=progress), key=lambda item: item[0])
+        schema = certificate_schema() if self.config.analysis == CERTIFY else prediction_schema()
+        table = pa.concat_tables([t for _, t in parts]) if parts else schema.empty_table()
+        return table.to_pandas()
+
+
+def _count_lists(counts: np.ndarray) -> pa.Array:
+    flat = pa.array(np.ascontiguousarray(counts, dtype=np.int64).ravel())
+    return pa.FixedSizeListArray.from_arrays(flat, counts.shape[1]).cast(pa.list_(pa.int64()))
+
+
+def _common_columns(input_ids, labels, prediction, config: SmoothingConfig) -> dict:
+    k = len(input_ids)
+    correct = None if labels is None else pa.array(prediction == labels, type=pa.bool_())
+    return {
+        "input_id": pa.array(input_ids, type=pa.int64()),
+        "label": pa.nulls(k, pa.int64()) if labels is None else pa.array(labels, type=pa.int64()),
+        "prediction": pa.array(prediction, type=pa.int64()),
+        "correct": pa.nulls(k, pa.bool_()) if correct is None else correct,
+        "n": pa.array(np.full(k, config.n), type=pa.int64()),
+        "alpha": pa.array(np.full(k, config.alpha), type=pa.float64()),
+        "sigma": pa.array(np.full(k, config.sigma), type=pa.float64()),
+        "seed": pa.array(np.full(k, config.seed), type=pa.int64()),
+    }
+
+
+def certificate_table(input_ids, labels, selection_counts, counts, config: SmoothingConfig) -> pa.Table:
+    top, count_top, pa_lower, radius, prediction = stats.certify_decision(
+        selection_counts, counts, config.n, config.alpha, config.sigma)
+    columns = _common_columns(input_ids, labels, prediction, config)
+    columns.update({
+        "top_class": pa.array(top, type=pa.int64()),
+        "count_top": pa.array(count_top, type=pa.int64()),
+        "counts": _count_lists(counts),
+        "selection_counts": _count_lists(selection_counts),
+        "n0": pa.array(np.full(len(input_ids), config.n0), type=pa.int64()),
+        "pa_lower": pa.array(pa_lower, type=pa.float64()),
+        "radius": pa.array(radius, type=pa.float64()),
+    })
+    schema = certificate_schema()
+    return pa.table([columns[name] for name in schema.names], schema=schema)
+
+
+def prediction_table(input_ids, labels, counts, config: SmoothingConfig) -> pa.Table:
+    top, c1, c2, pvalues, prediction = stats.predict_decision(counts, config.alpha)
+    columns = _common_columns(input_ids, labels, prediction, config)
+    columns.update({
+        "top_class": pa.array(top, type=pa.int64()),
+        "count_top": pa.array(c1, type=pa.int64()),
+        "count_second": pa.array(c2, type=pa.int64()),
+        "counts": _count_lists(counts),
+        "p_value": pa.array(pvalues, type=pa.float64()),
+    })
+    schema = prediction_schema()
+    return pa.table([columns[name] for name in schema.names], schema=schema)
+
+
+def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
+            seed: int = 0, batch_size: int | None = None, workers: int | None = None, address: str | None = None,
+            input_ids=None, noise_block: int = DEFAULT_BLOCK, device: str | None = None,
+            progress: bool = False) -> pd.DataFrame:
+    """CERTIFY every row of X: one row per input with the columns of DESIGN §3.
+
+    ``prediction`` is −1 where the smoothed classifier abstains (then ``radius`` is 0). With
+    probability ≥ 1−α per input, a non-abstaining prediction is the smoothed classifier's and is
+    constant on the ℓ2 ball of ``radius``.
+    """
+    config = SmoothingConfig(CERTIFY, sigma, n, alpha, n0, seed, batch_size, noise_block)
+    job = SmoothingJob(model, X, y, config=config, input_ids=input_ids, workers=workers, address=address, device=device)
+    return job.run(progress)
+
+
+def predict(model, X, y=None, *, sigma: float, n: int = 100_000, alpha: float = 0.001, seed: int = 0,
+            batch_size: int | None = None, workers: int | None = None, address: str | None = None,
+            input_ids=None, noise_block: int = DEFAULT_BLOCK, device: str | None = None,
+            progress: bool = False) -> pd.DataFrame:
+    """PREDICT every row of X: the smoothed label, or −1 (abstain) when the top two classes are not
+    separated by the exact binomial test at level α."""
+    config = SmoothingConfig(PREDICT, sigma, n, alpha, None, seed, batch_size, noise_block)
+    job = SmoothingJob(model, X, y, config=config, input_ids=input_ids, workers=workers, address=address, device=device)
+    return job.run(progress)

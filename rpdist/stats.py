@@ -1,0 +1,143 @@
+"""The statistics of randomized smoothing, free of torch and Ray so it can be checked on its own.
+
+Everything here maps integer vote counts to decisions: Clopper–Pearson lower bounds for CERTIFY,
+the exact binomial test for PREDICT, and the radius R = σ·Φ⁻¹(p̲A) (Cohen et al., 2019).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.stats import beta, binomtest, norm
+
+from rpdist.errors import InputError
+
+ABSTAIN = -1
+
+
+def _is_real(value) -> bool:
+    """A plain or NumPy real scalar; ``bool`` is an ``int`` subclass but never a valid parameter."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_sigma(sigma: float) -> float:
+    if not (_is_real(sigma) and math.isfinite(sigma) and sigma > 0):
+        raise InputError(f"sigma must be a finite number > 0, got {sigma!r}")
+    return float(sigma)
+
+
+def check_alpha(alpha: float) -> float:
+    if not (_is_real(alpha) and 0 < alpha < 1):
+        raise InputError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    return float(alpha)
+
+
+def check_count(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def min_samples_to_certify(alpha: float) -> int:
+    """Smallest N at which N unanimous votes give p̲A = α^(1/N) > 1/2, i.e. any radius at all."""
+    alpha = check_alpha(alpha)
+    n = math.floor(math.log2(1 / alpha)) + 1
+    while alpha ** (1 / n) <= 0.5:  # guard the floor against rounding at exact powers of two
+        n += 1
+    return n
+
+
+def check_feasible(n: int, alpha: float) -> None:
+    """Refuse an (N, α) that can never certify anything, rather than return only abstentions."""
+    n = check_count(n, "n")
+    need = min_samples_to_certify(alpha)
+    if n < need:
+        raise InputError(f"n={n} can never certify at alpha={alpha}: it needs n >= {need}")
+
+
+def min_samples_to_predict(alpha: float) -> int:
+    """Smallest N at which a unanimous vote passes PREDICT's two-sided test: 2·(1/2)^N ≤ α."""
+    alpha = check_alpha(alpha)
+    n = 1
+    while 2 * 0.5**n > alpha:
+        n += 1
+    return n
+
+
+def check_predict_feasible(n: int, alpha: float) -> None:
+    """Refuse an (N, α) at which PREDICT could only ever abstain."""
+    n = check_count(n, "n")
+    need = min_samples_to_predict(alpha)
+    if n < need:
+        raise InputError(f"n={n} can never pass PREDICT's test at alpha={alpha}: it needs n >= {need}")
+
+
+def cp_lower(count: np.ndarray | int, n: np.ndarray | int, alpha: float) -> np.ndarray:
+    """One-sided (1−α) Clopper–Pearson lower bound on a binomial proportion: Beta(α; k, n−k+1)."""
+    count = np.asarray(count, dtype=np.float64)
+    n = np.broadcast_to(np.asarray(n, dtype=np.float64), count.shape)
+    out = np.zeros(count.shape, dtype=np.float64)
+    positive = count > 0
+    out[positive] = beta.ppf(alpha, count[positive], n[positive] - count[positive] + 1)
+    return out
+
+
+def radius(pa_lower: np.ndarray | float, sigma: float) -> np.ndarray:
+    """Certified ℓ2 radius σ·Φ⁻¹(p̲A), and 0 where p̲A ≤ 1/2 (abstain)."""
+    pa_lower = np.asarray(pa_lower, dtype=np.float64)
+    out = np.zeros(pa_lower.shape, dtype=np.float64)
+    certified = pa_lower > 0.5
+    out[certified] = sigma * norm.ppf(pa_lower[certified])
+    return out
+
+
+def max_radius(n: int, alpha: float, sigma: float = 1.0) -> float:
+    """The largest radius (N, α) can certify: all N votes agree, so p̲A = α^(1/N)."""
+    return float(radius(alpha ** (1.0 / n), sigma))
+
+
+def certify_decision(selection_counts: np.ndarray, counts: np.ndarray, n: int, alpha: float, sigma: float):
+    """CERTIFY from count matrices [inputs × classes].
+
+    The top class comes from the selection counts only; its lower bound from the independent
+    estimation counts only — reusing selection samples would bias p̲A upwards.
+    Returns (top_class, count_top, pa_lower, radius, prediction).
+    """
+    selection_counts = np.asarray(selection_counts)
+    counts = np.asarray(counts)
+    top = selection_counts.argmax(axis=1)
+    count_top = counts[np.arange(len(top)), top]
+    pa = cp_lower(count_top, n, alpha)
+    r = radius(pa, sigma)
+    prediction = np.where(pa > 0.5, top, ABSTAIN)
+    return top, count_top, pa, r, prediction
+
+
+def predict_pvalue(c1: int, c2: int) -> float:
+    """Two-sided exact binomial test of c1 successes in c1+c2 trials at p = 1/2."""
+    if c1 + c2 == 0:
+        return 1.0
+    return float(binomtest(int(c1), int(c1 + c2), 0.5, alternative="two-sided").pvalue)
+
+
+def predict_decision(counts: np.ndarray, alpha: float):
+    """PREDICT from count matrices: the top class if the top-two test rejects at level α.
+
+    Returns (top_class, count_top, count_second, p_value, prediction). Ties go to the lower
+    class index and can never be significant.
+    """
+    counts = np.asarray(counts)
+    order = np.argsort(-counts, axis=1, kind="stable")
+    top = order[:, 0]
+    rows = np.arange(len(top))
+    c1 = counts[rows, top]
+    c2 = counts[rows, order[:, 1]] if counts.shape[1] > 1 else np.zeros_like(c1)
+    cache: dict[tuple[int, int], float] = {}
+    pvalues = np.empty(len(top), dtype=np.float64)
+    for i, key in enumerate(zip(c1.tolist(), c2.tolist())):
+        if key not in cache:
+            cache[key] = predict_pvalue(*key)
+        pvalues[i] = cache[key]
+    prediction = np.where(pvalues <= alpha, top, ABSTAIN)
+    return top, c1, c2, pvalues, prediction

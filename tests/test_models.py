@@ -1,0 +1,216 @@
+"""Tests for rpdist.architectures and rpdist.models: scriptable factories, deterministic cached training."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rpdist import architectures, models
+from rpdist.datasets import load_dataset
+from rpdist.errors import InputError
+from rpdist.modelref import ModelRef
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Never write to the real ~/.cache from tests."""
+    monkeypatch.setenv("RPDIST_CACHE", str(tmp_path / "env-cache"))
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("model-cache")
+
+
+def _accuracy(ref: ModelRef, dataset: str) -> float:
+    test = load_dataset(dataset, split="test")
+    model = ref.load()
+    with torch.no_grad():
+        predictions = model(torch.from_numpy(test.X)).argmax(dim=1).numpy()
+    return float((predictions == test.y).mean())
+
+
+def _state(ref: ModelRef) -> dict:
+    return torch.load(io.BytesIO(ref.payload), weights_only=True)
+
+
+# --- architectures ------------------------------------------------------------------------------
+
+CASES = [
+    ("mlp", {"in_features": 11, "num_classes": 2}, (11,), 2),
+    ("mlp", {"in_features": 6, "num_classes": 3, "hidden": [8, 4, 5]}, (6,), 3),  # list, as from JSON
+    ("cnn", {}, (1, 8, 8), 10),
+    ("cnn", {"num_classes": 4, "channels": 3, "side": 6}, (3, 6, 6), 4),
+    ("linear", {"in_features": 64, "num_classes": 10}, (1, 8, 8), 10),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, shape, classes", CASES)
+def test_architectures_are_scriptable_and_output_logits(name, kwargs, shape, classes):
+    torch.manual_seed(0)
+    module = architectures.build(name, **kwargs).eval()
+    x = torch.randn(5, *shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(module)
+        buffer = io.BytesIO()
+        torch.jit.save(scripted, buffer)
+        buffer.seek(0)
+        reloaded = torch.jit.load(buffer)
+    with torch.no_grad():
+        eager = module(x)
+        assert eager.shape == (5, classes) and eager.dtype == torch.float32
+        assert torch.allclose(scripted(x), eager, atol=1e-6)
+        assert torch.allclose(reloaded(x), eager, atol=1e-6)
+
+
+def test_architecture_layout():
+    mlp = architectures.build("mlp", in_features=11, num_classes=2, hidden=(64, 64))
+    linears = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(11, 64), (64, 64), (64, 2)]
+    cnn = architectures.build("cnn")
+    convs = [m for m in cnn.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (1, 16, (3, 3), (1, 1)),
+        (16, 32, (3, 3), (1, 1)),
+    ]
+    linears = [m for m in cnn.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32 * 4 * 4, 64), (64, 10)]
+    assert architectures.names() == ["cnn", "linear", "mlp"]
+
+
+def test_architecture_refusals():
+    with pytest.raises(InputError, match="unknown architecture 'resnet'.*cnn, linear, mlp"):
+        architectures.build("resnet")
+    with pytest.raises(InputError, match="does not take depth"):
+        architectures.build("mlp", in_features=3, num_classes=2, depth=4)
+    with pytest.raises(InputError, match="needs in_features"):
+        architectures.build("linear", num_classes=2)
+    with pytest.raises(InputError, match="in_features"):
+        architectures.build("mlp", in_features=0, num_classes=2)
+    with pytest.raises(InputError, match="hidden"):
+        architectures.build("mlp", in_features=3, num_classes=2, hidden=64)
+
+
+def test_modelref_round_trip_through_registry():
+    module = architectures.build("mlp", in_features=11, num_classes=2)
+    ref = ModelRef.from_state_dict("mlp", {"in_features": 11, "num_classes": 2, "hidden": [64, 64]}, module.state_dict())
+    x = torch.randn(3, 11)
+    with torch.no_grad():
+        assert torch.equal(ref.load()(x), module.eval()(x))
+
+
+# --- default models -----------------------------------------------------------------------------
+
+
+def test_cache_dir_follows_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RPDIST_CACHE", str(tmp_path / "somewhere"))
+    assert models.cache_dir() == tmp_path / "somewhere"
+    monkeypatch.delenv("RPDIST_CACHE")
+    assert models.cache_dir() == Path.home() / ".cache" / "rpdist"
+
+
+def test_recipe_contents():
+    rec = models.recipe("insurance", 0.25, 0)
+    assert rec["arch"] == "mlp" and rec["arch_kwargs"]["in_features"] == 11 and rec["arch_kwargs"]["num_classes"] == 2
+    assert rec["dataset_sha256"] == load_dataset("insurance").sha256
+    assert rec["train_sigma"] == 0.25 and rec["seed"] == 0 and rec["torch"] == torch.__version__
+    for key in ("epochs", "lr", "batch_size"):
+        assert key in rec
+    assert models.recipe("digits", 0.25, 0)["arch"] == "cnn"
+    assert models.recipe("insurance", 0.5, 0) != rec
+
+
+def test_default_model_is_deterministic_and_cached(tmp_path, monkeypatch, shared_cache):
+    first = models.default_model("insurance", train_sigma=0.25, cache_dir=shared_cache)
+    path = models.cache_path("insurance", 0.25, 0, shared_cache)
+    assert path.is_file() and path.name.startswith("insurance-") and len(path.stem) == len("insurance-") + 16
+    assert not [p for p in shared_cache.iterdir() if p.suffix == ".tmp"]  # temp file was renamed
+
+    # The cache holds only a plain state dict.
+    stored = torch.load(path, weights_only=True)
+    assert isinstance(stored, dict) and all(isinstance(v, torch.Tensor) for v in stored.values())
+    assert first.kind == "state_dict" and first.arch == "mlp"
+
+    # Retraining from scratch elsewhere gives bit-identical weights (progress bar on for coverage).
+    rerun = models.default_model("insurance", train_sigma=0.25, cache_dir=tmp_path / "fresh", progress=True)
+    assert rerun.sha256 == first.sha256
+    a, b = _state(first), _state(rerun)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # A second call is served from the cache: training would fail here.
+    def no_training(*args, **kwargs):
+        raise AssertionError("retrained although the cache was valid")
+
+    monkeypatch.setattr(models, "train_state_dict", no_training)
+    mtime = path.stat().st_mtime_ns
+    again = models.default_model("insurance", train_sigma=0.25, cache_dir=shared_cache)
+    assert again.sha256 == first.sha256 and path.stat().st_mtime_ns == mtime
+
+
+def test_default_model_uses_env_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("RPDIST_CACHE", str(tmp_path / "env"))
+    models.default_model("insurance", train_sigma=0.0)
+    assert [p.name for p in (tmp_path / "env").iterdir()] == [models.cache_path("insurance", 0.0).name]
+
+
+def test_train_sigma_and_seed_change_the_cache_file(shared_cache):
+    p25 = models.cache_path("insurance", 0.25, 0, shared_cache)
+    p50 = models.cache_path("insurance", 0.5, 0, shared_cache)
+    assert p25 != p50 and p25 != models.cache_path("insurance", 0.25, 1, shared_cache)
+    ref50 = models.default_model("insurance", train_sigma=0.5, cache_dir=shared_cache)
+    ref25 = models.default_model("insurance", train_sigma=0.25, cache_dir=shared_cache)
+    assert p50.is_file() and p25.is_file()
+    assert ref50.sha256 != ref25.sha256
+
+
+def test_unreadable_cache_is_retrained_and_overwritten(tmp_path, shared_cache):
+    good = models.default_model("insurance", train_sigma=0.25, cache_dir=shared_cache)
+    path = models.cache_path("insurance", 0.25, 0, tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"this is not a torch file")
+    ref = models.default_model("insurance", train_sigma=0.25, cache_dir=tmp_path)
+    assert ref.sha256 == good.sha256
+    stored = torch.load(path, weights_only=True)
+    assert torch.equal(stored["layers.0.weight"], _state(good)["layers.0.weight"])
+
+    # A readable state dict of the wrong shape is no better than garbage.
+    torch.save({"layers.0.weight": torch.zeros(2, 2)}, path)
+    assert models.default_model("insurance", train_sigma=0.25, cache_dir=tmp_path).sha256 == good.sha256
+
+
+def test_training_leaves_global_rng_alone(tmp_path):
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    models.default_model("insurance", train_sigma=1.0, cache_dir=tmp_path)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_default_model_refusals(tmp_path):
+    with pytest.raises(InputError, match="no built-in model for dataset 'mnist'.*insurance, digits"):
+        models.default_model("mnist", train_sigma=0.25, cache_dir=tmp_path)
+    for sigma in (-0.1, float("nan"), float("inf"), "0.5"):
+        with pytest.raises(InputError, match="train_sigma"):
+            models.default_model("insurance", train_sigma=sigma, cache_dir=tmp_path)
+    with pytest.raises(InputError, match="seed"):
+        models.default_model("insurance", train_sigma=0.25, seed=-1, cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_insurance_accuracy(shared_cache):
+    ref = models.default_model("insurance", train_sigma=0.25, cache_dir=shared_cache)
+    assert _accuracy(ref, "insurance") >= 0.85
+
+
+def test_digits_accuracy(shared_cache):
+    ref = models.default_model("digits", train_sigma=0.25, cache_dir=shared_cache)
+    assert ref.arch == "cnn"
+    model = ref.load()
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert _accuracy(ref, "digits") >= 0.95
