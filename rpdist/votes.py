@@ -48,7 +48,7 @@ class VoteCounter:
 
         Returns int64 [len(x), block_stop - block_start, num_classes].
         """
-        xs = torch.tensor(np.asarray(x), dtype=torch.float32, device=self.device)
+        xs = torch.tensor(np.ascontiguousarray(x), dtype=torch.float32, device=self.device)
         lengths = block_lengths(n, block_size, block_start, block_stop)
         pairs = [(i, j) for i in range(len(xs)) for j in range(len(lengths))]
         capacity = max(batch_size, max(lengths))
