@@ -83,6 +83,30 @@ def write_json(data: dict, path: Path) -> None:
     _atomic(Path(path), write)
 
 
+def read_manifest(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{path} is unreadable; choose another run id") from None
+
+
+def claim(directory: Path, existing: dict | None, config: dict) -> dict | None:
+    """A run directory may be resumed only by the configuration that started it."""
+    if existing is not None and existing.get("config") != config:
+        raise InputError(f"{directory} holds a run with a different configuration; choose another run id")
+    if existing is None and directory.exists() and any(directory.iterdir()):
+        raise InputError(f"{directory} exists and is not an rpdist run; choose another run id")
+    return existing
+
+
+def check_run_id(run_id: str) -> str:
+    if not _RUN_ID.match(run_id):
+        raise InputError(f"run id {run_id!r} must be letters, digits, '.', '_', '=' or '-' (at most 128)")
+    return run_id
+
+
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
 
 
@@ -101,8 +125,7 @@ class RunDir:
     """``OUT/RUN_ID/``: chunk files while running, one final Parquet file and a manifest when done."""
 
     def __init__(self, out: str | Path, run_id: str, final_name: str):
-        if not _RUN_ID.match(run_id):
-            raise InputError(f"run id {run_id!r} must be letters, digits, '.', '_', '=' or '-' (at most 128)")
+        check_run_id(run_id)
         check_writable(Path(out))
         self.path = Path(out) / run_id
         self.final = self.path / final_name
@@ -110,21 +133,11 @@ class RunDir:
         self.manifest_path = self.path / "manifest.json"
 
     def manifest(self) -> dict | None:
-        if not self.manifest_path.exists():
-            return None
-        try:
-            return json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError):
-            raise InputError(f"{self.manifest_path} is unreadable; choose another --run-id") from None
+        return read_manifest(self.manifest_path)
 
     def claim(self, config: dict) -> dict | None:
         """Start or resume: returns the existing manifest, refusing a different configuration."""
-        existing = self.manifest()
-        if existing is not None and existing.get("config") != config:
-            raise InputError(f"run directory {self.path} holds a run with a different configuration; choose another --run-id")
-        if existing is None and self.path.exists() and any(self.path.iterdir()):
-            raise InputError(f"{self.path} exists and is not an rpdist run; choose another --run-id")
-        return existing
+        return claim(self.path, self.manifest(), config)
 
     @property
     def complete(self) -> bool:

@@ -104,7 +104,7 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
         "status": "running",
         "config": identity,
         "command": sys.argv,
-        "versions": _versions(),
+        "versions": versions(),
         "device": {"type": job.pool.device, "workers": job.pool.workers, "platform": platform.platform()},
         "plan": {"chunks": job.plan.num_chunks, "chunk_inputs": job.plan.chunk_inputs,
                  "unit_inputs": job.plan.unit_inputs, "noise_block": job.plan.block_size},
@@ -132,7 +132,7 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
     return RunOutcome(run_dir.path, table, manifest, summary, len(done))
 
 
-def _versions() -> dict:
+def versions() -> dict:
     out = {"python": platform.python_version()}
     for name in VERSIONED:
         try:

@@ -138,9 +138,13 @@ class SmoothingJob:
         batch = self.config.batch_size or default_batch_size(self.pool.device)
         self.plan = Plan(len(self.X), self.config.phases, self.config.noise_block, batch)
 
-    def tables(self, skip: Iterable[int] = (), progress: bool = False,
-               on_unit: Callable | None = None) -> Iterator[tuple[int, pa.Table]]:
-        """Yield (chunk index, table) as chunks finish; ``skip`` lists chunks done in an earlier run."""
+    def block_counts(self, skip: Iterable[int] = (), progress: bool = False,
+                     on_unit: Callable | None = None) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
+        """Yield (chunk, {phase: counts [inputs, noise blocks, classes]}) as chunks finish.
+
+        Per-block counts are what make sample reuse possible: the first k blocks are exactly the
+        counts of a run with N = k·noise_block. ``skip`` lists chunks done in an earlier run.
+        """
         skip = set(skip)
         chunks = [c for c in range(self.plan.num_chunks) if c not in skip]
         self.progress = SampleProgress(self.plan.samples(chunks), f"{self.config.analysis} σ={self.config.sigma}", progress)
@@ -151,21 +155,26 @@ class SmoothingJob:
                 on_unit(unit, samples)
 
         try:
-            for chunk, counts in run_plan(self.pool, self.X, self.input_ids, self.plan, sigma=self.config.sigma,
-                                          seed=self.config.seed, num_classes=self.num_classes, chunks=chunks,
-                                          on_unit=advance):
-                rows = slice(*self.plan.chunk_rows(chunk))
-                summed = {phase: c.sum(axis=1) for phase, c in counts.items()}
-                yield chunk, self._table(rows, summed)
+            yield from run_plan(self.pool, self.X, self.input_ids, self.plan, sigma=self.config.sigma,
+                                seed=self.config.seed, num_classes=self.num_classes, chunks=chunks, on_unit=advance)
         finally:
             self.progress.close()
 
-    def _table(self, rows: slice, counts: dict[int, np.ndarray]) -> pa.Table:
-        if self.config.analysis == CERTIFY:
-            return certificate_table(self.input_ids[rows], None if self.y is None else self.y[rows],
-                                     counts[Phase.SELECTION], counts[Phase.ESTIMATION], self.config)
-        return prediction_table(self.input_ids[rows], None if self.y is None else self.y[rows],
-                                counts[Phase.PREDICT], self.config)
+    def tables(self, skip: Iterable[int] = (), progress: bool = False,
+               on_unit: Callable | None = None) -> Iterator[tuple[int, pa.Table]]:
+        """Yield (chunk index, certificate or prediction table) as chunks finish."""
+        for chunk, counts in self.block_counts(skip, progress, on_unit):
+            summed = {phase: c.sum(axis=1) for phase, c in counts.items()}
+            yield chunk, self.table(self.plan.chunk_rows(chunk), summed, self.config)
+
+    def table(self, rows: tuple[int, int], counts: dict[int, np.ndarray], config: SmoothingConfig) -> pa.Table:
+        """Decide rows [start, stop) from summed counts under ``config`` (its n must match the counts)."""
+        rows = slice(*rows)
+        labels = None if self.y is None else self.y[rows]
+        if config.analysis == CERTIFY:
+            return certificate_table(self.input_ids[rows], labels, counts[Phase.SELECTION], counts[Phase.ESTIMATION],
+                                     config)
+        return prediction_table(self.input_ids[rows], labels, counts[Phase.PREDICT], config)
 
     def run(self, progress: bool = False) -> pd.DataFrame:
         parts = sorted(self.tables(progress=progress), key=lambda item: item[0])

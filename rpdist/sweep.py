@@ -1,0 +1,245 @@
+"""Parameter sweeps over (σ, N, α, seed) with sample reuse, streamed to one partitioned dataset.
+
+For each (σ, seed) the engine runs once at the largest N and returns counts per noise block.
+Because noise is counter-based, the first N/noise_block blocks are exactly the samples of a run at
+that N, so every smaller N — and every α — is derived from the same counts at no extra forward
+cost. Each (σ, N, α) certificate is still a valid certificate on its own; nothing is selected per
+input after the fact.
+
+Layout: ``OUT/SWEEP_ID/sigma=S/n=N/alpha=A/seed=K/chunk-000000.parquet`` (hive partitions; the
+partition columns live only in the directory names) and ``OUT/SWEEP_ID/manifest.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from functools import reduce
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from rpdist import stats
+from rpdist.errors import InputError
+from rpdist.noise import DEFAULT_BLOCK, Phase
+from rpdist.results import (check_run_id, check_writable, claim, read_manifest, write_json, write_parquet)
+from rpdist.smoothing import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
+
+PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()), ("seed", pa.int64()))
+ANALYSES = (CERTIFY, PREDICT)
+LIST_KEYS = {"sigma": float, "n": int, "alpha": float, "seed": int}
+SCALAR_KEYS = {"dataset": str, "analysis": str, "model": str, "arch": str, "split": str, "limit": int,
+               "label_column": str, "n0": int, "train_sigma": float, "batch_size": int, "noise_block": int}
+REQUIRED = ("dataset", "sigma", "n")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep file: the grid and everything shared by its points."""
+
+    dataset: str
+    sigma: tuple[float, ...]
+    n: tuple[int, ...]
+    alpha: tuple[float, ...] = (0.001,)
+    seed: tuple[int, ...] = (0,)
+    analysis: str = CERTIFY
+    model: str | None = None
+    arch: str | None = None
+    split: str = "test"
+    limit: int | None = None
+    label_column: str = "label"
+    n0: int = 100
+    train_sigma: float | None = None
+    batch_size: int | None = None
+    noise_block: int | None = None
+
+    @property
+    def block(self) -> int:
+        """Noise block: the given one; else the default when it divides every N (so results equal
+        single runs'), else the gcd of the N values so that each N is a whole prefix."""
+        if self.noise_block:
+            return self.noise_block
+        common = reduce(math.gcd, self.n)
+        return DEFAULT_BLOCK if common % DEFAULT_BLOCK == 0 else common
+
+    def configs(self, sigma: float, seed: int) -> list[SmoothingConfig]:
+        return [SmoothingConfig(self.analysis, sigma, n, alpha, self.n0 if self.analysis == CERTIFY else None, seed,
+                                self.batch_size, self.block) for n in self.n for alpha in self.alpha]
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def parse_sweep(data, source: str = "sweep file") -> SweepSpec:
+    """Validate a parsed YAML mapping; every error names the offending key."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(LIST_KEYS) - set(SCALAR_KEYS))
+    if unknown:
+        raise InputError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted({**LIST_KEYS, **SCALAR_KEYS}))})")
+    for key in REQUIRED:
+        if data.get(key) is None:
+            raise InputError(f"{source}: key {key!r} is required")
+    values: dict = {}
+    for key, kind in LIST_KEYS.items():
+        if key not in data:
+            continue
+        items = data[key]
+        if not isinstance(items, list):
+            raise InputError(f"{source}: key {key!r} must be a list, got {type(items).__name__} {items!r}")
+        if not items:
+            raise InputError(f"{source}: key {key!r} is an empty list; the grid would be empty")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)) for v in items):
+            raise InputError(f"{source}: key {key!r} must list {'whole ' if kind is int else ''}numbers, got {items!r}")
+        if len(set(items)) != len(items):
+            raise InputError(f"{source}: key {key!r} lists a value twice: {items!r}")
+        values[key] = tuple(kind(v) for v in items)
+    for key, kind in SCALAR_KEYS.items():
+        if key in data and data[key] is not None:
+            value = data[key]
+            ok = isinstance(value, str) if kind is str else (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value)))
+            if not ok:
+                raise InputError(f"{source}: key {key!r} must be a {kind.__name__}, got {value!r}")
+            values[key] = kind(value)
+    spec = SweepSpec(**values)
+    _check_values(spec, source)
+    return spec
+
+
+def _check_values(spec: SweepSpec, source: str) -> None:
+    if spec.analysis not in ANALYSES:
+        raise InputError(f"{source}: key 'analysis' must be one of {', '.join(ANALYSES)} in a sweep, got "
+                         f"{spec.analysis!r} (run `rpdist rap` / `rpdist attack` directly for those)")
+    checks = {"sigma": stats.check_sigma, "alpha": stats.check_alpha, "n": lambda v: stats.check_count(v, "n")}
+    for key, check in checks.items():
+        for value in getattr(spec, key):
+            try:
+                check(value)
+            except InputError as exc:
+                raise InputError(f"{source}: key {key!r}: {exc}") from None
+    if any(s < 0 or s >= 2**63 for s in spec.seed):
+        raise InputError(f"{source}: key 'seed' must hold whole numbers in [0, 2^63)")
+    for key in ("n0", "batch_size", "noise_block", "limit"):
+        value = getattr(spec, key)
+        if value is not None and value < 1:
+            raise InputError(f"{source}: key {key!r} must be >= 1, got {value}")
+    bad = [n for n in spec.n if n % spec.block]
+    if bad:
+        raise InputError(f"{source}: key 'n': {bad[0]} is not a multiple of noise_block {spec.block}, so it is no "
+                         "prefix of the shared noise stream")
+    for config in spec.configs(spec.sigma[0], spec.seed[0]):
+        try:
+            config.validated()
+        except InputError as exc:
+            raise InputError(f"{source}: key 'n'/'alpha': {exc}") from None
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"sweep file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    return parse_sweep(data, str(path))
+
+
+def partition_dir(root: Path, sigma: float, n: int, alpha: float, seed: int) -> Path:
+    return root / f"sigma={sigma!r}" / f"n={n}" / f"alpha={alpha!r}" / f"seed={seed}"
+
+
+@dataclass
+class SweepOutcome:
+    path: Path
+    manifest: dict
+    summary: list[dict] = field(default_factory=list)
+
+
+def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, workers: int | None = None,
+              address: str | None = None, device: str | None = None, progress: bool = True,
+              on_unit: Callable | None = None) -> SweepOutcome:
+    """Run the whole grid, or resume it: chunks whose files all exist are skipped."""
+    from rpdist.datasets import load_dataset
+    from rpdist.runs import RunSpec, resolve_model, versions
+
+    check_run_id(sweep_id)
+    check_writable(Path(out))
+    root = Path(out) / sweep_id
+    data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit)
+    manifest_path = root / "manifest.json"
+    config = {"sweep": spec.as_dict(), "dataset_sha256": data.sha256, "rows": len(data)}
+    existing = claim(root, read_manifest(manifest_path), config)
+    manifest = existing or {"config": config, "status": "running", "versions": versions(),
+                            "started": dt.datetime.now(dt.timezone.utc).isoformat(), "models": {}}
+    manifest["status"] = "running"
+    used = naive = 0
+    for sigma in spec.sigma:
+        for seed in spec.seed:
+            largest = dataclasses.replace(spec.configs(sigma, seed)[0], n=max(spec.n), alpha=max(spec.alpha))
+            run_spec = RunSpec(config=largest, dataset=spec.dataset, model=spec.model, arch=spec.arch,
+                               train_sigma=spec.train_sigma)
+            model_ref, model_info = resolve_model(run_spec, data.name, progress)
+            job = SmoothingJob(model_ref, data.X, data.y, config=largest, input_ids=data.input_ids,
+                               workers=workers, address=address, device=device)
+            manifest["models"][f"sigma={sigma!r}"] = {**model_info, "sha256": model_ref.sha256}
+            manifest["device"] = {"type": job.pool.device, "workers": job.pool.workers}
+            write_json(manifest, manifest_path)
+            configs = spec.configs(sigma, seed)
+            dirs = [partition_dir(root, sigma, c.n, c.alpha, seed) for c in configs]
+            done = {c for c in range(job.plan.num_chunks)
+                    if all((d / f"chunk-{c:06d}.parquet").exists() for d in dirs)}
+            for chunk, counts in job.block_counts(skip=done, progress=progress, on_unit=on_unit):
+                rows = job.plan.chunk_rows(chunk)
+                for config, directory in zip(configs, dirs):
+                    table = job.table(rows, prefix_counts(counts, config.n, spec.block), config)
+                    write_parquet(table.drop_columns([name for name, _ in PARTITIONS]),
+                                  directory / f"chunk-{chunk:06d}.parquet")
+            per_input = (spec.n0 if spec.analysis == CERTIFY else 0)
+            used += len(data) * (per_input + max(spec.n))
+            naive += len(data) * sum(per_input + n for n in spec.n) * len(spec.alpha)
+    manifest.update({
+        "status": "complete",
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "forward_samples": {"used": used, "naive_grid": naive, "saved_fraction": 1 - used / naive},
+    })
+    write_json(manifest, manifest_path)
+    table = read_sweep(root)
+    return SweepOutcome(root, manifest, summarize_sweep(table.to_pandas(), spec.analysis))
+
+
+def prefix_counts(counts: dict[int, np.ndarray], n: int, block: int) -> dict[int, np.ndarray]:
+    """Summed counts of the first n samples: all selection blocks, the first n/block of the rest."""
+    return {phase: c.sum(axis=1) if phase == Phase.SELECTION else c[:, : n // block].sum(axis=1)
+            for phase, c in counts.items()}
+
+
+def read_sweep(root: str | Path) -> pa.Table:
+    """The whole sweep as one table, partition columns included, in a stable row order."""
+    import pyarrow.dataset as ds
+
+    root = Path(root)
+    files = sorted(str(p) for p in root.glob("sigma=*/n=*/alpha=*/seed=*/chunk-*.parquet"))
+    if not files:
+        raise InputError(f"{root} holds no sweep results")
+    partitioning = ds.partitioning(pa.schema(list(PARTITIONS)), flavor="hive")
+    table = ds.dataset(files, format="parquet", partitioning=partitioning, partition_base_dir=str(root)).to_table()
+    keys = [(name, "ascending") for name, _ in PARTITIONS] + [("input_id", "ascending")]
+    return table.sort_by(keys)
+
+
+def summarize_sweep(df, analysis: str) -> list[dict]:
+    from rpdist.summary import summarize
+
+    rows = []
+    for (sigma, n, alpha, seed), group in df.groupby(["sigma", "n", "alpha", "seed"], sort=True):
+        rows.append({"sigma": sigma, "n": n, "alpha": alpha, "seed": seed, **summarize(group, analysis, sigma)})
+    return rows
+

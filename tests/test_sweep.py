@@ -1,0 +1,146 @@
+"""Sweeps: YAML validation, sample reuse equal to separate runs, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from rpdist.cli.main import main
+from rpdist.errors import InputError
+from rpdist.sweep import SweepSpec, load_sweep, parse_sweep, read_sweep, run_sweep
+
+BASE = {"dataset": "insurance", "sigma": [0.5], "n": [1000]}
+
+
+@pytest.mark.parametrize("change, key, fragment", [
+    ({"sigmas": [0.5]}, "sigmas", "unknown key"),
+    ({"sigma": []}, "sigma", "empty list"),
+    ({"n": []}, "n", "empty list"),
+    ({"sigma": [0.5, -1.0]}, "sigma", "sigma must be"),
+    ({"sigma": [0.0]}, "sigma", "sigma must be"),
+    ({"sigma": 0.5}, "sigma", "must be a list"),
+    ({"alpha": 0.001}, "alpha", "must be a list"),
+    ({"alpha": [1.5]}, "alpha", "alpha must"),
+    ({"n": [1000.5]}, "n", "whole numbers"),
+    ({"n": [0]}, "n", "n must be"),
+    ({"n": [1500, 2000], "noise_block": 1000}, "n", "multiple of noise_block"),
+    ({"seed": ["a"]}, "seed", "numbers"),
+    ({"analysis": "magic"}, "analysis", "must be one of"),
+    ({"n0": 0}, "n0", ">= 1"),
+    ({"limit": "ten"}, "limit", "must be a int"),
+])
+def test_bad_sweep_files_name_the_key(change, key, fragment):
+    with pytest.raises(InputError) as info:
+        parse_sweep({**BASE, **change}, "s.yaml")
+    message = str(info.value)
+    assert f"'{key}'" in message and fragment in message and "\n" not in message
+
+
+def test_missing_key_and_non_mapping():
+    with pytest.raises(InputError, match="key 'sigma' is required"):
+        parse_sweep({"dataset": "insurance", "n": [10]})
+    with pytest.raises(InputError, match="mapping"):
+        parse_sweep([1, 2])
+
+
+def test_noise_block_defaults_keep_prefixes_whole():
+    assert SweepSpec("x", (0.5,), (1000, 10000, 100000)).block == 1000
+    assert SweepSpec("x", (0.5,), (1500, 3000)).block == 1500
+    assert SweepSpec("x", (0.5,), (2000,)).block == 1000
+    assert SweepSpec("x", (0.5,), (500,)).block == 500
+
+
+def test_bad_yaml_via_cli_exits_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**BASE, "sigma": "0.5"}))
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", str(bad), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "'sigma'" in err
+    assert not (tmp_path / "out").exists()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("sigma: [0.5\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_sweep(broken)
+
+
+def test_reuse_equals_separate_runs_with_fewer_forward_samples(ray_session, tmp_path):
+    import rpdist
+    from rpdist.datasets import load_dataset
+    from rpdist.models import default_model
+
+    spec = parse_sweep({"dataset": "insurance", "sigma": [0.5], "n": [1000, 3000], "alpha": [0.01, 0.001],
+                        "limit": 15, "batch_size": 2048})
+    outcome = run_sweep(spec, out=tmp_path, sweep_id="reuse", progress=False)
+    swept = read_sweep(outcome.path).to_pandas()
+    assert len(swept) == 15 * 4 and set(swept["n"]) == {1000, 3000}
+
+    data = load_dataset("insurance", limit=15)
+    model = default_model("insurance", train_sigma=0.5)
+    for n in (1000, 3000):
+        for alpha in (0.01, 0.001):
+            single = rpdist.certify(model, data.X, data.y, sigma=0.5, n=n, alpha=alpha, input_ids=data.input_ids,
+                                    batch_size=2048)
+            part = swept[(swept["n"] == n) & (swept["alpha"] == alpha)].reset_index(drop=True)
+            np.testing.assert_array_equal(part["input_id"], single["input_id"])
+            np.testing.assert_array_equal(np.stack(part["counts"]), np.stack(single["counts"]))
+            np.testing.assert_array_equal(np.stack(part["selection_counts"]), np.stack(single["selection_counts"]))
+            np.testing.assert_array_equal(part["radius"], single["radius"])
+            np.testing.assert_array_equal(part["prediction"], single["prediction"])
+    samples = outcome.manifest["forward_samples"]
+    assert samples["used"] == 15 * (100 + 3000)
+    assert samples["naive_grid"] == 15 * ((100 + 1000) + (100 + 3000)) * 2
+    assert samples["used"] < samples["naive_grid"]
+
+
+def _sweep_command(path: Path, out: Path) -> list[str]:
+    return [str(Path(sys.executable).with_name("rpdist")), "sweep", str(path), "--out", str(out), "--quiet"]
+
+
+def test_sweep_killed_by_sigkill_resumes_to_the_same_dataset(ray_session, tmp_path):
+    sweep_file = tmp_path / "grid.yaml"
+    sweep_file.write_text(yaml.safe_dump({"dataset": "insurance", "sigma": [0.25, 0.5, 1.0], "n": [1000, 2000],
+                                          "alpha": [0.001], "limit": 60}))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(_sweep_command(sweep_file, tmp_path), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    root = tmp_path / "grid"
+    try:
+        deadline = time.monotonic() + 240
+        while not list(root.glob("sigma=*/n=*/alpha=*/seed=*/chunk-*.parquet")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the sweep wrote nothing in time"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-sweep, no cleanup of any kind
+        proc.wait(timeout=30)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode == -signal.SIGKILL
+    written = list(root.glob("sigma=*/n=*/alpha=*/seed=*/chunk-*.parquet"))
+    assert 0 < len(written) < 6, "the kill must land mid-sweep"
+
+    spec = load_sweep(sweep_file)
+    resumed = run_sweep(spec, out=tmp_path, sweep_id="grid", progress=False)
+    fresh = run_sweep(spec, out=tmp_path / "fresh", sweep_id="grid", progress=False)
+    a, b = read_sweep(resumed.path).to_pandas(), read_sweep(fresh.path).to_pandas()
+    assert len(a) == 60 * 3 * 2 and not a.duplicated(["sigma", "n", "alpha", "seed", "input_id"]).any()
+    pd.testing.assert_frame_equal(a, b)
+    assert resumed.manifest["status"] == "complete"
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End whatever the killed driver left in its own session (its local Ray), by the group we created."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
