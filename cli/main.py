@@ -23,10 +23,11 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from rpdist.cli import datasets_cmd, smoothing_cmds
+    """Each command lives in its own module; importing them here keeps ``--help`` complete."""
+    from rpdist.cli import datasets_cmd, smoothing_cmds, sweep_cmd
 
-    smoothing_cmds.register(app)
-    datasets_cmd.register(app)
+    for module in (smoothing_cmds, sweep_cmd, datasets_cmd):
+        module.register(app)
 
 
 def fail(message: str) -> None:
