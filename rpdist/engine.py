@@ -102,11 +102,13 @@ class Plan:
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join ``address`` if given, else start an embedded local Ray; reuse one already running."""
+    """Join ``address`` (or ``$RAY_ADDRESS``, which Ray sets inside jobs), else start an embedded
+    local Ray; reuse one already running."""
     import ray
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:

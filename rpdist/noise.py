@@ -12,8 +12,6 @@ import hashlib
 import struct
 from enum import IntEnum
 
-import torch
-
 DEFAULT_BLOCK = 1000
 _MASK63 = (1 << 63) - 1
 
@@ -43,7 +41,12 @@ def num_blocks(n: int, block_size: int) -> int:
     return -(-n // block_size)
 
 
-def fill_block(out: torch.Tensor, generator: torch.Generator, seed: int, input_id: int, phase: int, block: int) -> None:
-    """Write the block's standard-normal noise into ``out`` (its length is the block length)."""
+def fill_block(out, generator, seed: int, input_id: int, phase: int, block: int) -> None:
+    """Write the block's standard-normal noise into the tensor ``out`` (its length is the block length).
+
+    torch is imported here, not at module level, so that the CLI and planning code start fast.
+    """
+    import torch
+
     generator.manual_seed(block_seed(seed, input_id, phase, block))
     torch.randn(out.shape, generator=generator, out=out, device=out.device, dtype=out.dtype)
