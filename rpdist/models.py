@@ -74,15 +74,34 @@ def _check_args(dataset: str, train_sigma: float, seed: int) -> tuple[str, float
     return dataset, float(train_sigma), int(seed)
 
 
-def recipe(dataset: str, train_sigma: float, seed: int) -> dict:
+def _check_l1(dataset: str, l1_non_sensitive: float, sensitive: str | None) -> tuple[float, str | None]:
+    """The l1 option needs a sensitive feature of the dataset to exempt from the penalty."""
+    if isinstance(l1_non_sensitive, bool) or not isinstance(l1_non_sensitive, (int, float)) \
+            or not math.isfinite(l1_non_sensitive) or l1_non_sensitive < 0:
+        raise InputError(f"l1_non_sensitive must be a finite number >= 0, got {l1_non_sensitive!r}")
+    if l1_non_sensitive == 0:
+        return 0.0, sensitive
+    names = load_dataset(dataset, split="train").feature_names
+    if sensitive not in names:
+        raise InputError(
+            f"l1_non_sensitive > 0 needs a sensitive feature of {dataset!r} to exempt; got {sensitive!r} "
+            f"(features: {', '.join(names)})"
+        )
+    return float(l1_non_sensitive), sensitive
+
+
+def recipe(dataset: str, train_sigma: float, seed: int, l1_non_sensitive: float = 0.0,
+           sensitive: str | None = None) -> dict:
     """Everything that determines the default model's weights, as a JSON-able dict.
 
     Its hash names the cache file, so changing the data, the schedule, the seed or the torch
-    version (whose kernels and initialisers may change) never serves stale weights.
+    version (whose kernels and initialisers may change) never serves stale weights. The l1 keys
+    appear only when the penalty is on, so the cache keys of unpenalised models never change.
     """
     dataset, train_sigma, seed = _check_args(dataset, train_sigma, seed)
+    l1_non_sensitive, sensitive = _check_l1(dataset, l1_non_sensitive, sensitive)
     spec = DEFAULTS[dataset]
-    return {
+    rec = {
         "recipe_version": RECIPE_VERSION,
         "dataset": dataset,
         "dataset_sha256": load_dataset(dataset, split="train").sha256,
@@ -99,6 +118,10 @@ def recipe(dataset: str, train_sigma: float, seed: int) -> dict:
         "seed": seed,
         "torch": torch.__version__,
     }
+    if l1_non_sensitive > 0:
+        rec["l1_non_sensitive"] = l1_non_sensitive
+        rec["sensitive"] = sensitive
+    return rec
 
 
 def _recipe_key(rec: dict) -> str:
@@ -118,6 +141,8 @@ def train_state_dict(rec: dict, progress: bool = False) -> dict[str, torch.Tenso
     X = torch.from_numpy(data.X)
     y = torch.from_numpy(data.y)
     sigma, batch_size = float(rec["train_sigma"]), int(rec["batch_size"])
+    l1 = float(rec.get("l1_non_sensitive", 0.0))
+    penalised = [j for j, name in enumerate(data.feature_names) if name != rec.get("sensitive")]
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rec["seed"])
@@ -136,11 +161,21 @@ def train_state_dict(rec: dict, progress: bool = False) -> dict[str, torch.Tenso
                         inputs = inputs + sigma * torch.randn(inputs.shape, generator=generator)
                     optimizer.zero_grad(set_to_none=True)
                     loss = loss_fn(model(inputs), y[index])
+                    if l1 > 0:
+                        loss = loss + l1 * first_layer_weight(model)[:, penalised].abs().sum()
                     loss.backward()
                     optimizer.step()
                 advance()
     model.eval()
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def first_layer_weight(model: nn.Module) -> torch.Tensor:
+    """The weight [hidden, in_features] of the first linear layer: one column per input feature."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            return module.weight
+    raise InputError("the l1 penalty on input features needs a model with a linear first layer")
 
 
 class _epoch_bar:
@@ -205,9 +240,10 @@ def _cache_file(rec: dict, cache_dir: str | Path | None) -> Path:
     return root / f"{rec['dataset']}-{_recipe_key(rec)}.pt"
 
 
-def cache_path(dataset: str, train_sigma: float, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+def cache_path(dataset: str, train_sigma: float, seed: int = 0, cache_dir: str | Path | None = None,
+               l1_non_sensitive: float = 0.0, sensitive: str | None = None) -> Path:
     """The cache file for a recipe: ``<cache_dir>/<dataset>-<sha256(recipe json)[:16]>.pt``."""
-    return _cache_file(recipe(dataset, train_sigma, seed), cache_dir)
+    return _cache_file(recipe(dataset, train_sigma, seed, l1_non_sensitive, sensitive), cache_dir)
 
 
 def default_model(
@@ -217,14 +253,20 @@ def default_model(
     seed: int = 0,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    l1_non_sensitive: float = 0.0,
+    sensitive: str | None = None,
 ) -> ModelRef:
     """The built-in model for ``dataset`` trained with noise ``train_sigma``: cached, else trained.
 
     ``insurance`` gets an MLP (11 inputs, 2 classes), ``digits`` a small CNN. A cache file that
     cannot be read is retrained and overwritten; a cache directory that cannot be written only
     costs a warning, since the weights are reproducible anyway.
+
+    ``l1_non_sensitive`` = λ > 0 adds λ·Σ_j |W1[:, j]| over the first-layer weight columns of every
+    feature except ``sensitive``: the model then leans on the sensitive feature, the most
+    favourable case for attribute privacy analyses (and the setting of the RP paper).
     """
-    rec = recipe(dataset, train_sigma, seed)
+    rec = recipe(dataset, train_sigma, seed, l1_non_sensitive, sensitive)
     path = _cache_file(rec, cache_dir)
     state = _read_cached(path, rec)
     if state is None:

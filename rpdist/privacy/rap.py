@@ -1,0 +1,284 @@
+"""Robust Attribute Privacy: compatible sets of a sensitive attribute, base model against smoothed.
+
+For each input x with sensitive attribute s, every other feature is held fixed and s is swept over
+a grid in raw units spanning its range in the training data, plus the true value itself. The
+*compatible set* is every swept value whose release equals the release at the true value: the
+base model's argmax label, or the smoothed model's PREDICT (abstain, −1, is a release value of its
+own). A CERTIFY radius R (standardised units) at x guarantees, with probability ≥ 1−α, that the
+smoothed classifier is constant on [s − R·scale_s, s + R·scale_s] in raw units.
+
+Discretisation convention (documented in the README): swept values are sorted and each owns the
+cell between the midpoints to its neighbours; the ends of the sweep range close the first and last
+cells. The compatible length is the total length of compatible cells, and the interval is the union
+of the run of compatible cells around the true value. A boundary between two grid points is thus
+known to within half a grid step, so certificate containment is checked with that tolerance.
+Certified segments are clipped to the swept range, since nothing outside it is looked at.
+
+Grid points are ordinary engine inputs with their own ids (``input_id · (G+1) + k``, k < G for grid
+point k and k = G for the true value), so each has its own counter-based noise stream; they are fed
+to :func:`rpdist.smoothing.predict` in bounded slices, so a huge grid streams through memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from rpdist.errors import InputError
+from rpdist.privacy.adversary import advantage_bound, restricted_mean
+
+ABSTAIN = -1
+BASE, SMOOTHED = "base", "smoothed"
+DEFAULT_GRID_BATCH = 50_000  # grid points per PREDICT call: bounds the driver's memory
+MAX_GRID_POINTS = 100_000_000  # per input: one int8 release each must fit in memory
+
+COLUMNS = [
+    "input_id", "release_model", "sigma", "n", "alpha", "attribute", "attribute_value", "attribute_scale",
+    "released_label", "compatible_length", "interval_low", "interval_high", "radius", "certified_low",
+    "certified_high", "adversary_estimate", "abs_error",
+]
+EXTRA_COLUMNS = ["label", "correct", "certified_label", "n0", "seed", "grid_step", "grid_points"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribute and grid
+
+
+def numeric_attributes(feature_names, train_raw: np.ndarray) -> list[str]:
+    """Features with more than two distinct training values: a one-hot or binary column cannot be swept."""
+    return [name for j, name in enumerate(feature_names) if len(np.unique(train_raw[:, j])) > 2]
+
+
+def resolve_attribute(feature_names, train_raw: np.ndarray, attribute: str) -> int:
+    """Column index of a numeric ``attribute``; one clear InputError for unknown or non-numeric ones."""
+    names = list(feature_names)
+    numeric = numeric_attributes(names, train_raw)
+    if attribute not in names:
+        encoded = [f for f in names if f.startswith(f"{attribute}_")]
+        if encoded:
+            raise InputError(
+                f"attribute {attribute!r} is not numeric (it is one-hot encoded as {', '.join(encoded)}); "
+                f"numeric attributes: {', '.join(numeric)}"
+            )
+        raise InputError(f"unknown attribute {attribute!r}; numeric attributes: {', '.join(numeric)}")
+    if attribute not in numeric:
+        raise InputError(
+            f"attribute {attribute!r} is not numeric (a binary/one-hot column); numeric attributes: {', '.join(numeric)}"
+        )
+    return names.index(attribute)
+
+
+def attribute_grid(low: float, high: float, step: float) -> np.ndarray:
+    """low, low+step, … ≤ high in raw units; refuses a step ≤ 0 and grids beyond MAX_GRID_POINTS."""
+    if isinstance(step, bool) or not isinstance(step, (int, float, np.floating)) or not math.isfinite(step) or step <= 0:
+        raise InputError(f"grid step must be a finite number > 0, got {step!r}")
+    count = math.floor((high - low) / step + 1e-9) + 1
+    if count > MAX_GRID_POINTS:
+        raise InputError(
+            f"grid step {step!r} gives {count:,} points per input over [{low:g}, {high:g}]; "
+            f"at most {MAX_GRID_POINTS:,} are supported"
+        )
+    return low + step * np.arange(count, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compatible sets (pure numpy: testable on hand-made release vectors)
+
+
+def compatible_set(values: np.ndarray, releases: np.ndarray, true_index: int) -> dict:
+    """Compatible length, the interval around the true value, and the cells, for one input.
+
+    ``values`` are the swept raw values (any order, the true value among them at ``true_index``),
+    ``releases`` the release at each. Returns ``length``, ``low``, ``high``, ``edges`` (cell
+    boundaries of the sorted values) and ``mask`` (compatible cells, sorted order).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    releases = np.asarray(releases)
+    order = np.argsort(values, kind="stable")
+    v, r = values[order], releases[order]
+    t = int(np.flatnonzero(order == true_index)[0])
+    edges = np.concatenate([v[:1], 0.5 * (v[1:] + v[:-1]), v[-1:]])
+    mask = r == releases[true_index]
+    widths = np.diff(edges)
+    a = t
+    while a > 0 and mask[a - 1]:
+        a -= 1
+    b = t
+    while b < len(mask) - 1 and mask[b + 1]:
+        b += 1
+    return {"length": float(widths[mask].sum()), "low": float(edges[a]), "high": float(edges[b + 1]),
+            "edges": edges, "mask": mask}
+
+
+def containment(df: pd.DataFrame, tolerance: float | None = None) -> float:
+    """Share of certified smoothed rows whose certified segment lies inside their interval.
+
+    ``tolerance`` defaults to half of each row's grid step (the grid's resolution). NaN when no
+    row is certified.
+    """
+    rows = df[(df["release_model"] == SMOOTHED) & df["certified_low"].notna()]
+    if rows.empty:
+        return float("nan")
+    tol = rows["grid_step"].to_numpy() / 2 if tolerance is None else tolerance
+    inside = (rows["certified_low"].to_numpy() >= rows["interval_low"].to_numpy() - tol) & (
+        rows["certified_high"].to_numpy() <= rows["interval_high"].to_numpy() + tol)
+    return float(inside.mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+
+
+class _BaseReleases:
+    """The base model's argmax label: one noise-free forward pass on the driver, in slices."""
+
+    def __init__(self, model_ref, input_shape):
+        import torch
+
+        self.torch = torch
+        self.model = model_ref.load("cpu")
+        self.shape = tuple(input_shape)
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        out = np.empty(len(X), dtype=np.int64)
+        with self.torch.inference_mode():
+            for start in range(0, len(X), 65536):
+                part = self.torch.from_numpy(np.ascontiguousarray(X[start:start + 65536]).reshape(-1, *self.shape))
+                out[start:start + len(part)] = self.model(part).argmax(dim=1).numpy()
+        return out
+
+
+def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, column: int, attribute: str,
+                 mean: float, scale: float, sigma: float, n: int, alpha: float, n0: int = 100,
+                 grid_step: float = 0.1, seed: int = 0, batch_size: int | None = None,
+                 workers: int | None = None, address: str | None = None, device: str | None = None,
+                 grid_batch: int = DEFAULT_GRID_BATCH, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """RAP rows (one per input and release model) and the release-rate curve over the grid.
+
+    ``X`` is what the model sees (standardised); ``column`` the attribute's index in the flattened
+    features; ``mean``/``scale`` its standardisation (raw = X·scale + mean); ``prior`` the training
+    values of the attribute in raw units, which set the grid range and the adversary's prior.
+    """
+    from rpdist.smoothing import as_model_ref, certify, check_inputs, predict
+
+    X, y, input_ids = check_inputs(X, y, input_ids)
+    if isinstance(grid_batch, bool) or not isinstance(grid_batch, (int, np.integer)) or grid_batch < 1:
+        raise InputError(f"grid batch must be a whole number >= 1, got {grid_batch!r}")
+    prior = np.asarray(prior, dtype=np.float64)
+    grid = attribute_grid(float(prior.min()), float(prior.max()), grid_step)
+    G = len(grid)
+    stride = G + 1
+    if int(input_ids.max()) >= (2**63 - 1) // stride - 1:
+        raise InputError(f"input ids up to {int(input_ids.max())} times {stride} grid points overflow 64-bit ids")
+    shape = X.shape[1:]
+    flat = X.reshape(len(X), -1)
+    true_raw = flat[:, column].astype(np.float64) * scale + mean
+    model_ref = as_model_ref(model, X)
+    base_release = _BaseReleases(model_ref, shape)
+
+    # CERTIFY at the true inputs gives each smoothed row its certified segment.
+    cert = certify(model_ref, X, y, sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
+                   workers=workers, address=address, input_ids=input_ids, device=device, progress=progress)
+
+    rows: list[dict] = []
+    curve = {m: np.zeros((G, 3), dtype=np.int64) for m in (BASE, SMOOTHED)}  # class-1, abstain, total
+    buffers: dict[int, dict[str, np.ndarray]] = {}
+    total = len(X) * stride
+    for start in range(0, total, grid_batch):
+        index = np.arange(start, min(start + grid_batch, total), dtype=np.int64)
+        i, k = index // stride, index % stride
+        on_grid = k < G
+        raw = np.where(on_grid, grid[np.minimum(k, G - 1)], true_raw[i])
+        points = flat[i].copy()
+        points[:, column] = ((raw - mean) / scale).astype(np.float32)
+        points = points.reshape(len(points), *shape)
+        ids = input_ids[i] * stride + k
+        released = {BASE: base_release(points)}
+        pred = predict(model_ref, points, sigma=sigma, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
+                       workers=workers, address=address, input_ids=ids, device=device, progress=progress)
+        if not np.array_equal(pred["input_id"].to_numpy(), ids):
+            pred = pred.set_index("input_id").loc[ids].reset_index()
+        released[SMOOTHED] = pred["prediction"].to_numpy()
+        for model_name, values in released.items():
+            g = k[on_grid]
+            np.add.at(curve[model_name][:, 0], g, values[on_grid] == 1)
+            np.add.at(curve[model_name][:, 1], g, values[on_grid] == ABSTAIN)
+            np.add.at(curve[model_name][:, 2], g, 1)
+        for row in np.unique(i):
+            sel = i == row
+            buf = buffers.setdefault(int(row), {m: np.full(stride, -2, dtype=np.int64) for m in (BASE, SMOOTHED)})
+            for model_name, values in released.items():
+                buf[model_name][k[sel]] = values[sel]
+            if k[sel][-1] == stride - 1:  # slices run in order, so this input is complete
+                rows.extend(_input_rows(int(row), buffers.pop(int(row)), grid, true_raw, prior, cert, y, input_ids,
+                                         scale))
+
+    table = pd.DataFrame(rows)
+    params = {"sigma": float(sigma), "n": int(n), "alpha": float(alpha), "attribute": attribute,
+              "attribute_scale": float(scale), "n0": int(n0), "seed": int(seed), "grid_step": float(grid_step),
+              "grid_points": int(G)}
+    for key, value in params.items():
+        table[key] = value
+    table = table[COLUMNS + EXTRA_COLUMNS]
+    curves = []
+    for model_name, c in curve.items():
+        curves.append(pd.DataFrame({
+            "release_model": model_name, "attribute_value": grid, "positive_rate": c[:, 0] / np.maximum(c[:, 2], 1),
+            "abstain_rate": c[:, 1] / np.maximum(c[:, 2], 1), "inputs": c[:, 2], "sigma": float(sigma),
+            "n": int(n), "alpha": float(alpha), "attribute": attribute}))
+    return table, pd.concat(curves, ignore_index=True)
+
+
+def _input_rows(row, releases, grid, true_raw, prior, cert, y, input_ids, scale) -> list[dict]:
+    """The base and smoothed rows of one input whose sweep is complete."""
+    s = float(true_raw[row])
+    values = np.append(grid, s)
+    G = len(grid)
+    out = []
+    for model_name in (BASE, SMOOTHED):
+        rel = releases[model_name]
+        cs = compatible_set(values, rel, G)
+        estimate = restricted_mean(prior, cs["edges"], cs["mask"])
+        label = int(rel[G])
+        record = {
+            "input_id": int(input_ids[row]), "release_model": model_name, "attribute_value": s,
+            "released_label": label, "compatible_length": cs["length"], "interval_low": cs["low"],
+            "interval_high": cs["high"], "radius": float("nan"), "certified_low": float("nan"),
+            "certified_high": float("nan"), "certified_label": None, "adversary_estimate": estimate,
+            "abs_error": abs(estimate - s), "label": None if y is None else int(y[row]),
+            "correct": None if y is None else bool(label == int(y[row])),
+        }
+        if model_name == SMOOTHED:
+            c = cert.iloc[row]
+            record["radius"] = float(c["radius"])
+            record["certified_label"] = int(c["prediction"])
+            if c["prediction"] != ABSTAIN:
+                half = float(c["radius"]) * float(scale)
+                record["certified_low"] = max(s - half, float(cs["edges"][0]))
+                record["certified_high"] = min(s + half, float(cs["edges"][-1]))
+        out.append(record)
+    return out
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (l1 penalty, release model): median compatible length, adversary MAE, utility, containment."""
+    keys = [c for c in ("l1_non_sensitive", "sigma", "n", "alpha", "grid_step") if c in df.columns] + ["release_model"]
+    out = []
+    for key, part in df.groupby(keys, sort=True):
+        record = dict(zip(keys, key))
+        record.update({
+            "inputs": int(len(part)),
+            "median_compatible_length": float(part["compatible_length"].median()),
+            "mean_compatible_length": float(part["compatible_length"].mean()),
+            "adversary_mae": float(part["abs_error"].mean()),
+            "accuracy": float(part["correct"].fillna(False).astype(bool).mean()),
+            "abstain_rate": float((part["released_label"] == ABSTAIN).mean()),
+            "certified_rate": float(part["certified_low"].notna().mean()) if record["release_model"] == SMOOTHED else float("nan"),
+            "median_radius_raw": float((part["radius"] * part["attribute_scale"]).median()) if record["release_model"] == SMOOTHED else float("nan"),
+            "containment": containment(part) if record["release_model"] == SMOOTHED else float("nan"),
+            "advantage_bound": advantage_bound(float(part["alpha"].iloc[0])) if record["release_model"] == SMOOTHED else float("nan"),
+        })
+        out.append(record)
+    return pd.DataFrame(out)

@@ -1,0 +1,197 @@
+"""Robust Attribute Privacy: compatible sets, adversary, certificate containment, units, bad input, streaming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rpdist import models
+from rpdist.cli.main import main
+from rpdist.datasets import load_dataset
+from rpdist.errors import InputError
+from rpdist.privacy.adversary import advantage_bound, restricted_mean
+from rpdist.privacy.rap import COLUMNS, attribute_grid, compatible_set, containment, rap_analysis, resolve_attribute
+from rpdist.privacy.runner import RapSpec, run_rap
+
+
+# --- compatible sets on hand-made release vectors (no Ray) ----------------------------------------
+
+
+def test_compatible_set_midpoint_convention():
+    values = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 2.2])  # grid 0..5, true value 2.2 last
+    releases = np.array([1, 0, 1, 1, 0, 1, 1])
+    cs = compatible_set(values, releases, 6)
+    # Sorted: 0 1 2 2.2 3 4 5 -> releases 1 0 1 1 1 0 1; cells from midpoints, clipped to [0, 5].
+    np.testing.assert_allclose(cs["edges"], [0, 0.5, 1.5, 2.1, 2.6, 3.5, 4.5, 5])
+    assert cs["low"] == pytest.approx(1.5) and cs["high"] == pytest.approx(3.5)
+    # Compatible cells: [0,0.5], [1.5,3.5] and [4.5,5]: total 3.0, the run around 2.2 gives 2.0.
+    assert cs["length"] == pytest.approx(3.0)
+
+
+def test_compatible_set_edges_and_abstain_as_release():
+    values = np.array([10.0, 11.0, 12.0, 13.0, 10.0])
+    releases = np.array([-1, -1, 1, -1, -1])  # abstain is a release value of its own
+    cs = compatible_set(values, releases, 4)
+    assert cs["low"] == 10.0 and cs["high"] == pytest.approx(11.5)
+    assert cs["length"] == pytest.approx(1.5 + 0.5)
+    whole = compatible_set(values, np.zeros(5, dtype=int), 4)
+    assert whole["length"] == pytest.approx(3.0) and (whole["low"], whole["high"]) == (10.0, 13.0)
+    # The true value duplicates grid point 10 (a zero-width cell) and owns the cell [10, 10.5].
+    alone = compatible_set(values, np.array([0, 1, 1, 1, 2]), 4)
+    assert alone["length"] == pytest.approx(0.5) and (alone["low"], alone["high"]) == (10.0, 10.5)
+
+
+def test_adversary_estimate_on_known_distribution():
+    rng = np.random.default_rng(0)
+    prior = rng.uniform(0, 10, 200_000)
+    edges = np.arange(0, 11, 1.0)
+    mask = np.zeros(10, dtype=bool)
+    mask[[2, 3, 7]] = True  # [2,4) and [7,8): uniform mass 2:1, mean (3*2 + 7.5)/3 = 4.5
+    assert restricted_mean(prior, edges, mask) == pytest.approx(4.5, abs=0.02)
+    assert restricted_mean(prior, edges, np.ones(10, dtype=bool)) == pytest.approx(prior.mean())
+    # No prior mass in the set: uniform on the set instead.
+    assert restricted_mean(np.array([0.1, 0.2]), edges, mask) == pytest.approx((3 * 2 + 7.5) / 3)
+    assert np.isnan(restricted_mean(prior, edges, np.zeros(10, dtype=bool)))
+    assert advantage_bound(0.001) == 0.0005
+
+
+def test_grid_and_attribute_refusals():
+    train = load_dataset("insurance", split="train")
+    raw = train.raw_features()
+    assert resolve_attribute(train.feature_names, raw, "bmi") == 1
+    with pytest.raises(InputError, match="unknown attribute 'weight'"):
+        resolve_attribute(train.feature_names, raw, "weight")
+    with pytest.raises(InputError, match="'sex' is not numeric"):
+        resolve_attribute(train.feature_names, raw, "sex")
+    with pytest.raises(InputError, match="'smoker_yes' is not numeric"):
+        resolve_attribute(train.feature_names, raw, "smoker_yes")
+    for step in (0, -0.1, float("nan")):
+        with pytest.raises(InputError, match="grid step must be"):
+            attribute_grid(15.96, 53.13, step)
+    with pytest.raises(InputError, match="points per input"):
+        attribute_grid(15.96, 53.13, 1e-9)
+    grid = attribute_grid(15.96, 53.13, 0.1)
+    assert len(grid) == 372 and grid[0] == 15.96 and grid[-1] <= 53.13
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--attribute", "height"], "unknown attribute 'height'"),
+    (["--attribute", "sex"], "'sex' is not numeric"),
+    (["--grid-step", "0"], "grid step must be"),
+    (["--grid-step", "-1"], "grid step must be"),
+])
+def test_cli_bad_input_exit_2_one_line(tmp_path, capsys, args, fragment):
+    with pytest.raises(SystemExit) as info:
+        main(["rap", "--sigma", "1", "--n", "100", "--out", str(tmp_path), "--run-id", "bad", "--quiet", *args])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+# --- the l1 penalty -----------------------------------------------------------------------------
+
+
+def test_l1_penalty_shrinks_non_sensitive_columns():
+    names = load_dataset("insurance", split="train").feature_names
+    assert "l1_non_sensitive" not in models.recipe("insurance", 1.0, 0)  # old cache keys unchanged
+    assert models.recipe("insurance", 1.0, 0, 0.0, "bmi") == models.recipe("insurance", 1.0, 0)
+    rec = models.recipe("insurance", 1.0, 0, 0.01, "bmi")
+    assert rec["l1_non_sensitive"] == 0.01 and rec["sensitive"] == "bmi"
+    with pytest.raises(InputError, match="sensitive feature"):
+        models.recipe("insurance", 1.0, 0, 0.01, None)
+    norms = {}
+    for lam in (0.0, 0.01):
+        short = {**models.recipe("insurance", 1.0, 0, lam, "bmi"), "epochs": 15}
+        state = models.train_state_dict(short)
+        weight = state["layers.0.weight"].abs().sum(dim=0)
+        bmi = names.index("bmi")
+        norms[lam] = (float(weight.sum() - weight[bmi]), float(weight[bmi]))
+    assert norms[0.01][0] < 0.2 * norms[0.0][0]  # non-sensitive columns much smaller
+    assert norms[0.01][1] > norms[0.01][0] / (len(names) - 1)  # bmi's column is left larger than the average other
+
+
+# --- real runs on the engine --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run(ray_session):
+    """Few inputs, a coarse grid and small N; the unpenalised model only."""
+    train = load_dataset("insurance", split="train")
+    data = load_dataset("insurance", split="test", limit=12)
+    ref = models.default_model("insurance", train_sigma=1.0)
+    kwargs = dict(prior=train.raw_features()[:, 1], column=1, attribute="bmi", mean=float(train.feature_mean[1]),
+                  scale=float(train.feature_std[1]), sigma=1.0, n=500, n0=50, alpha=0.001, grid_step=2.0, seed=3)
+    table, curve = rap_analysis(ref, data.X, data.y, data.input_ids, **kwargs)
+    return dict(table=table, curve=curve, ref=ref, data=data, kwargs=kwargs, train=train)
+
+
+def test_certified_segment_inside_interval(small_run):
+    table = small_run["table"]
+    assert list(table.columns[: len(COLUMNS)]) == COLUMNS
+    assert len(table) == 2 * 12 and set(table["release_model"]) == {"base", "smoothed"}
+    smoothed = table[table["release_model"] == "smoothed"]
+    assert smoothed["certified_low"].notna().sum() >= 6  # enough certified rows to make the check mean something
+    assert containment(table) >= 0.95
+    base = table[table["release_model"] == "base"]
+    assert base["radius"].isna().all() and base["certified_low"].isna().all()
+    # The interval always holds the true value, and lies inside the compatible length.
+    assert ((table["interval_low"] <= table["attribute_value"]) & (table["attribute_value"] <= table["interval_high"])).all()
+    assert (table["interval_high"] - table["interval_low"] <= table["compatible_length"] + 1e-9).all()
+    assert np.allclose(table["abs_error"], (table["adversary_estimate"] - table["attribute_value"]).abs())
+
+
+def test_units_are_raw_bmi(small_run):
+    table, train = small_run["table"], small_run["train"]
+    bmi = train.raw_features()[:, 1]
+    assert np.allclose(table["attribute_scale"], bmi.std(ddof=0))
+    assert table["attribute_scale"].iloc[0] == pytest.approx(6.1, abs=0.15)
+    truth = small_run["data"].raw_features()[:, 1]
+    assert np.allclose(table.groupby("input_id")["attribute_value"].first().to_numpy(), truth)
+    low, high = min(bmi.min(), truth.min()), max(bmi.max(), truth.max())
+    assert (table["interval_low"] >= low - 1e-9).all() and (table["interval_high"] <= high + 1e-9).all()
+    assert (table["compatible_length"] <= high - low + 1e-9).all()
+    certified = table[table["certified_low"].notna()]
+    half = certified["radius"] * certified["attribute_scale"]
+    assert (certified["certified_low"] >= np.maximum(certified["attribute_value"] - half, low) - 1e-9).all()
+
+
+def test_tiny_grid_batch_streams_to_the_same_result(small_run):
+    data, kwargs = small_run["data"], small_run["kwargs"]
+    first = slice(0, 3)
+    reference = small_run["table"][small_run["table"]["input_id"].isin(data.input_ids[first])].reset_index(drop=True)
+    streamed, curve = rap_analysis(small_run["ref"], data.X[first], data.y[first], data.input_ids[first],
+                                   grid_batch=7, **kwargs)  # 7 points per engine call: slices split inputs
+    pd.testing.assert_frame_equal(streamed.reset_index(drop=True), reference)
+    assert curve["inputs"].max() == 3
+
+
+def test_cli_writes_rap_parquet(ray_session, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["rap", "--dataset", "insurance", "--attribute", "bmi", "--sigma", "1", "--n", "200", "--n0", "20",
+              "--alpha", "0.01", "--limit", "3", "--grid-step", "4", "--l1-non-sensitive", "0",
+              "--out", str(tmp_path), "--run-id", "cli", "--quiet"])
+    captured = capsys.readouterr()
+    assert info.value.code == 0, captured.err
+    df = pd.read_parquet(tmp_path / "cli" / "rap.parquet")
+    assert list(df.columns[: len(COLUMNS)]) == COLUMNS and len(df) == 6
+    assert (df["sigma"] == 1.0).all() and (df["n"] == 200).all() and (df["alpha"] == 0.01).all()
+    assert "median" in captured.out and "MAE" in captured.out and "abstain" in captured.out
+    assert (tmp_path / "cli" / "manifest.json").is_file() and (tmp_path / "cli" / "rap_curve.parquet").is_file()
+
+
+def test_run_rap_reports_both_models(ray_session, tmp_path, monkeypatch):
+    calls = []
+    real = models.default_model
+
+    def tracking(dataset, **kwargs):
+        calls.append(kwargs["l1_non_sensitive"])
+        return real(dataset, **{**kwargs, "l1_non_sensitive": 0.0, "sensitive": None})  # skip slow training
+
+    monkeypatch.setattr(models, "default_model", tracking)
+    outcome = run_rap(RapSpec(sigma=1.0, n=100, n0=10, alpha=0.01, grid_step=10, l1_non_sensitive=0.05, limit=2,
+                              out=str(tmp_path), run_id="both"))
+    assert calls == [0.0, 0.05]
+    assert sorted(outcome.table["l1_non_sensitive"].unique()) == [0.0, 0.05]
+    assert len(outcome.summary) == 4
