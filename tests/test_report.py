@@ -1,0 +1,279 @@
+"""``rpdist report``: markdown and PNGs from hand-made run, sweep, RAP and attack files (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rpdist.cli.main import main
+from rpdist.errors import InputError
+from rpdist.report import write_report
+from rpdist.smoothing import SmoothingConfig, certificate_table, prediction_table
+from rpdist.sweep import partition_dir
+
+
+def certificates(sigma: float, n: int, alpha: float, inputs: int = 40, seed: int = 0, classes: int = 3) -> pa.Table:
+    """A certificates table from made-up counts: a mix of confident, borderline, wrong and abstaining inputs."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, inputs)
+    top_share = rng.uniform(0.3, 1.0, inputs)
+    counts = np.zeros((inputs, classes), dtype=np.int64)
+    selection = np.zeros((inputs, classes), dtype=np.int64)
+    for i in range(inputs):
+        top = labels[i] if i % 5 else (labels[i] + 1) % classes  # every fifth input predicts the wrong class
+        counts[i, top] = int(top_share[i] * n)
+        counts[i, (top + 1) % classes] = n - counts[i, top]
+        selection[i, top] = 100
+    config = SmoothingConfig("certify", sigma, n, alpha, 100, 0)
+    return certificate_table(np.arange(inputs), labels, selection, counts, config)
+
+
+def write_certify_run(root: Path, run_id: str = "run", sigma: float = 0.5, n: int = 1000, alpha: float = 0.001,
+                      dataset: str = "insurance") -> tuple[Path, pd.DataFrame]:
+    run = root / run_id
+    run.mkdir(parents=True)
+    table = certificates(sigma, n, alpha)
+    pq.write_table(table, run / "certificates.parquet")
+    manifest = {"status": "complete", "command": ["rpdist", "certify", "--sigma", str(sigma)],
+                "config": {"analysis": "certify",
+                           "smoothing": {"analysis": "certify", "sigma": sigma, "n": n, "n0": 100, "alpha": alpha,
+                                         "seed": 0, "batch_size": 4096, "noise_block": 1000},
+                           "dataset": {"spec": dataset, "split": "test", "rows": 40, "sha256": "ab" * 32},
+                           "model": {"source": "default", "sha256": "cd" * 32}},
+                "device": {"type": "cpu", "workers": 2}, "versions": {"rpdist": "0.1.0"},
+                "timings": {"started": "2026-01-01T00:00:00", "samples_per_second": 123456.7}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return run, table.to_pandas()
+
+
+def write_sweep(root: Path, sigmas=(0.25, 0.5), ns=(1000, 10000), alphas=(0.01, 0.001)) -> tuple[Path, pd.DataFrame]:
+    """The hive layout of ``rpdist sweep`` by hand: partition columns only in the directory names."""
+    frames = []
+    for s_i, sigma in enumerate(sigmas):
+        for n in ns:
+            for alpha in alphas:
+                table = certificates(sigma, n, alpha, seed=s_i)
+                directory = partition_dir(root, sigma, n, alpha, 0)
+                directory.mkdir(parents=True)
+                pq.write_table(table.drop_columns(["sigma", "n", "alpha", "seed"]), directory / "chunk-000000.parquet")
+                frames.append(table.to_pandas())
+    manifest = {"status": "complete",
+                "config": {"sweep": {"dataset": "insurance", "analysis": "certify", "sigma": list(sigmas),
+                                     "n": list(ns), "alpha": list(alphas), "seed": [0], "n0": 100}, "rows": 40},
+                "forward_samples": {"used": 123_000, "naive_grid": 456_000, "saved_fraction": 1 - 123 / 456}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root, pd.concat(frames, ignore_index=True)
+
+
+def rap_frame(inputs: int = 30) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(inputs):
+        value = float(rng.uniform(18, 45))
+        for release, length in (("base", rng.uniform(5, 20)), ("smoothed", rng.uniform(15, 30))):
+            radius = float(rng.uniform(0, 0.5)) if release == "smoothed" else float("nan")
+            rows.append({"input_id": i, "release_model": release, "sigma": 0.5, "n": 1000, "alpha": 0.001,
+                         "attribute": "bmi", "attribute_value": value, "attribute_scale": 6.1,
+                         "released_label": int(i % 7 == 0) - (release == "smoothed" and i % 10 == 3),
+                         "compatible_length": float(length), "interval_low": value - length / 2,
+                         "interval_high": value + length / 2, "radius": radius,
+                         "certified_low": value - radius * 6.1 if release == "smoothed" and i % 4 else float("nan"),
+                         "certified_high": value + radius * 6.1 if release == "smoothed" and i % 4 else float("nan"),
+                         "adversary_estimate": value + 1.5, "abs_error": 1.5})
+    return pd.DataFrame(rows)
+
+
+def attack_frame() -> pd.DataFrame:
+    rows = []
+    settings = [("none", np.nan, np.nan, np.nan, 0.9, 0.75), ("rp", 0.1, 1000, np.nan, 0.7, 0.05),
+                ("rp", 0.05, 1000, np.nan, 0.88, 0.5), ("dpsgd", np.nan, np.nan, 8.0, 0.6, 0.25)]
+    for defense, sigma, n, eps, acc, asr in settings:
+        for target in range(20):
+            rows.append({"defense": defense, "sigma": sigma, "n": n, "epsilon": eps, "release": "label",
+                         "target": target, "success": target < round(asr * 20), "eval_confidence": 0.8,
+                         "queries": 500, "forward_passes": 1000, "utility_accuracy": acc})
+    return pd.DataFrame(rows)
+
+
+def check_png(path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    assert path.is_file() and path.stat().st_size > 5_000
+    image = mpimg.imread(path)
+    height, width = image.shape[:2]
+    assert 300 <= height <= 2000 and 500 <= width <= 2500, image.shape
+    assert image.std() > 0.05  # not a blank canvas
+
+
+def pngs_of(report: Path) -> list[Path]:
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+    assert links and all("/" not in link for link in links)  # relative links, next to the report
+    paths = [report.parent / link for link in links]
+    for path in paths:
+        check_png(path)
+    return paths
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    captured = capsys.readouterr()
+    return info.value.code, captured.out, captured.err
+
+
+def test_certify_run_report_numbers_and_plot(tmp_path, capsys):
+    run, df = write_certify_run(tmp_path)
+    code, out, err = run_cli(["report", str(run)], capsys)
+    assert code == 0, err
+    report = run / "report.md"
+    assert str(report) in out
+    text = report.read_text()
+    assert [p.name for p in pngs_of(report)] == ["report-certified-accuracy.png"]
+    # Certified accuracy, computed here independently of rpdist.summary.
+    correct = (df["prediction"] == df["label"]).to_numpy()
+    assert f"| smoothed accuracy (certified at radius ≥ 0) | {100 * correct.mean():.1f}% |" in text
+    for multiple in (0.25, 0.5, 1.0, 2.0):
+        r = multiple * 0.5
+        expected = 100 * np.mean(correct & (df["radius"].to_numpy() >= r))
+        assert f"| certified accuracy at radius ≥ {r:g} ({multiple:g}σ) | {expected:.1f}% |" in text, (r, expected)
+    assert f"| abstain rate | {100 * np.mean(df['prediction'] == -1):.1f}% |" in text
+    assert f"| mean radius (abstain = 0) | {df['radius'].mean():.4f} |" in text
+    assert "123,457" in text  # samples/s from the manifest
+    assert "standardised units" in text and "| smoothing.sigma | 0.5 |" in text
+    assert "Robust attribute privacy" not in text and "Attack benchmark" not in text
+    assert 0 < (df["prediction"] == -1).sum() < len(df) and 0 < correct.sum() < len(df)  # a non-trivial fixture
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+    code, out, err = run_cli(["report", str(run), "--out", str(tmp_path / "docs" / "cert.md")], capsys)
+    assert code == 0, err
+    assert [p.name for p in pngs_of(tmp_path / "docs" / "cert.md")] == ["cert-certified-accuracy.png"]
+
+
+def test_sweep_report_tables_and_plots(tmp_path):
+    root, df = write_sweep(tmp_path / "sw")
+    out = tmp_path / "elsewhere" / "sweep.md"
+    assert write_report(root, out=out) == out
+    text = out.read_text()
+    names = sorted(p.name for p in pngs_of(out))
+    assert names == ["sweep-certified-accuracy.png", "sweep-versus-n.png"]
+    assert not (root / "report.md").exists()
+    for (sigma, n, alpha), part in df.groupby(["sigma", "n", "alpha"]):
+        correct = (part["prediction"] == part["label"]).to_numpy()
+        cells = [f"{100 * np.mean(correct & (part['radius'].to_numpy() >= m * sigma)):.1f}%"
+                 for m in (0.0, 0.25, 0.5, 1.0, 2.0)]
+        row = (f"| {sigma:g} | {n:,} | {alpha:g} | 0 | 40 | " + " | ".join(cells)
+               + f" | {100 * np.mean(part['prediction'] == -1):.1f}% | {part['radius'].mean():.4f} |")
+        assert row in text, row
+    assert "123,000 used" in text and "456,000" in text
+    assert "largest N (10,000) and smallest α (0.001)" in text
+
+
+def test_sweep_with_one_n_has_no_versus_n_plot(tmp_path):
+    root, _ = write_sweep(tmp_path / "sw", sigmas=(0.5,), ns=(1000,), alphas=(0.001,))
+    report = write_report(root)
+    assert [p.name for p in pngs_of(report)] == ["report-certified-accuracy.png"]
+    assert "single N" in report.read_text()
+
+
+def test_predict_run_report(tmp_path):
+    run = tmp_path / "pred"
+    run.mkdir()
+    counts = np.array([[90, 10], [50, 50], [5, 95], [60, 40]])
+    table = prediction_table(np.arange(4), np.array([0, 0, 0, 1]), counts, SmoothingConfig("predict", 0.5, 100, 0.01))
+    pq.write_table(table, run / "predictions.parquet")
+    text = write_report(run).read_text()
+    df = table.to_pandas()
+    assert f"| accuracy (abstain = wrong) | {100 * (df['prediction'] == df['label']).mean():.1f}% |" in text
+    assert "No `manifest.json`" in text and "![" not in text
+
+
+def test_rap_and_attack_sections_appear_with_their_files(tmp_path):
+    run, _ = write_certify_run(tmp_path)
+    rap = rap_frame()
+    pq.write_table(pa.Table.from_pandas(rap, preserve_index=False), run / "rap.parquet")
+    report = write_report(run)
+    text = report.read_text()
+    assert "Robust attribute privacy" in text and "Attack benchmark" not in text
+    assert sorted(p.name for p in pngs_of(report)) == ["report-certified-accuracy.png", "report-rap-lengths.png"]
+    for release in ("base", "smoothed"):
+        median = rap.loc[rap["release_model"] == release, "compatible_length"].median()
+        assert re.search(rf"\| {release} \| 30 \| {median:.2f} \|", text), release
+    smoothed = rap[rap["release_model"] == "smoothed"]
+    assert f"| {100 * smoothed['certified_low'].notna().mean():.1f}% |" in text
+
+    attack = attack_frame()
+    pq.write_table(pa.Table.from_pandas(attack, preserve_index=False), run / "attack.parquet")
+    report = write_report(run)
+    text = report.read_text()
+    assert "Robust attribute privacy" in text and "Attack benchmark" in text
+    assert "report-attack-asr.png" in [p.name for p in pngs_of(report)]
+    assert "| rp | 0.1 | 1,000 | — | label | 20 | 5.0% | 70.0% |" in text
+    assert "| none | — | — | — | label | 20 | 75.0% | 90.0% |" in text
+    assert "| dpsgd | — | — | 8 | label | 20 | 25.0% | 60.0% |" in text
+
+
+def test_attack_only_directory(tmp_path):
+    run = tmp_path / "atk"
+    run.mkdir()
+    pq.write_table(pa.Table.from_pandas(attack_frame(), preserve_index=False), run / "attack.parquet")
+    text = write_report(run).read_text()
+    assert "Attack benchmark" in text and "Certified robustness" not in text
+
+
+def test_folder_of_runs(tmp_path):
+    write_certify_run(tmp_path, "a", sigma=0.25)
+    write_certify_run(tmp_path, "b", sigma=0.5, dataset="digits")
+    write_sweep(tmp_path / "sw", sigmas=(0.5,))
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "manifest.json").write_text(json.dumps({"status": "running"}))
+    report = write_report(tmp_path)
+    text = report.read_text()
+    names = {p.name for p in pngs_of(report)}
+    assert {"report-all-certified-accuracy.png", "report-a-certified-accuracy.png", "report-b-certified-accuracy.png",
+            "report-sw-certified-accuracy.png", "report-sw-versus-n.png"} == names
+    assert "| `a` | certify | 40 | 0.25 | 1,000 | 0.001 |" in text
+    assert "unfinished" in text and "Skipped" in text
+
+
+def _make(path: Path, files: dict[str, str]) -> Path:
+    path.mkdir()
+    for name, content in files.items():
+        (path / name).write_text(content)
+    return path
+
+
+@pytest.mark.parametrize("setup, fragment", [
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: _make(p / "empty", {}), "is empty"),
+    (lambda p: _make(p / "junk", {"notes.txt": "x"}), "holds no rpdist"),
+    (lambda p: _make(p / "d", {"f.txt": "x"}) / "f.txt", "not a directory"),
+    (lambda p: _make(p / "r", {"certificates.parquet": "nope"}), "cannot read"),
+    (lambda p: _make(p / "r", {"manifest.json": '{"status": "running"}'}), "unfinished run"),
+    (lambda p: _make(p / "r", {"manifest.json": "{not json"}), "not valid JSON"),
+])
+def test_bad_directories_exit_2_with_one_line(tmp_path, capsys, setup, fragment):
+    target = setup(tmp_path)
+    code, out, err = run_cli(["report", str(target)], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("rpdist: error:") and fragment in err, err
+    assert "Traceback" not in err
+    assert not list(tmp_path.rglob("*.png")) and not list(tmp_path.rglob("report.md"))
+
+
+def test_empty_table_and_missing_column_are_input_errors(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    pq.write_table(certificates(0.5, 1000, 0.001).slice(0, 0), run / "certificates.parquet")
+    with pytest.raises(InputError, match="no rows"):
+        write_report(run)
+    (run / "certificates.parquet").unlink()
+    pq.write_table(pa.table({"release_model": ["base"]}), tmp_path / "r" / "rap.parquet")
+    with pytest.raises(InputError, match="compatible_length"):
+        write_report(run)
