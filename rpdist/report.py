@@ -18,8 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from rpdist.errors import InputError
+from rpdist.results import atomic_write
 
 DPI = 120
 RUN_FILES = {"certificates.parquet": "certify", "predictions.parquet": "predict", "rap.parquet": "rap",
@@ -245,22 +244,6 @@ def _figure(width: float = 6.4, height: float = 4.2):
     return fig
 
 
-def _atomic_write(path: Path, write) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def certified_curve(df: pd.DataFrame, radii: np.ndarray) -> np.ndarray:
     """Share of inputs that are correct (or, without labels, certified) at radius ≥ r, for each r."""
     if _labelled(df):
@@ -325,7 +308,7 @@ class _Writer:
         """Save a figure next to the report; returns its relative link."""
         fig.tight_layout()
         path = self.out.parent / f"{self.out.stem}-{name}.png"
-        _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
         self.plots.append(path)
         return path.name
 
@@ -699,5 +682,5 @@ def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
     def write(tmp):
         Path(tmp).write_text(text, encoding="utf-8")
 
-    _atomic_write(out, write)
+    atomic_write(out, write)
     return out

@@ -55,7 +55,8 @@ def prediction_schema() -> pa.Schema:
     ])
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -64,6 +65,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from other users of a shared disk
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -71,7 +73,7 @@ def _atomic(path: Path, write) -> None:
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
-    _atomic(Path(path), lambda tmp: pq.write_table(table, tmp))
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
 def write_json(data: dict, path: Path) -> None:
@@ -80,7 +82,7 @@ def write_json(data: dict, path: Path) -> None:
             json.dump(data, fh, indent=2, sort_keys=True, default=str)
             fh.write("\n")
 
-    _atomic(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def read_manifest(path: Path) -> dict | None:

@@ -39,38 +39,39 @@ def check_count(value: int, name: str) -> int:
     return int(value)
 
 
-def min_samples_to_certify(alpha: float) -> int:
-    """Smallest N at which N unanimous votes give p̲A = α^(1/N) > 1/2, i.e. any radius at all."""
+def _smallest_n(alpha: float, decisive) -> int:
+    """The smallest N for which a unanimous vote of N samples is ``decisive`` at level α."""
     alpha = check_alpha(alpha)
-    n = math.floor(math.log2(1 / alpha)) + 1
-    while alpha ** (1 / n) <= 0.5:  # guard the floor against rounding at exact powers of two
+    n = 1
+    while not decisive(n, alpha):
         n += 1
     return n
 
 
-def check_feasible(n: int, alpha: float) -> None:
-    """Refuse an (N, α) that can never certify anything, rather than return only abstentions."""
-    n = check_count(n, "n")
-    need = min_samples_to_certify(alpha)
-    if n < need:
-        raise InputError(f"n={n} can never certify at alpha={alpha}: it needs n >= {need}")
+def min_samples_to_certify(alpha: float) -> int:
+    """Smallest N at which N unanimous votes give p̲A = α^(1/N) > 1/2, i.e. any radius at all."""
+    return _smallest_n(alpha, lambda n, a: a ** (1 / n) > 0.5)
 
 
 def min_samples_to_predict(alpha: float) -> int:
     """Smallest N at which a unanimous vote passes PREDICT's two-sided test: 2·(1/2)^N ≤ α."""
-    alpha = check_alpha(alpha)
-    n = 1
-    while 2 * 0.5**n > alpha:
-        n += 1
-    return n
+    return _smallest_n(alpha, lambda n, a: 2 * 0.5**n <= a)
+
+
+def _check_reachable(n: int, alpha: float, need: int, what: str) -> None:
+    n = check_count(n, "n")
+    if n < need:
+        raise InputError(f"n={n} can never {what} at alpha={alpha}: it needs n >= {need}")
+
+
+def check_feasible(n: int, alpha: float) -> None:
+    """Refuse an (N, α) that can never certify anything, rather than return only abstentions."""
+    _check_reachable(n, alpha, min_samples_to_certify(alpha), "certify")
 
 
 def check_predict_feasible(n: int, alpha: float) -> None:
     """Refuse an (N, α) at which PREDICT could only ever abstain."""
-    n = check_count(n, "n")
-    need = min_samples_to_predict(alpha)
-    if n < need:
-        raise InputError(f"n={n} can never pass PREDICT's test at alpha={alpha}: it needs n >= {need}")
+    _check_reachable(n, alpha, min_samples_to_predict(alpha), "pass PREDICT's test")
 
 
 def cp_lower(count: np.ndarray | int, n: np.ndarray | int, alpha: float) -> np.ndarray:
