@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -34,7 +33,7 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
         grid_batch: int = typer.Option(DEFAULT_GRID_BATCH, "--grid-batch",
                                        help="Grid points per engine call; larger grids stream."),
-        out: Path = typer.Option(Path("results"), "--out", "-o", help="Output root; writes OUT/RUN_ID/rap.parquet."),
+        out: str = typer.Option("results", "--out", "-o", help="Output root (a directory or a pyarrow URI such as s3://bucket/x); writes OUT/RUN_ID/rap.parquet."),
         run_id: Optional[str] = typer.Option(None, "--run-id", help="Run directory name."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
@@ -63,4 +62,4 @@ def print_summary(outcome, attribute: str) -> None:
             line += (f" | certified {100 * row.certified_rate:.1f}% | containment {100 * row.containment:.1f}%"
                      f" | advantage <= alpha/2 = {row.advantage_bound:g}")
         typer.echo(line)
-    typer.echo(f"results: {outcome.path / 'rap.parquet'}")
+    typer.echo(f"results: {outcome.path}/rap.parquet")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -26,7 +25,7 @@ ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto o
 SPLIT = typer.Option("test", "--split", help="train, test or all.")
 LIMIT = typer.Option(None, "--limit", help="Only the first LIMIT inputs of the split.")
 LABEL = typer.Option("label", "--label-column", help="Label column of a .csv/.parquet dataset.")
-OUT = typer.Option(Path("results"), "--out", "-o", help="Output root; the run writes OUT/RUN_ID/.")
+OUT = typer.Option("results", "--out", "-o", help="Output root: a directory or a pyarrow URI (s3://bucket/x); the run writes OUT/RUN_ID/.")
 RUN_ID = typer.Option(None, "--run-id", help="Run directory name. Rerunning an interrupted run id resumes it.")
 NOISE_BLOCK = typer.Option(DEFAULT_BLOCK, "--noise-block", help="Samples per counter-based noise block.")
 DEVICE = typer.Option(None, "--device", help="cpu or cuda. Default: cuda when the cluster has GPUs.")
@@ -39,7 +38,7 @@ def register(app: typer.Typer) -> None:
                     train_sigma: Optional[float] = TRAIN_SIGMA, sigma: float = SIGMA, n: int = N, n0: int = N0,
                     alpha: float = ALPHA, seed: int = SEED, batch_size: Optional[int] = BATCH,
                     workers: Optional[int] = WORKERS, address: Optional[str] = ADDRESS, split: str = SPLIT,
-                    limit: Optional[int] = LIMIT, label_column: str = LABEL, out: Path = OUT,
+                    limit: Optional[int] = LIMIT, label_column: str = LABEL, out: str = OUT,
                     run_id: Optional[str] = RUN_ID, noise_block: int = NOISE_BLOCK,
                     device: Optional[str] = DEVICE, quiet: bool = QUIET) -> None:
         """CERTIFY each input: smoothed prediction and certified ℓ2 radius (Cohen et al.)."""
@@ -50,7 +49,7 @@ def register(app: typer.Typer) -> None:
                     train_sigma: Optional[float] = TRAIN_SIGMA, sigma: float = SIGMA, n: int = N,
                     alpha: float = ALPHA, seed: int = SEED, batch_size: Optional[int] = BATCH,
                     workers: Optional[int] = WORKERS, address: Optional[str] = ADDRESS, split: str = SPLIT,
-                    limit: Optional[int] = LIMIT, label_column: str = LABEL, out: Path = OUT,
+                    limit: Optional[int] = LIMIT, label_column: str = LABEL, out: str = OUT,
                     run_id: Optional[str] = RUN_ID, noise_block: int = NOISE_BLOCK,
                     device: Optional[str] = DEVICE, quiet: bool = QUIET) -> None:
         """PREDICT each input: the smoothed label, or -1 (abstain) when the vote is not significant."""

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @app.command("sweep")
     def sweep_cmd(
         sweep_file: Path = typer.Argument(..., help="YAML file: dataset, model, analysis and lists of sigma, n, alpha, seed."),
-        out: Path = typer.Option(Path("results"), "--out", "-o", help="Output root; the sweep writes OUT/SWEEP_ID/."),
+        out: str = typer.Option("results", "--out", "-o", help="Output root: a directory or a pyarrow URI (s3://bucket/x); the sweep writes OUT/SWEEP_ID/."),
         sweep_id: Optional[str] = typer.Option(None, "--sweep-id", help="Default: the YAML file's name, so rerunning resumes."),
         workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Model replicas. Default: one per CPU or GPU."),
         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join. Default: an embedded local Ray."),
@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
 
 def print_sweep_summary(outcome, analysis: str) -> None:
     console = Console()
-    table = Table(title=f"sweep {outcome.path.name}")
+    table = Table(title=f"sweep {outcome.path.rsplit('/', 1)[-1]}")
     for column in ("σ", "N", "α", "seed", "accuracy" if analysis == "predict" else "cert. acc @0", "abstain",
                    *(["mean radius"] if analysis == "certify" else [])):
         table.add_column(column, justify="right")

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rpdist.errors import InputError
@@ -72,35 +73,7 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def write_parquet(table: pa.Table, path: Path) -> None:
-    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
-
-
-def write_json(data: dict, path: Path) -> None:
-    def write(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-
-    atomic_write(Path(path), write)
-
-
-def read_manifest(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise InputError(f"{path} is unreadable; choose another run id") from None
-
-
-def claim(directory: Path, existing: dict | None, config: dict) -> dict | None:
-    """A run directory may be resumed only by the configuration that started it."""
-    if existing is not None and existing.get("config") != config:
-        raise InputError(f"{directory} holds a run with a different configuration; choose another run id")
-    if existing is None and directory.exists() and any(directory.iterdir()):
-        raise InputError(f"{directory} exists and is not an rpdist run; choose another run id")
-    return existing
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
 
 
 def check_run_id(run_id: str) -> str:
@@ -109,7 +82,104 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
+class Store:
+    """A results root: a local directory or any filesystem URI pyarrow knows (s3://, gs://, hdfs://).
+
+    Local files are written to a temporary name and renamed; object stores publish an object only
+    when its upload completes, so a reader sees every file whole or not at all either way.
+    """
+
+    def __init__(self, root: str | Path, filesystem: pafs.FileSystem | None = None):
+        if filesystem is not None:
+            self.fs, self.root = filesystem, str(root).rstrip("/")
+        elif "://" in str(root):
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(str(root))
+            except (pa.ArrowException, ValueError, OSError) as exc:
+                raise InputError(f"cannot use results location {root}: {' '.join(str(exc).split())[:200]}") from None
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(root)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.display = str(root).rstrip("/") if "://" in str(root) else str(root)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def show(self, *parts: str) -> str:
+        """How a user should see this location: as given, with the relative parts appended."""
+        return "/".join([self.display, *parts])
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def files(self, *parts: str, recursive: bool = False) -> list[str]:
+        """Paths of the visible files below a directory (names starting with '.' are temporaries)."""
+        selector = pafs.FileSelector(self.path(*parts), allow_not_found=True, recursive=recursive)
+        return sorted(info.path for info in self.fs.get_file_info(selector)
+                      if info.type == pafs.FileType.File and not info.base_name.startswith("."))
+
+    def _publish(self, rel: tuple[str, ...], write) -> None:
+        if self.local:
+            atomic_write(Path(self.path(*rel)), write)
+            return
+        target = self.path(*rel)
+        try:
+            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            write(target)
+        except OSError as exc:
+            raise InputError(f"cannot write {self.show(*rel)}: {exc}") from None
+
+    def write_parquet(self, table: pa.Table, *rel: str) -> None:
+        self._publish(rel, lambda target: pq.write_table(table, target, filesystem=None if self.local else self.fs))
+
+    def write_json(self, data: dict, *rel: str) -> None:
+        body = (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode()
+        if self.local:
+            self._publish(rel, lambda target: Path(target).write_bytes(body))
+        else:
+            self._publish(rel, lambda target: self._upload(target, body))
+
+    def _upload(self, target: str, body: bytes) -> None:
+        with self.fs.open_output_stream(target) as stream:
+            stream.write(body)
+
+    def read_json(self, *rel: str) -> dict | None:
+        if not self.exists(*rel):
+            return None
+        try:
+            with self.fs.open_input_stream(self.path(*rel)) as stream:
+                return json.loads(stream.read())
+        except (OSError, ValueError):
+            raise InputError(f"{self.show(*rel)} is unreadable; choose another run id") from None
+
+    def read_table(self, path: str, schema: pa.Schema | None = None) -> pa.Table:
+        return pq.read_table(path, schema=schema, filesystem=self.fs)
+
+    def delete_dir(self, *rel: str) -> None:
+        if self.exists(*rel):
+            self.fs.delete_dir(self.path(*rel))
+
+    def check_writable(self) -> None:
+        """Fail before any work if the root cannot be written: try it, leaving nothing behind."""
+        if self.local:
+            check_writable(Path(self.root))
+            return
+        probe = f".rpdist-probe-{os.getpid()}"
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+            self._upload(self.path(probe), b"")
+            self.fs.delete_file(self.path(probe))
+        except OSError as exc:
+            raise InputError(f"cannot write results under {self.display}: {' '.join(str(exc).split())[:200]}") from None
+
+    def claim(self, run_id: str, config: dict) -> dict | None:
+        """A run directory may be resumed only by the configuration that started it."""
+        existing = self.read_json(run_id, "manifest.json")
+        if existing is not None and existing.get("config") != config:
+            raise InputError(f"{self.show(run_id)} holds a run with a different configuration; choose another run id")
+        if existing is None and self.files(run_id, recursive=True):
+            raise InputError(f"{self.show(run_id)} exists and is not an rpdist run; choose another run id")
+        return existing
 
 
 def check_writable(out: Path) -> None:
@@ -123,45 +193,56 @@ def check_writable(out: Path) -> None:
         raise InputError(f"cannot write results under {out}: {probe} is not a writable directory") from None
 
 
+def open_run(out: str | Path | Store, run_id: str) -> Store:
+    """The store for ``OUT/RUN_ID``, checked to be writable before any work starts."""
+    check_run_id(run_id)
+    store = out if isinstance(out, Store) else Store(out)
+    store.check_writable()
+    return store
+
+
 class RunDir:
     """``OUT/RUN_ID/``: chunk files while running, one final Parquet file and a manifest when done."""
 
     def __init__(self, out: str | Path, run_id: str, final_name: str):
-        check_run_id(run_id)
-        check_writable(Path(out))
-        self.path = Path(out) / run_id
-        self.final = self.path / final_name
-        self.parts = self.path / "parts"
-        self.manifest_path = self.path / "manifest.json"
+        self.store = open_run(out, run_id)
+        self.run_id = run_id
+        self.final_name = final_name
+        self.path = self.store.show(run_id)
 
     def manifest(self) -> dict | None:
-        return read_manifest(self.manifest_path)
+        return self.store.read_json(self.run_id, "manifest.json")
 
     def claim(self, config: dict) -> dict | None:
         """Start or resume: returns the existing manifest, refusing a different configuration."""
-        return claim(self.path, self.manifest(), config)
+        return self.store.claim(self.run_id, config)
 
     @property
     def complete(self) -> bool:
-        return self.final.exists() and (self.manifest() or {}).get("status") == "complete"
+        return self.store.exists(self.run_id, self.final_name) and (self.manifest() or {}).get("status") == "complete"
 
-    def chunk_path(self, chunk: int) -> Path:
-        return self.parts / f"chunk-{chunk:06d}.parquet"
+    def write_manifest(self, manifest: dict) -> None:
+        self.store.write_json(manifest, self.run_id, "manifest.json")
+
+    def write_table(self, table: pa.Table, name: str) -> None:
+        self.store.write_parquet(table, self.run_id, name)
+
+    def read_final(self) -> pa.Table:
+        return self.store.read_table(self.store.path(self.run_id, self.final_name))
 
     def finished_chunks(self) -> set[int]:
-        if not self.parts.is_dir():
-            return set()
-        return {int(p.stem.split("-")[1]) for p in self.parts.glob("chunk-*.parquet")}
+        return {int(path.rsplit("/", 1)[1].split("-")[1].split(".")[0])
+                for path in self.store.files(self.run_id, "parts") if path.endswith(".parquet")}
 
     def write_chunk(self, chunk: int, table: pa.Table) -> None:
-        write_parquet(table, self.chunk_path(chunk))
+        self.store.write_parquet(table, self.run_id, "parts", f"chunk-{chunk:06d}.parquet")
 
     def finish(self, schema: pa.Schema, manifest: dict) -> pa.Table:
         """Merge chunk files in order into the final file, then drop them."""
-        chunks = sorted(self.finished_chunks())
-        tables = [pq.read_table(self.chunk_path(c), schema=schema) for c in chunks]
+        paths = [self.store.path(self.run_id, "parts", f"chunk-{c:06d}.parquet") for c in sorted(self.finished_chunks())]
+        tables = [self.store.read_table(p, schema=schema) for p in paths]
         table = pa.concat_tables(tables) if tables else schema.empty_table()
-        write_parquet(table, self.final)
-        write_json(manifest, self.manifest_path)
-        shutil.rmtree(self.parts, ignore_errors=True)
+        self.write_table(table, self.final_name)
+        self.write_manifest(manifest)
+        self.store.delete_dir(self.run_id, "parts")
         return table

@@ -12,7 +12,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
@@ -47,7 +46,7 @@ class RunSpec:
 
 @dataclass
 class RunOutcome:
-    path: Path
+    path: str
     table: pa.Table
     manifest: dict
     summary: dict = field(default_factory=dict)
@@ -94,9 +93,7 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
     existing = run_dir.claim(identity)
     schema = certificate_schema() if config.analysis == CERTIFY else prediction_schema()
     if existing is not None and run_dir.complete:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(run_dir.final)
+        table = run_dir.read_final()
         return RunOutcome(run_dir.path, table, existing, summarize(table.to_pandas(), config.analysis, config.sigma))
 
     started = existing["timings"]["started"] if existing else dt.datetime.now(dt.timezone.utc).isoformat()
@@ -110,9 +107,7 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
                  "unit_inputs": job.plan.unit_inputs, "noise_block": job.plan.block_size},
         "timings": {"started": started},
     }
-    from rpdist.results import write_json
-
-    write_json(manifest, run_dir.manifest_path)
+    run_dir.write_manifest(manifest)
     done = run_dir.finished_chunks()
     clock = time.perf_counter()
     for chunk, table in job.tables(skip=done, progress=progress, on_unit=on_unit):

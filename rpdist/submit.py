@@ -121,11 +121,8 @@ def prepare(rpdist_args: list[str], staging_dir: str | Path) -> PreparedJob:
             rewritten.append(staging.add_if_file(token))
     notes = []
     out = _option_value(rewritten, outputs)
-    if out is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", out):
-        # results.py writes local paths only: "s3://b/x" would become the local folder "s3:/b/x".
-        raise InputError(f"--out {out}: remote output URIs are not supported yet; give an absolute path on "
-                         "the head (or on storage mounted on it) and copy the results from there")
-    if options is not None and "--out" in options and (out is None or not os.path.isabs(out)):
+    remote = out is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", out)
+    if options is not None and "--out" in options and not remote and (out is None or not os.path.isabs(out)):
         notes.append("--out is relative (default: results): the job writes it inside Ray's temporary "
                      "working directory on the head, which Ray deletes; pass an absolute --out")
     entrypoint = shlex.join(["rpdist", *rewritten])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
@@ -26,7 +27,7 @@ import pyarrow as pa
 from rpdist import stats
 from rpdist.errors import InputError
 from rpdist.noise import DEFAULT_BLOCK, Phase
-from rpdist.results import (check_run_id, check_writable, claim, read_manifest, write_json, write_parquet)
+from rpdist.results import Store, open_run
 from rpdist.smoothing import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
 
 PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()), ("seed", pa.int64()))
@@ -152,13 +153,16 @@ def load_sweep(path: str | Path) -> SweepSpec:
     return parse_sweep(data, str(path))
 
 
-def partition_dir(root: Path, sigma: float, n: int, alpha: float, seed: int) -> Path:
-    return root / f"sigma={sigma!r}" / f"n={n}" / f"alpha={alpha!r}" / f"seed={seed}"
+def partition_dir(sigma: float, n: int, alpha: float, seed: int) -> tuple[str, ...]:
+    return (f"sigma={sigma!r}", f"n={n}", f"alpha={alpha!r}", f"seed={seed}")
+
+
+_SWEEP_FILE = re.compile(r"/sigma=[^/]+/n=[^/]+/alpha=[^/]+/seed=[^/]+/chunk-\d+\.parquet$")
 
 
 @dataclass
 class SweepOutcome:
-    path: Path
+    path: str
     manifest: dict
     summary: list[dict] = field(default_factory=list)
 
@@ -170,13 +174,10 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
     from rpdist.datasets import load_dataset
     from rpdist.runs import RunSpec, resolve_model, versions
 
-    check_run_id(sweep_id)
-    check_writable(Path(out))
-    root = Path(out) / sweep_id
+    store = open_run(out, sweep_id)
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit)
-    manifest_path = root / "manifest.json"
     config = {"sweep": spec.as_dict(), "dataset_sha256": data.sha256, "rows": len(data)}
-    existing = claim(root, read_manifest(manifest_path), config)
+    existing = store.claim(sweep_id, config)
     manifest = existing or {"config": config, "status": "running", "versions": versions(),
                             "started": dt.datetime.now(dt.timezone.utc).isoformat(), "models": {}}
     manifest["status"] = "running"
@@ -191,17 +192,17 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
                                workers=workers, address=address, device=device)
             manifest["models"][f"sigma={sigma!r}"] = {**model_info, "sha256": model_ref.sha256}
             manifest["device"] = {"type": job.pool.device, "workers": job.pool.workers}
-            write_json(manifest, manifest_path)
+            store.write_json(manifest, sweep_id, "manifest.json")
             configs = spec.configs(sigma, seed)
-            dirs = [partition_dir(root, sigma, c.n, c.alpha, seed) for c in configs]
+            dirs = [(sweep_id, *partition_dir(sigma, c.n, c.alpha, seed)) for c in configs]
             done = {c for c in range(job.plan.num_chunks)
-                    if all((d / f"chunk-{c:06d}.parquet").exists() for d in dirs)}
+                    if all(store.exists(*d, f"chunk-{c:06d}.parquet") for d in dirs)}
             for chunk, counts in job.block_counts(skip=done, progress=progress, on_unit=on_unit):
                 rows = job.plan.chunk_rows(chunk)
                 for config, directory in zip(configs, dirs):
                     table = job.table(rows, prefix_counts(counts, config.n, spec.block), config)
-                    write_parquet(table.drop_columns([name for name, _ in PARTITIONS]),
-                                  directory / f"chunk-{chunk:06d}.parquet")
+                    store.write_parquet(table.drop_columns([name for name, _ in PARTITIONS]),
+                                        *directory, f"chunk-{chunk:06d}.parquet")
             per_input = (spec.n0 if spec.analysis == CERTIFY else 0)
             used += len(data) * (per_input + max(spec.n))
             naive += len(data) * sum(per_input + n for n in spec.n) * len(spec.alpha)
@@ -210,9 +211,9 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
         "forward_samples": {"used": used, "naive_grid": naive, "saved_fraction": 1 - used / naive},
     })
-    write_json(manifest, manifest_path)
-    table = read_sweep(root)
-    return SweepOutcome(root, manifest, summarize_sweep(table.to_pandas(), spec.analysis))
+    store.write_json(manifest, sweep_id, "manifest.json")
+    table = read_sweep(Store(store.path(sweep_id), filesystem=store.fs))
+    return SweepOutcome(store.show(sweep_id), manifest, summarize_sweep(table.to_pandas(), spec.analysis))
 
 
 def prefix_counts(counts: dict[int, np.ndarray], n: int, block: int) -> dict[int, np.ndarray]:
@@ -221,16 +222,17 @@ def prefix_counts(counts: dict[int, np.ndarray], n: int, block: int) -> dict[int
             for phase, c in counts.items()}
 
 
-def read_sweep(root: str | Path) -> pa.Table:
+def read_sweep(root: str | Path | Store) -> pa.Table:
     """The whole sweep as one table, partition columns included, in a stable row order."""
     import pyarrow.dataset as ds
 
-    root = Path(root)
-    files = sorted(str(p) for p in root.glob("sigma=*/n=*/alpha=*/seed=*/chunk-*.parquet"))
+    store = root if isinstance(root, Store) else Store(root)
+    files = [f for f in store.files(recursive=True) if _SWEEP_FILE.search(f)]
     if not files:
-        raise InputError(f"{root} holds no sweep results")
+        raise InputError(f"{store.display} holds no sweep results")
     partitioning = ds.partitioning(pa.schema(list(PARTITIONS)), flavor="hive")
-    table = ds.dataset(files, format="parquet", partitioning=partitioning, partition_base_dir=str(root)).to_table()
+    table = ds.dataset(files, format="parquet", partitioning=partitioning, partition_base_dir=store.root,
+                       filesystem=store.fs).to_table()
     keys = [(name, "ascending") for name, _ in PARTITIONS] + [("input_id", "ascending")]
     return table.sort_by(keys)
 

@@ -173,3 +173,32 @@ def test_cli_package_is_not_installed_as_top_level_cli():
     assert Path(rpdist.cli.__file__).parent.name == "cli" and rpdist.cli.__name__ == "rpdist.cli"
     site = Path(sysconfig.get_paths()["purelib"])
     assert not (site / "cli").exists() and not (site / "cli.py").exists()
+
+
+def test_results_through_a_non_local_filesystem(ray_session, tmp_path):
+    """The object-store path of the writer (no rename), exercised through a pyarrow filesystem."""
+    import pyarrow.fs as pafs
+
+    from rpdist import runs
+    from rpdist.results import Store
+    from rpdist.smoothing import CERTIFY, SmoothingConfig
+    from rpdist.sweep import parse_sweep, read_sweep, run_sweep
+
+    remote = Store("bucket", filesystem=pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem()))
+    assert not remote.local
+    config = SmoothingConfig(CERTIFY, sigma=0.5, n=500, alpha=0.01, n0=50)
+    far = runs.execute(runs.RunSpec(config=config, dataset="insurance", limit=6, out=remote, run_id="r"),
+                       progress=False)
+    near = runs.execute(runs.RunSpec(config=config, dataset="insurance", limit=6, out=str(tmp_path / "local"),
+                                     run_id="r"), progress=False)
+    run = tmp_path / "bucket" / "r"
+    assert sorted(p.name for p in run.iterdir()) == ["certificates.parquet", "manifest.json"]
+    assert pd.read_parquet(run / "certificates.parquet").equals(near.table.to_pandas())
+    assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
+    assert far.path == "bucket/r"
+
+    spec = parse_sweep({"dataset": "insurance", "sigma": [0.5], "n": [500, 1000], "limit": 4})
+    run_sweep(spec, out=remote, sweep_id="s", progress=False)
+    local = run_sweep(spec, out=tmp_path / "local", sweep_id="s", progress=False)
+    pd.testing.assert_frame_equal(read_sweep(tmp_path / "bucket" / "s").to_pandas(),
+                                  read_sweep(local.path).to_pandas())

@@ -60,7 +60,7 @@ def write_sweep(root: Path, sigmas=(0.25, 0.5), ns=(1000, 10000), alphas=(0.01, 
         for n in ns:
             for alpha in alphas:
                 table = certificates(sigma, n, alpha, seed=s_i)
-                directory = partition_dir(root, sigma, n, alpha, 0)
+                directory = root.joinpath(*partition_dir(sigma, n, alpha, 0))
                 directory.mkdir(parents=True)
                 pq.write_table(table.drop_columns(["sigma", "n", "alpha", "seed"]), directory / "chunk-000000.parquet")
                 frames.append(table.to_pandas())

@@ -11,14 +11,13 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
 from rpdist.errors import InputError
 from rpdist.privacy.rap import DEFAULT_GRID_BATCH, rap_analysis, resolve_attribute, summarize
-from rpdist.results import RunDir, write_json, write_parquet
+from rpdist.results import RunDir
 
 DEFAULT_L1 = 0.01
 
@@ -50,7 +49,7 @@ class RapSpec:
 
 @dataclass
 class RapOutcome:
-    path: Path
+    path: str
     table: pd.DataFrame
     curve: pd.DataFrame
     summary: pd.DataFrame
@@ -110,8 +109,8 @@ def run_rap(spec: RapSpec, progress: bool = False) -> RapOutcome:
     table = pd.concat(tables, ignore_index=True)
     curve = pd.concat(curves, ignore_index=True)
     summary = summarize(table)
-    write_parquet(pa.Table.from_pandas(curve, preserve_index=False), run_dir.path / "rap_curve.parquet")
-    write_parquet(pa.Table.from_pandas(table, preserve_index=False), run_dir.final)
+    run_dir.write_table(pa.Table.from_pandas(curve, preserve_index=False), "rap_curve.parquet")
+    run_dir.write_table(pa.Table.from_pandas(table, preserve_index=False), run_dir.final_name)
     manifest = {
         "status": "complete", "config": config, "command": sys.argv, "models": models,
         "dataset": {"spec": spec.dataset, "split": spec.split, "rows": len(data), "sha256": data.sha256},
@@ -122,5 +121,5 @@ def run_rap(spec: RapSpec, progress: bool = False) -> RapOutcome:
         "platform": platform.platform(),
         "summary": summary.to_dict(orient="records"),
     }
-    write_json(manifest, run_dir.manifest_path)
+    run_dir.write_manifest(manifest)
     return RapOutcome(run_dir.path, table, curve, summary, manifest)
