@@ -32,6 +32,9 @@ def register(app: typer.Typer) -> None:
 
 def print_sweep_summary(outcome, analysis: str) -> None:
     console = Console()
+    if analysis == "rap":
+        print_rap_sweep(console, outcome)
+        return
     table = Table(title=f"sweep {outcome.path.rsplit('/', 1)[-1]}")
     for column in ("σ", "N", "α", "seed", "accuracy" if analysis == "predict" else "cert. acc @0", "abstain",
                    *(["mean radius"] if analysis == "certify" else [])):
@@ -47,4 +50,16 @@ def print_sweep_summary(outcome, analysis: str) -> None:
     samples = outcome.manifest["forward_samples"]
     console.print(f"forward samples: {samples['used']:,} used, {samples['naive_grid']:,} for a naive grid "
                   f"({100 * samples['saved_fraction']:.0f}% saved)")
+    console.print(f"results: {outcome.path}")
+
+
+def print_rap_sweep(console: Console, outcome) -> None:
+    table = Table(title=f"RAP sweep {outcome.path.rsplit('/', 1)[-1]}")
+    for column in ("λ", "σ", "N", "α", "release", "median length", "adversary MAE", "accuracy", "abstain"):
+        table.add_column(column, justify="right")
+    for row in outcome.summary:
+        table.add_row(f"{row['l1_non_sensitive']:g}", f"{row['sigma']:g}", f"{row['n']:,}", f"{row['alpha']:g}",
+                      row["release_model"], f"{row['median_compatible_length']:.2f}", f"{row['adversary_mae']:.2f}",
+                      f"{100 * row['accuracy']:.1f}%", f"{100 * row['abstain_rate']:.1f}%")
+    console.print(table)
     console.print(f"results: {outcome.path}")

@@ -31,10 +31,12 @@ from rpdist.results import Store, open_run
 from rpdist.smoothing import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
 
 PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()), ("seed", pa.int64()))
-ANALYSES = (CERTIFY, PREDICT)
+RAP = "rap"
+ANALYSES = (CERTIFY, PREDICT, RAP)
 LIST_KEYS = {"sigma": float, "n": int, "alpha": float, "seed": int}
 SCALAR_KEYS = {"dataset": str, "analysis": str, "model": str, "arch": str, "split": str, "limit": int,
-               "label_column": str, "n0": int, "train_sigma": float, "batch_size": int, "noise_block": int}
+               "label_column": str, "n0": int, "train_sigma": float, "batch_size": int, "noise_block": int,
+               "attribute": str, "grid_step": float, "l1_non_sensitive": float}
 REQUIRED = ("dataset", "sigma", "n")
 
 
@@ -57,6 +59,9 @@ class SweepSpec:
     train_sigma: float | None = None
     batch_size: int | None = None
     noise_block: int | None = None
+    attribute: str = "bmi"  # rap only
+    grid_step: float = 0.1  # rap only
+    l1_non_sensitive: float = 0.01  # rap only
 
     @property
     def block(self) -> int:
@@ -68,7 +73,9 @@ class SweepSpec:
         return DEFAULT_BLOCK if common % DEFAULT_BLOCK == 0 else common
 
     def configs(self, sigma: float, seed: int) -> list[SmoothingConfig]:
-        return [SmoothingConfig(self.analysis, sigma, n, alpha, self.n0 if self.analysis == CERTIFY else None, seed,
+        """The smoothing configurations of the grid at (σ, seed); RAP certifies, so it checks as CERTIFY."""
+        analysis = PREDICT if self.analysis == PREDICT else CERTIFY
+        return [SmoothingConfig(analysis, sigma, n, alpha, self.n0 if analysis == CERTIFY else None, seed,
                                 self.batch_size, self.block) for n in self.n for alpha in self.alpha]
 
     def as_dict(self) -> dict:
@@ -115,7 +122,10 @@ def parse_sweep(data, source: str = "sweep file") -> SweepSpec:
 def _check_values(spec: SweepSpec, source: str) -> None:
     if spec.analysis not in ANALYSES:
         raise InputError(f"{source}: key 'analysis' must be one of {', '.join(ANALYSES)} in a sweep, got "
-                         f"{spec.analysis!r} (run `rpdist rap` / `rpdist attack` directly for those)")
+                         f"{spec.analysis!r} (run `rpdist attack` directly)")
+    if spec.grid_step <= 0 or spec.l1_non_sensitive < 0:
+        key = "grid_step" if spec.grid_step <= 0 else "l1_non_sensitive"
+        raise InputError(f"{source}: key {key!r} must be {'> 0' if key == 'grid_step' else '>= 0'}")
     checks = {"sigma": stats.check_sigma, "alpha": stats.check_alpha, "n": lambda v: stats.check_count(v, "n")}
     for key, check in checks.items():
         for value in getattr(spec, key):
@@ -158,6 +168,7 @@ def partition_dir(sigma: float, n: int, alpha: float, seed: int) -> tuple[str, .
 
 
 _SWEEP_FILE = re.compile(r"/sigma=[^/]+/n=[^/]+/alpha=[^/]+/seed=[^/]+/chunk-\d+\.parquet$")
+_RAP_FILE = re.compile(r"/sigma=[^/]+/n=[^/]+/alpha=[^/]+/seed=[^/]+/rap\.parquet$")
 
 
 @dataclass
@@ -181,6 +192,8 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
     manifest = existing or {"config": config, "status": "running", "versions": versions(),
                             "started": dt.datetime.now(dt.timezone.utc).isoformat(), "models": {}}
     manifest["status"] = "running"
+    if spec.analysis == RAP:
+        return _run_rap_sweep(spec, store, sweep_id, manifest, workers, address, device, progress)
     used = naive = 0
     for sigma in spec.sigma:
         for seed in spec.seed:
@@ -216,6 +229,35 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
     return SweepOutcome(store.show(sweep_id), manifest, summarize_sweep(table.to_pandas(), spec.analysis))
 
 
+def _run_rap_sweep(spec, store, sweep_id, manifest, workers, address, device, progress) -> SweepOutcome:
+    """RAP at every grid point; a point whose ``rap.parquet`` exists is done and skipped on resume.
+
+    RAP's releases are PREDICT decisions at many grid inputs, so each (σ, N, α) is its own run.
+    """
+    from rpdist.privacy.rap import summarize as summarize_rap
+    from rpdist.privacy.runner import RapSpec, run_rap
+
+    store.write_json(manifest, sweep_id, "manifest.json")
+    for sigma in spec.sigma:
+        for seed in spec.seed:
+            for n in spec.n:
+                for alpha in spec.alpha:
+                    *parent, leaf = (sweep_id, *partition_dir(sigma, n, alpha, seed))
+                    if store.exists(*parent, leaf, "rap.parquet"):
+                        continue
+                    run_rap(RapSpec(dataset=spec.dataset, attribute=spec.attribute, sigma=sigma, n=n, n0=spec.n0,
+                                    alpha=alpha, grid_step=spec.grid_step, l1_non_sensitive=spec.l1_non_sensitive,
+                                    train_sigma=spec.train_sigma, seed=seed, split=spec.split, limit=spec.limit,
+                                    batch_size=spec.batch_size, workers=workers, address=address, device=device,
+                                    out=Store(store.path(*parent), filesystem=store.fs), run_id=leaf),
+                            progress=progress)
+    manifest.update({"status": "complete", "finished": dt.datetime.now(dt.timezone.utc).isoformat()})
+    store.write_json(manifest, sweep_id, "manifest.json")
+    table = read_sweep(Store(store.path(sweep_id), filesystem=store.fs)).to_pandas()
+    summary = summarize_rap(table).to_dict(orient="records")
+    return SweepOutcome(store.show(sweep_id), manifest, summary)
+
+
 def prefix_counts(counts: dict[int, np.ndarray], n: int, block: int) -> dict[int, np.ndarray]:
     """Summed counts of the first n samples: all selection blocks, the first n/block of the rest."""
     return {phase: c.sum(axis=1) if phase == Phase.SELECTION else c[:, : n // block].sum(axis=1)
@@ -227,7 +269,13 @@ def read_sweep(root: str | Path | Store) -> pa.Table:
     import pyarrow.dataset as ds
 
     store = root if isinstance(root, Store) else Store(root)
-    files = [f for f in store.files(recursive=True) if _SWEEP_FILE.search(f)]
+    everything = store.files(recursive=True)
+    files = [f for f in everything if _SWEEP_FILE.search(f)]
+    rap = [f for f in everything if _RAP_FILE.search(f)]
+    if rap:  # RAP tables carry their own sigma/n/alpha/seed columns
+        table = pa.concat_tables([store.read_table(f) for f in rap], promote_options="default")
+        return table.sort_by([("sigma", "ascending"), ("n", "ascending"), ("alpha", "ascending"),
+                              ("seed", "ascending"), ("input_id", "ascending")])
     if not files:
         raise InputError(f"{store.display} holds no sweep results")
     partitioning = ds.partitioning(pa.schema(list(PARTITIONS)), flavor="hive")

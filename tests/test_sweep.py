@@ -144,3 +144,23 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def test_rap_sweep_runs_each_point_and_resumes(ray_session, tmp_path):
+    spec = parse_sweep({"dataset": "insurance", "analysis": "rap", "sigma": [0.5], "n": [100, 200], "n0": 20,
+                        "alpha": [0.01], "limit": 2, "grid_step": 4.0, "l1_non_sensitive": 0.0})
+    outcome = run_sweep(spec, out=tmp_path, sweep_id="rap", progress=False)
+    table = read_sweep(outcome.path).to_pandas()
+    assert sorted(set(table["n"])) == [100, 200] and (table["sigma"] == 0.5).all()
+    assert len(table) == 2 * 2 * 2  # (input, release model) rows at each of the two N
+    assert {row["release_model"] for row in outcome.summary} == {"base", "smoothed"}
+    first = tmp_path / "rap" / "sigma=0.5" / "n=100" / "alpha=0.01" / "seed=0" / "rap.parquet"
+    stamp = first.stat().st_mtime_ns
+    again = run_sweep(spec, out=tmp_path, sweep_id="rap", progress=False)
+    assert first.stat().st_mtime_ns == stamp, "a finished grid point is not recomputed"
+    pd.testing.assert_frame_equal(read_sweep(again.path).to_pandas(), table)
+
+
+def test_rap_keys_are_checked():
+    with pytest.raises(InputError, match="'grid_step'"):
+        parse_sweep({**BASE, "analysis": "rap", "grid_step": 0})
