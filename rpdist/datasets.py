@@ -392,6 +392,7 @@ def load_dataset(
     split: str = "test",
     label_column: str = DEFAULT_LABEL_COLUMN,
     limit: int | None = None,
+    stream: bool = False,
 ) -> Dataset:
     """Load a built-in dataset by name, or a ``.csv`` / ``.parquet`` / ``.npz`` file.
 
@@ -400,7 +401,9 @@ def load_dataset(
     ``split`` ``"train"``/``"test"`` applies the same fixed seeded 80/20 split as the built-ins
     and ``"all"`` keeps every row. ``limit`` keeps the first ``limit`` rows of the split;
     ``input_ids`` are always row numbers of the full source. Every bad input raises
-    :class:`InputError` with a one-line message.
+    :class:`InputError` with a one-line message. With ``stream=True`` a ``.parquet`` file is
+    validated in one streaming pass and ``X`` reads its rows chunk by chunk
+    (:class:`rpdist.sources.ParquetRows`), so a large audit never holds the whole file.
     """
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -429,6 +432,8 @@ def load_dataset(
             raise InputError(
                 f"unsupported dataset file type {suffix or '(none)'!r} for {spec_str}; use {', '.join(FILE_SUFFIXES)}"
             )
+        if stream and suffix == ".parquet":
+            return _stream_parquet(path, split, label_column, limit)
         reader = _read_npz if suffix == ".npz" else _read_table
         meta, (X, y) = reader(path, label_column)
 
@@ -451,3 +456,24 @@ def load_dataset(
         split=split,
         **meta,
     )
+
+
+def _stream_parquet(path: Path, split: str, label_column: str, limit: int | None) -> Dataset:
+    """A Parquet dataset whose features stay on disk until the engine reads a chunk of them."""
+    from rpdist.sources import ParquetRows, scan_parquet
+
+    names, labels, n_rows = scan_parquet(path, label_column)
+    if labels is None and label_column != DEFAULT_LABEL_COLUMN:
+        raise InputError(f"{path}: no label column {label_column!r}")
+    if n_rows == 0:
+        raise InputError(f"dataset {str(path)!r} has no rows")
+    y = None if labels is None else _check_labels(np.asarray(labels, dtype=np.float64), str(path))
+    description = f"column {label_column!r} of {path.name}" if y is not None else "no labels (the file has no 'label' column)"
+    meta = _file_meta(path, names, y, description)
+    ids = split_indices(n_rows)[split]
+    if limit is not None:
+        ids = ids[: int(limit)]
+    if ids.size == 0:
+        raise InputError(f"split {split!r} of dataset {meta['name']!r} is empty ({n_rows} rows in all); try split 'all'")
+    return Dataset(X=ParquetRows(path, names, ids), y=None if y is None else y[ids], input_ids=ids.astype(np.int64),
+                   input_shape=(len(names),), split=split, **meta)

@@ -211,7 +211,8 @@ def run_plan(
     load = {i: 0 for i in range(pool.workers)}
     totals: dict[int, dict[int, np.ndarray]] = {}
     remaining: dict[int, int] = {}
-    queue = _unit_stream(plan, chunks, totals, remaining, num_classes)
+    inputs: dict[int, np.ndarray] = {}  # the rows of chunks in flight; X itself may live on disk
+    queue = _unit_stream(plan, chunks, totals, remaining, num_classes, X, inputs)
     exhausted = False
     while True:
         while not exhausted and len(pending) < 2 * pool.workers:
@@ -223,8 +224,9 @@ def run_plan(
             params = dict(phase=unit.phase, n=unit.n, block_start=unit.block_start, block_stop=unit.block_stop,
                           sigma=sigma, seed=seed, block_size=plan.block_size, batch_size=plan.batch_size,
                           num_classes=num_classes)
-            rows = slice(unit.row_start, unit.row_stop)
-            ref = pool.actors[worker].count.remote(X[rows], input_ids[rows], params)
+            first = plan.chunk_rows(unit.chunk)[0]
+            x = inputs[unit.chunk][unit.row_start - first : unit.row_stop - first]
+            ref = pool.actors[worker].count.remote(x, input_ids[unit.row_start : unit.row_stop], params)
             pending[ref] = (unit, worker)
             load[worker] += 1
         if not pending:
@@ -239,14 +241,16 @@ def run_plan(
         if on_unit is not None:
             on_unit(unit, plan.unit_samples_of(unit))
         if remaining[unit.chunk] == 0:
-            del remaining[unit.chunk]
+            del remaining[unit.chunk], inputs[unit.chunk]
             yield unit.chunk, totals.pop(unit.chunk)
 
 
-def _unit_stream(plan, chunks, totals, remaining, num_classes) -> Iterator[Unit]:
-    """Units chunk by chunk; a chunk's count buffers are allocated only when it is reached."""
+def _unit_stream(plan, chunks, totals, remaining, num_classes, X, inputs) -> Iterator[Unit]:
+    """Units chunk by chunk; a chunk's inputs are read and its count buffers allocated only when
+    it is reached."""
     for chunk in chunks:
         start, stop = plan.chunk_rows(chunk)
+        inputs[chunk] = np.ascontiguousarray(X[start:stop], dtype=np.float32)
         totals[chunk] = {
             spec.phase: np.zeros((stop - start, num_blocks(spec.n, plan.block_size), num_classes), dtype=np.int64)
             for spec in plan.phases

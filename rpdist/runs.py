@@ -79,7 +79,8 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
 
     config = spec.config.validated()
     run_dir = RunDir(spec.out, spec.run_id or default_run_id(config.analysis), FINAL_NAMES[config.analysis])
-    data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit)
+    data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,
+                        stream=True)
     model_ref, model_info = resolve_model(spec, data.name, progress)
     job = SmoothingJob(model_ref, data.X, data.y, config=config, input_ids=data.input_ids,
                        workers=spec.workers, address=spec.address, device=spec.device)

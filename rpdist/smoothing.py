@@ -80,7 +80,15 @@ def as_model_ref(model, example: np.ndarray) -> ModelRef:
 
 
 def check_inputs(X, y=None, input_ids=None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Refuse what would make a certificate meaningless: non-finite features, ragged labels or ids."""
+    """Refuse what would make a certificate meaningless: non-finite features, ragged labels or ids.
+
+    A streamed source (:class:`rpdist.sources.ParquetRows`) was validated when it was scanned and
+    is left on disk.
+    """
+    from rpdist.sources import ParquetRows
+
+    if isinstance(X, ParquetRows):
+        return (X, *_check_labels_and_ids(len(X), y, input_ids))
     X = np.asarray(X.detach().cpu().numpy() if hasattr(X, "detach") else X)
     if X.ndim < 2 or len(X) == 0:
         raise InputError(f"X must be a non-empty batch [inputs, features...], got shape {X.shape}")
@@ -90,18 +98,22 @@ def check_inputs(X, y=None, input_ids=None) -> tuple[np.ndarray, np.ndarray | No
     bad = ~np.isfinite(X.reshape(len(X), -1)).all(axis=1)
     if bad.any():
         raise InputError(f"X has non-finite values (NaN or inf) in {int(bad.sum())} rows, first at row {int(bad.argmax())}")
+    return X, *_check_labels_and_ids(len(X), y, input_ids)
+
+
+def _check_labels_and_ids(rows: int, y, input_ids) -> tuple[np.ndarray | None, np.ndarray]:
     if y is not None:
         y = np.asarray(y)
-        if y.shape != (len(X),):
-            raise InputError(f"y must have shape ({len(X)},), got {y.shape}")
+        if y.shape != (rows,):
+            raise InputError(f"y must have shape ({rows},), got {y.shape}")
         y = y.astype(np.int64)
     if input_ids is None:
-        input_ids = np.arange(len(X), dtype=np.int64)
+        input_ids = np.arange(rows, dtype=np.int64)
     else:
         input_ids = np.asarray(input_ids, dtype=np.int64)
-        if input_ids.shape != (len(X),) or len(np.unique(input_ids)) != len(X):
+        if input_ids.shape != (rows,) or len(np.unique(input_ids)) != rows:
             raise InputError("input_ids must be unique, one per row of X")
-    return X, y, input_ids
+    return y, input_ids
 
 
 def probe_model(model_ref: ModelRef, X: np.ndarray) -> int:

@@ -186,7 +186,8 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
     from rpdist.runs import RunSpec, resolve_model, versions
 
     store = open_run(out, sweep_id)
-    data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit)
+    data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,
+                        stream=True)
     config = {"sweep": spec.as_dict(), "dataset_sha256": data.sha256, "rows": len(data)}
     existing = store.claim(sweep_id, config)
     manifest = existing or {"config": config, "status": "running", "versions": versions(),
