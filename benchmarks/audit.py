@@ -39,7 +39,7 @@ def build_inputs(path: Path, count: int, seed: int = 0) -> None:
     rows = test.X[picks] + rng.normal(scale=0.05, size=(count, test.X.shape[1])).astype(np.float32)
     labels = test.y[picks]
     columns = {name: rows[:, j] for j, name in enumerate(test.feature_names)}
-    pq.write_table(pa.table({**columns, "label": labels}), path)
+    pq.write_table(pa.table({**columns, "label": labels}), path, row_group_size=8192)
 
 
 def export_model(path: Path, sigma: float) -> None:

@@ -118,7 +118,8 @@ class Store:
         return sorted(info.path for info in self.fs.get_file_info(selector)
                       if info.type == pafs.FileType.File and not info.base_name.startswith("."))
 
-    def _publish(self, rel: tuple[str, ...], write) -> None:
+    def publish(self, rel: tuple[str, ...], write) -> None:
+        """Make ``rel`` appear whole: ``write(target)`` writes it; local targets are renamed into place."""
         if self.local:
             atomic_write(Path(self.path(*rel)), write)
             return
@@ -130,14 +131,14 @@ class Store:
             raise InputError(f"cannot write {self.show(*rel)}: {exc}") from None
 
     def write_parquet(self, table: pa.Table, *rel: str) -> None:
-        self._publish(rel, lambda target: pq.write_table(table, target, filesystem=None if self.local else self.fs))
+        self.publish(rel, lambda target: pq.write_table(table, target, filesystem=None if self.local else self.fs))
 
     def write_json(self, data: dict, *rel: str) -> None:
         body = (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode()
         if self.local:
-            self._publish(rel, lambda target: Path(target).write_bytes(body))
+            self.publish(rel, lambda target: Path(target).write_bytes(body))
         else:
-            self._publish(rel, lambda target: self._upload(target, body))
+            self.publish(rel, lambda target: self._upload(target, body))
 
     def _upload(self, target: str, body: bytes) -> None:
         with self.fs.open_output_stream(target) as stream:
@@ -152,8 +153,8 @@ class Store:
         except (OSError, ValueError):
             raise InputError(f"{self.show(*rel)} is unreadable; choose another run id") from None
 
-    def read_table(self, path: str, schema: pa.Schema | None = None) -> pa.Table:
-        return pq.read_table(path, schema=schema, filesystem=self.fs)
+    def read_table(self, path: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(path, schema=schema, columns=columns, filesystem=self.fs)
 
     def delete_dir(self, *rel: str) -> None:
         if self.exists(*rel):
@@ -227,8 +228,8 @@ class RunDir:
     def write_table(self, table: pa.Table, name: str) -> None:
         self.store.write_parquet(table, self.run_id, name)
 
-    def read_final(self) -> pa.Table:
-        return self.store.read_table(self.store.path(self.run_id, self.final_name))
+    def read_final(self, columns: list[str] | None = None) -> pa.Table:
+        return self.store.read_table(self.store.path(self.run_id, self.final_name), columns=columns)
 
     def finished_chunks(self) -> set[int]:
         return {int(path.rsplit("/", 1)[1].split("-")[1].split(".")[0])
@@ -237,12 +238,18 @@ class RunDir:
     def write_chunk(self, chunk: int, table: pa.Table) -> None:
         self.store.write_parquet(table, self.run_id, "parts", f"chunk-{chunk:06d}.parquet")
 
-    def finish(self, schema: pa.Schema, manifest: dict) -> pa.Table:
-        """Merge chunk files in order into the final file, then drop them."""
+    def finish(self, schema: pa.Schema, manifest: dict) -> None:
+        """Stream the chunk files, in order, into the final file; then drop them.
+
+        One chunk is in memory at a time, so finishing a large audit costs no more than running it.
+        """
         paths = [self.store.path(self.run_id, "parts", f"chunk-{c:06d}.parquet") for c in sorted(self.finished_chunks())]
-        tables = [self.store.read_table(p, schema=schema) for p in paths]
-        table = pa.concat_tables(tables) if tables else schema.empty_table()
-        self.write_table(table, self.final_name)
+
+        def merge(target: str) -> None:
+            with pq.ParquetWriter(target, schema, filesystem=None if self.store.local else self.store.fs) as writer:
+                for path in paths:
+                    writer.write_table(self.store.read_table(path, schema=schema))
+
+        self.store.publish((self.run_id, self.final_name), merge)
         self.write_manifest(manifest)
         self.store.delete_dir(self.run_id, "parts")
-        return table

@@ -44,13 +44,26 @@ class RunSpec:
     run_id: str | None = None
 
 
+SUMMARY_COLUMNS = ["prediction", "radius", "correct"]
+
+
 @dataclass
 class RunOutcome:
     path: str
-    table: pa.Table
+    run_dir: RunDir
     manifest: dict
     summary: dict = field(default_factory=dict)
     resumed_chunks: int = 0
+
+    @property
+    def table(self) -> pa.Table:
+        """The whole result file, read on demand: a large audit's rows need not fit in memory."""
+        return self.run_dir.read_final()
+
+
+def _summary(run_dir: RunDir, analysis: str, sigma: float) -> dict:
+    columns = [c for c in SUMMARY_COLUMNS if analysis == CERTIFY or c != "radius"]
+    return summarize(run_dir.read_final(columns=columns).to_pandas(), analysis, sigma)
 
 
 def default_run_id(analysis: str) -> str:
@@ -94,8 +107,7 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
     existing = run_dir.claim(identity)
     schema = certificate_schema() if config.analysis == CERTIFY else prediction_schema()
     if existing is not None and run_dir.complete:
-        table = run_dir.read_final()
-        return RunOutcome(run_dir.path, table, existing, summarize(table.to_pandas(), config.analysis, config.sigma))
+        return RunOutcome(run_dir.path, run_dir, existing, _summary(run_dir, config.analysis, config.sigma))
 
     started = existing["timings"]["started"] if existing else dt.datetime.now(dt.timezone.utc).isoformat()
     manifest = {
@@ -122,10 +134,10 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
         "samples_per_second": job.progress.done / max(seconds, 1e-9),
         "resumed_chunks": len(done),
     })
-    table = run_dir.finish(schema, manifest)
-    summary = summarize(table.to_pandas(), config.analysis, config.sigma)
+    run_dir.finish(schema, manifest)
+    summary = _summary(run_dir, config.analysis, config.sigma)
     summary["samples_per_second"] = manifest["timings"]["samples_per_second"]
-    return RunOutcome(run_dir.path, table, manifest, summary, len(done))
+    return RunOutcome(run_dir.path, run_dir, manifest, summary, len(done))
 
 
 def versions() -> dict:
