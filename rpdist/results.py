@@ -134,7 +134,9 @@ class Store:
         self.publish(rel, lambda target: pq.write_table(table, target, filesystem=None if self.local else self.fs))
 
     def write_json(self, data: dict, *rel: str) -> None:
-        body = (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode()
+        self.write_bytes((json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode(), *rel)
+
+    def write_bytes(self, body: bytes, *rel: str) -> None:
         if self.local:
             self.publish(rel, lambda target: Path(target).write_bytes(body))
         else:

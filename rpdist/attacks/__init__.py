@@ -1,0 +1,1 @@
+"""Privacy attacks that query models only through released labels (model inversion: BREP-MI)."""

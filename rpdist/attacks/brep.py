@@ -1,0 +1,144 @@
+"""BREP-MI (Kahla et al., CVPR 2022): label-only model inversion by boundary repulsion.
+
+In a generator's latent space, start from a latent the target labels as the target class; query
+labels on a sphere of radius r around it; step away from the sphere points labelled otherwise and
+keep the step only if its point is still labelled as the target; when every sphere point agrees,
+grow r (the point is deep inside the class region). The budget is a number of queries.
+
+Each attack is a small state machine (:class:`BrepAttack`: ``propose`` points, ``observe`` labels),
+so many target classes can share one release call: their sphere points × N samples then fill one
+forward batch on the engine's replicas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STREAM_SHIFT = 32  # query id = (stream << 32) | counter: unique per attack and per query
+
+
+@dataclass(frozen=True)
+class BrepConfig:
+    points: int = 16         # sphere points per step
+    init_batch: int = 32     # random latents per initialisation round
+    radius: float = 0.5      # initial sphere radius in latent units
+    growth: float = 1.3      # radius factor when the whole sphere agrees
+    step: float = 0.5        # step length as a fraction of the radius
+    max_radius: float = 6.0
+    budget: int = 400        # released labels (queries) per attack, repetitions included
+    repeat: int = 1          # adaptive attacker: ask each point k times, keep the majority
+
+
+class BrepAttack:
+    """One (target class, restart) attack; counts its queries exactly."""
+
+    def __init__(self, target: int, restart: int, latent: int, config: BrepConfig, seed: int):
+        self.target, self.restart, self.config = int(target), int(restart), config
+        self.rng = np.random.default_rng([seed, target, restart])
+        self.stream = 1 + target * 4096 + restart
+        self.counter = 0
+        self.latent = latent
+        self.z = None                      # current latent, labelled as the target
+        self.radius = config.radius
+        self.phase = "init"
+        self.queries = 0
+        self.steps = 0
+        self.accepted = 0
+        self._pending = None
+        self._candidate = None
+
+    @property
+    def found(self) -> bool:
+        return self.z is not None
+
+    @property
+    def done(self) -> bool:
+        return self.next_size() * self.config.repeat > self.config.budget - self.queries
+
+    def next_size(self) -> int:
+        return {"init": self.config.init_batch, "sphere": self.config.points, "check": 1}[self.phase]
+
+    def propose(self) -> np.ndarray:
+        """Latents to ask about next: [m, latent]."""
+        if self.phase == "init":
+            pts = self.rng.standard_normal((self.config.init_batch, self.latent))
+        elif self.phase == "sphere":
+            u = self.rng.standard_normal((self.config.points, self.latent))
+            u /= np.linalg.norm(u, axis=1, keepdims=True)
+            self._pending = u
+            pts = self.z + self.radius * u
+        else:
+            pts = self._candidate[None]
+        return pts.astype(np.float32)
+
+    def ids(self, m: int) -> np.ndarray:
+        """Fresh query ids for m queries (repetitions get ids of their own)."""
+        out = (np.int64(self.stream) << STREAM_SHIFT) + self.counter + np.arange(m, dtype=np.int64)
+        self.counter += m
+        return out
+
+    def observe(self, labels: np.ndarray, points: np.ndarray) -> None:
+        """Take the released labels (already the majority of repetitions) of the proposed points."""
+        self.queries += len(labels) * self.config.repeat
+        inside = labels == self.target
+        if self.phase == "init":
+            if inside.any():
+                self.z = points[int(np.argmax(inside))].astype(np.float64)
+                self.phase = "sphere"
+            return
+        if self.phase == "sphere":
+            self.steps += 1
+            if inside.all():
+                self.radius = min(self.radius * self.config.growth, self.config.max_radius)
+                return
+            # Repel from the points labelled otherwise: mean of ±u, outside points count −1.
+            phi = np.where(inside, 1.0, -1.0)
+            direction = (phi[:, None] * self._pending).mean(axis=0)
+            norm = np.linalg.norm(direction)
+            if norm == 0:
+                return
+            self._candidate = self.z + self.config.step * self.radius * direction / norm
+            self.phase = "check"
+            return
+        if inside[0]:
+            self.z = self._candidate
+            self.accepted += 1
+        self.phase = "sphere"
+
+    def result(self) -> np.ndarray:
+        """The reconstruction latent (the last accepted point; a prior draw if none was ever found)."""
+        if self.z is not None:
+            return self.z.astype(np.float32)
+        return np.random.default_rng([7, self.target, self.restart]).standard_normal(self.latent).astype(np.float32)
+
+
+def majority(labels: np.ndarray, repeat: int) -> np.ndarray:
+    """Majority over each group of ``repeat`` consecutive labels; −1 (abstain) is a label too; ties go
+    to the smallest label."""
+    groups = labels.reshape(-1, repeat) + 1
+    width = int(groups.max()) + 1
+    counts = np.zeros((len(groups), width), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(len(groups)), repeat), groups.ravel()), 1)
+    return counts.argmax(axis=1) - 1
+
+
+def run_lockstep(attacks: list[BrepAttack], decode, release) -> None:
+    """Advance all attacks together; each round's points from every attack go in one release call."""
+    while True:
+        active = [a for a in attacks if not a.done]
+        if not active:
+            return
+        proposals = [(a, a.propose()) for a in active]
+        images, ids = [], []
+        for a, pts in proposals:
+            k = a.config.repeat
+            images.append(np.repeat(decode(pts), k, axis=0))
+            ids.append(a.ids(len(pts) * k))
+        labels = release(np.concatenate(images), np.concatenate(ids))
+        start = 0
+        for a, pts in proposals:
+            m = len(pts) * a.config.repeat
+            a.observe(majority(labels[start:start + m], a.config.repeat), pts)
+            start += m

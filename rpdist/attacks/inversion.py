@@ -1,0 +1,279 @@
+"""``rpdist attack inversion`` as a function: defenses × target classes × restarts of BREP-MI.
+
+Writes ``OUT/RUN_ID/attack.parquet`` (one row per defense config, target class and restart), a
+PNG grid of the reconstructions and a manifest. Queries to smoothed targets go through
+:func:`rpdist.predict` (all classes of one round in one call, so they share forward batches on
+the warm replicas); label-only targets (none, dpsgd, rr) run one Ray task per target class.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from rpdist.attacks import roles
+from rpdist.attacks.brep import BrepAttack, BrepConfig, run_lockstep
+from rpdist.defenses.releases import (FRESH, KEYED, MAJORITY, PREDICT, LabelRelease, RandomizedResponse,
+                                      SmoothedRelease)
+from rpdist.errors import InputError
+from rpdist.results import RunDir
+
+DEFENSES = ("none", "rp", "dpsgd", "rr")
+CLIP_ONLY = float("inf")  # the epsilon of the DP-SGD clip-only control (no noise: no privacy)
+
+
+@dataclass
+class InversionSpec:
+    dataset: str = "digits"
+    attack: str = "brep"
+    defense: str = "none"
+    sigmas: list = field(default_factory=lambda: [0.1, 0.25, 0.5])
+    ns: list = field(default_factory=lambda: [200])
+    epsilons: list | None = None
+    releases: list = field(default_factory=lambda: [MAJORITY])
+    repeats: list = field(default_factory=lambda: [1])
+    noises: list = field(default_factory=lambda: [FRESH])
+    targets: list | None = None
+    restarts: int = 1
+    query_budget: int = 400
+    points: int = 16
+    alpha: float = 0.001
+    seed: int = 0
+    batch_size: int | None = None
+    workers: int | None = None
+    address: str | None = None
+    device: str | None = None
+    generator_epochs: int | None = None
+    out: str = "results"
+    run_id: str | None = None
+
+
+def defense_configs(spec: InversionSpec) -> list[dict]:
+    """The grid of (defense knobs, release, repeat, noise) rows to attack."""
+    if spec.defense not in DEFENSES:
+        raise InputError(f"unknown defense {spec.defense!r}; choose one of {', '.join(DEFENSES)}")
+    for r in spec.releases:
+        if r not in (PREDICT, MAJORITY):
+            raise InputError(f"--release must be {PREDICT} or {MAJORITY}, got {r!r}")
+    for k in spec.repeats:
+        if isinstance(k, bool) or int(k) != k or k < 1:
+            raise InputError(f"--repeat must be a whole number >= 1, got {k!r}")
+    for noise in spec.noises:
+        if noise not in (FRESH, KEYED):
+            raise InputError(f"--noise must be {FRESH} or {KEYED}, got {noise!r}")
+    base = [dict(repeat=int(k), noise=noise) for k in spec.repeats for noise in spec.noises]
+    nan = float("nan")
+    if spec.defense == "none":
+        return [dict(sigma=nan, n=0, epsilon=nan, release="label", **b) for b in base]
+    if spec.defense == "rp":
+        for s in spec.sigmas:
+            if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
+                raise InputError(f"--sigma must be a finite number > 0, got {s!r}")
+        for n in spec.ns:
+            if int(n) != n or n < 1:
+                raise InputError(f"--n must be a whole number >= 1, got {n!r}")
+        return [dict(sigma=float(s), n=int(n), epsilon=nan, release=r, **b)
+                for s in spec.sigmas for n in spec.ns for r in spec.releases for b in base]
+    eps = spec.epsilons or ([1.0, 3.0, 8.0, CLIP_ONLY] if spec.defense == "dpsgd" else [1.0, 3.0, 5.0])
+    for e in eps:
+        if not (isinstance(e, (int, float)) and e > 0 and not math.isnan(e)) or (spec.defense == "rr" and math.isinf(e)):
+            raise InputError(f"--epsilon must be a number > 0, got {e!r}")
+    return [dict(sigma=nan, n=0, epsilon=float(e), release="label", **b) for e in eps for b in base]
+
+
+def _decoder(generator):
+    import torch
+
+    def decode(z: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return generator.decode(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))).numpy()
+    return decode
+
+
+def _attack_task(target: int, restarts: int, config: BrepConfig, seed: int, gen_state: dict, latent: int, hidden: int,
+                 release) -> tuple[list[BrepAttack], int]:
+    """One target class's attacks with a label-only release (runs as a Ray task)."""
+    import torch
+
+    torch.set_num_threads(1)
+    gen = roles.VAE(latent, hidden)
+    gen.load_state_dict(gen_state)
+    gen.eval()
+    attacks = [BrepAttack(target, r, latent, config, seed) for r in range(restarts)]
+    run_lockstep(attacks, _decoder(gen), release)
+    return attacks, release.forward_passes
+
+
+def attack_release(release, targets, restarts, config: BrepConfig, seed: int, generator,
+                   parallel: bool) -> tuple[list[BrepAttack], int]:
+    """Run BREP-MI on every target; returns the attacks and the exact forward passes of the release."""
+    if not parallel:
+        attacks = [BrepAttack(t, r, generator.latent, config, seed) for t in targets for r in range(restarts)]
+        run_lockstep(attacks, _decoder(generator), release)
+        return attacks, release.forward_passes
+    import ray
+
+    # num_cpus=0: replica actors of an earlier RP config may hold every CPU of a small machine.
+    task = ray.remote(num_cpus=0)(_attack_task)
+    state = {k: v for k, v in generator.state_dict().items()}
+    hidden = generator.decoder[0].out_features
+    outs = ray.get([task.remote(t, restarts, config, seed, state, generator.latent, hidden, release) for t in targets])
+    return [a for attacks, _ in outs for a in attacks], sum(fp for _, fp in outs)
+
+
+def utility(release, X: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy of released labels on the test split (abstain = wrong); ids distinct from attack ids."""
+    before = release.forward_passes
+    labels = release(X, np.arange(len(X), dtype=np.int64))
+    release.forward_passes = before  # utility evaluation is not part of the attack's cost
+    return float((labels == y).mean())
+
+
+def make_release(defense: str, cfg: dict, spec: InversionSpec, target_ref):
+    common = dict(noise=cfg["noise"])
+    if defense == "none":
+        return LabelRelease(target_ref, **common), target_ref
+    if defense == "rp":
+        return SmoothedRelease(target_ref, cfg["sigma"], cfg["n"], release=cfg["release"], alpha=spec.alpha,
+                               seed=spec.seed, batch_size=spec.batch_size, workers=spec.workers,
+                               address=spec.address, device=spec.device, **common), target_ref
+    if defense == "rr":
+        return RandomizedResponse(target_ref, cfg["epsilon"], roles.NUM_CLASSES, seed=spec.seed, **common), target_ref
+    ref = roles.dpsgd_model(None if math.isinf(cfg["epsilon"]) else cfg["epsilon"])
+    return LabelRelease(ref, **common), ref
+
+
+def run_inversion(spec: InversionSpec, progress: bool = False) -> tuple[str, pd.DataFrame]:
+    """Attack every defense config; write attack.parquet, reconstructions.png and manifest.json."""
+    import torch
+
+    if spec.dataset != roles.DATASET:
+        raise InputError(f"model inversion supports the built-in {roles.DATASET!r} dataset, got {spec.dataset!r}")
+    if spec.attack != "brep":
+        raise InputError(f"unknown attack {spec.attack!r}; available: brep")
+    configs = defense_configs(spec)
+    targets = list(range(roles.NUM_CLASSES)) if not spec.targets else [int(t) for t in spec.targets]
+    if any(t < 0 or t >= roles.NUM_CLASSES for t in targets) or len(set(targets)) != len(targets):
+        raise InputError(f"--targets must be distinct classes in [0, {roles.NUM_CLASSES}), got {spec.targets}")
+    if spec.query_budget < 1 or spec.restarts < 1:
+        raise InputError("--query-budget and --restarts must be >= 1")
+    run_id = spec.run_id or f"attack-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    run_dir = RunDir(spec.out, run_id, "attack.parquet")
+    config = {"analysis": "attack-inversion", **asdict(spec), "run_id": run_id}
+    config.pop("out")
+    run_dir.claim(config)
+
+    started = time.perf_counter()
+    target_ref = roles.target_model()
+    eval_ref = roles.eval_model()
+    generator = roles.generator(epochs=spec.generator_epochs)
+    evaluator = eval_ref.load("cpu")
+    decode = _decoder(generator)
+    X_test, y_test = roles.role_data("test")
+    rows, images, labels = [], [], []
+    for cfg in configs:
+        release, _ = make_release(spec.defense, cfg, spec, target_ref)
+        acc = utility(release, X_test, y_test)
+        brep = BrepConfig(budget=spec.query_budget, points=spec.points, repeat=cfg["repeat"])
+        t0 = time.perf_counter()
+        attacks, passes = attack_release(release, targets, spec.restarts, brep, spec.seed, generator,
+                                         parallel=spec.defense != "rp")
+        seconds = time.perf_counter() - t0
+        recon = decode(np.stack([a.result() for a in attacks]))
+        with torch.inference_mode():
+            prob = torch.softmax(evaluator(torch.from_numpy(recon)), 1).numpy()
+        per_attack = _split_passes(attacks, passes, spec.defense, cfg)
+        for a, p, img, fp in zip(attacks, prob, recon, per_attack):
+            rows.append({"defense": spec.defense, **{k: cfg[k] for k in ("sigma", "n", "epsilon", "release")},
+                         "noise": cfg["noise"], "repeat": cfg["repeat"], "target": a.target, "restart": a.restart,
+                         "success": bool(a.found and int(p.argmax()) == a.target),
+                         "eval_confidence": float(p[a.target]), "eval_prediction": int(p.argmax()),
+                         "found": a.found, "queries": a.queries, "forward_passes": fp, "steps": a.steps,
+                         "accepted_steps": a.accepted, "final_radius": float(a.radius),
+                         "utility_accuracy": acc, "query_budget": spec.query_budget, "seconds": seconds})
+            images.append(img[0])
+        labels.append(_label(spec.defense, cfg))
+        if progress:
+            done = [r for r in rows if r["release"] == cfg["release"]][-len(attacks):]
+            print(f"  {labels[-1]}: ASR {np.mean([r['success'] for r in done]):.0%}, utility {acc:.1%}, "
+                  f"{seconds:.1f}s", file=sys.stderr)
+    table = pd.DataFrame(rows)
+    run_dir.write_table(pa.Table.from_pandas(table, preserve_index=False), run_dir.final_name)
+    grid = np.stack(images).reshape(len(configs), len(targets) * spec.restarts, 8, 8)
+    png = save_grid(grid, labels, [str(t) for t in targets for _ in range(spec.restarts)], run_dir)
+    manifest = {
+        "status": "complete", "config": config, "command": sys.argv,
+        "models": {"target": {"sha256": target_ref.sha256, "recipe": roles.target_recipe()},
+                   "eval": {"sha256": eval_ref.sha256, "recipe": roles.eval_recipe(),
+                            "clean_accuracy_test": roles.accuracy(eval_ref)},
+                   "generator": {"recipe": roles.generator_recipe(spec.generator_epochs)}},
+        "target_clean_accuracy_test": roles.accuracy(target_ref),
+        "reconstructions": png,
+        "timings": {"seconds": time.perf_counter() - started, "finished": dt.datetime.now(dt.timezone.utc).isoformat()},
+        "platform": platform.platform(),
+    }
+    run_dir.write_manifest(manifest)
+    return run_dir.path, table
+
+
+def _split_passes(attacks, total: int, defense: str, cfg: dict) -> list[int]:
+    """Forward passes per attack. Every fresh query costs 1 (label) or N (rp) evaluations, so the split
+    is exact; keyed releases answer repeated identical queries once, so their measured total is
+    spread by queries (and the per-config sum stays exact)."""
+    per_query = cfg["n"] if defense == "rp" else 1
+    exact = [a.queries * per_query for a in attacks]
+    if sum(exact) == total:
+        return exact
+    q = np.array([a.queries for a in attacks], dtype=np.float64)
+    share = np.floor(total * q / q.sum()).astype(np.int64)
+    share[: total - int(share.sum())] += 1
+    return share.tolist()
+
+
+def _label(defense: str, cfg: dict) -> str:
+    parts = [defense]
+    if defense == "rp":
+        parts += [f"σ={cfg['sigma']:g}", f"N={cfg['n']}", cfg["release"]]
+    elif defense in ("dpsgd", "rr"):
+        parts.append("clip-only" if math.isinf(cfg["epsilon"]) else f"ε={cfg['epsilon']:g}")
+    if cfg["repeat"] > 1 or cfg["noise"] == KEYED:
+        parts += [f"k={cfg['repeat']}", cfg["noise"]]
+    return " ".join(parts)
+
+
+def save_grid(grid: np.ndarray, row_labels: list[str], col_labels: list[str], run_dir: RunDir) -> str:
+    """Reconstructions as a PNG: one row per defense config, one column per target class."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = grid.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(0.9 * cols + 2.2, 0.95 * rows + 0.4), squeeze=False)
+    for i in range(rows):
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.imshow(grid[i, j], cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(col_labels[j], fontsize=9)
+            if j == 0:
+                ax.set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    body = buf.getvalue()
+    run_dir.store.write_bytes(body, run_dir.run_id, "reconstructions.png")
+    return run_dir.store.show(run_dir.run_id, "reconstructions.png")

@@ -1,0 +1,110 @@
+"""Model inversion: data roles, the BREP-MI state machine, and the end-to-end runner on 2 classes."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from rpdist.attacks import roles
+from rpdist.attacks.brep import BrepAttack, BrepConfig, majority, run_lockstep
+
+
+def test_roles_split_is_disjoint_deterministic_and_covers_train():
+    a, b = roles.roles_split(), roles.roles_split()
+    assert np.array_equal(a["private"], b["private"])
+    assert not set(a["private"]) & set(a["public"])
+    assert len(a["private"]) + len(a["public"]) == len(roles.role_data("private")[0]) + len(roles.role_data("public")[0])
+    assert abs(len(a["private"]) - len(a["public"])) <= 1
+
+
+def test_majority_counts_abstain_and_breaks_ties_low():
+    labels = np.array([3, 3, 1, -1, -1, 2, 5, 4, 4])
+    assert majority(labels, 3).tolist() == [3, -1, 4]
+    assert majority(np.array([2, 1]), 2).tolist() == [1]
+    assert majority(np.array([7, -1, 0]), 1).tolist() == [7, -1, 0]
+
+
+class HalfSpace:
+    """Labels 1 where the first latent coordinate (carried in pixel 0) is > 1, else 0; counts queries."""
+
+    def __init__(self):
+        self.forward_passes = 0
+        self.ids = []
+
+    def __call__(self, images, ids):
+        self.forward_passes += len(images)
+        self.ids.extend(ids.tolist())
+        return (images[:, 0] > 1.0).astype(np.int64)
+
+
+def test_brep_moves_away_from_the_boundary_and_counts_queries_exactly():
+    release = HalfSpace()
+    attacks = [BrepAttack(1, r, 4, BrepConfig(budget=200, points=8, radius=0.3), seed=0) for r in range(2)]
+    run_lockstep(attacks, lambda z: z.copy(), release)
+    assert sum(a.queries for a in attacks) == release.forward_passes  # undefended: one pass per query
+    assert len(set(release.ids)) == len(release.ids)  # fresh: every query has its own id
+    for a in attacks:
+        assert a.found and a.queries <= 200
+        assert a.queries > 200 - 8  # stops only when the next round would exceed the budget
+        assert a.accepted > 0
+        assert a.result()[0] > 1.5  # pushed deep into the class region, away from the boundary at 1
+
+
+def test_repeat_spends_k_queries_per_point():
+    release = HalfSpace()
+    a = BrepAttack(1, 0, 4, BrepConfig(budget=150, points=8, repeat=3), seed=1)
+    run_lockstep([a], lambda z: z.copy(), release)
+    assert a.queries == release.forward_passes and a.queries % 3 == 0 and a.queries <= 150
+
+
+def test_unreachable_class_is_a_failure_with_the_budget_spent():
+    class Never(HalfSpace):
+        def __call__(self, images, ids):
+            super().__call__(images, ids)
+            return np.zeros(len(images), dtype=np.int64)
+
+    a = BrepAttack(3, 0, 4, BrepConfig(budget=100, init_batch=32), seed=0)
+    run_lockstep([a], lambda z: z.copy(), Never())
+    assert not a.found and a.queries == 96
+
+
+@pytest.fixture(scope="module")
+def quick():
+    """Few generator epochs keep the session's (empty) model cache cheap to fill."""
+    return dict(targets=[0, 1], generator_epochs=40, points=8)
+
+
+def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp_path, quick):
+    from rpdist.attacks.inversion import InversionSpec, run_inversion
+
+    path, table = run_inversion(InversionSpec(defense="none", query_budget=120, out=str(tmp_path), run_id="none",
+                                              **quick))
+    df = pq.read_table(tmp_path / "none" / "attack.parquet").to_pandas()
+    for column in ("defense", "sigma", "n", "epsilon", "release", "target", "success", "eval_confidence", "queries",
+                   "forward_passes", "utility_accuracy"):
+        assert column in df.columns
+    assert sorted(df.target) == [0, 1]
+    assert (df.queries <= 120).all() and (df.forward_passes == df.queries).all()
+    assert df.found.all()
+    assert df.utility_accuracy.iloc[0] > 0.9
+    assert (tmp_path / "none" / "reconstructions.png").stat().st_size > 1000
+    assert (df.success == (df.eval_prediction == df.target)).all()
+
+
+def test_rp_inversion_goes_through_the_engine_with_both_releases(ray_session, tmp_path, quick):
+    from rpdist.attacks.inversion import InversionSpec, run_inversion
+
+    _, df = run_inversion(InversionSpec(defense="rp", sigmas=[0.25], ns=[20], releases=["predict", "majority"],
+                                        query_budget=60, workers=1, out=str(tmp_path), run_id="rp", **quick))
+    assert set(df.release) == {"predict", "majority"}
+    assert (df.forward_passes == df.queries * 20).all()  # fresh noise: N evaluations per released label
+    assert (df.queries <= 60).all()
+    util = df.groupby("release").utility_accuracy.first()
+    assert util["predict"] <= util["majority"]  # abstentions count as wrong
+
+
+def test_cli_refuses_unknown_defense(tmp_path):
+    from rpdist.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["attack", "inversion", "--defense", "nope", "--out", str(tmp_path)])
+    assert exc.value.code == 2
