@@ -130,19 +130,26 @@ def _recipe_key(rec: dict) -> str:
 
 
 def train_state_dict(rec: dict, progress: bool = False) -> dict[str, torch.Tensor]:
-    """Train the model that ``rec`` describes and return its state dict (CPU tensors).
+    """Train the built-in model that ``rec`` describes on its dataset's train split."""
+    data = load_dataset(rec["dataset"], split="train")
+    penalised = [j for j, name in enumerate(data.feature_names) if name != rec.get("sensitive")]
+    return fit_classifier(rec, data.X, data.y, penalised=penalised,
+                          description=f"training {rec['dataset']} model", progress=progress)
+
+
+def fit_classifier(rec: dict, X: np.ndarray, y: np.ndarray, *, penalised: list[int] | None = None,
+                   description: str = "training", progress: bool = False) -> dict[str, torch.Tensor]:
+    """Adam on noise-augmented minibatches, as ``rec`` says; returns the state dict (CPU tensors).
 
     Parameter initialisation uses ``torch.manual_seed(seed)`` inside a forked RNG scope (so the
     caller's global RNG state is left untouched); shuffling and augmentation noise come from a
     dedicated seeded ``torch.Generator``. Every minibatch is perturbed with fresh
-    N(0, train_sigma^2) noise, the distribution the smoothed classifier will query.
+    N(0, train_sigma^2) noise, the distribution the smoothed classifier will query. With
+    ``l1_non_sensitive`` > 0, the first-layer weights of the ``penalised`` inputs pay an ℓ1 cost.
     """
-    data = load_dataset(rec["dataset"], split="train")
-    X = torch.from_numpy(data.X)
-    y = torch.from_numpy(data.y)
-    sigma, batch_size = float(rec["train_sigma"]), int(rec["batch_size"])
+    X, y = torch.from_numpy(np.asarray(X)), torch.from_numpy(np.asarray(y))
+    sigma, batch_size = float(rec.get("train_sigma", 0.0)), int(rec["batch_size"])
     l1 = float(rec.get("l1_non_sensitive", 0.0))
-    penalised = [j for j, name in enumerate(data.feature_names) if name != rec.get("sensitive")]
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rec["seed"])
@@ -151,7 +158,7 @@ def train_state_dict(rec: dict, progress: bool = False) -> dict[str, torch.Tenso
         optimizer = torch.optim.Adam(model.parameters(), lr=rec["lr"])
         loss_fn = nn.CrossEntropyLoss()
         model.train()
-        with _epoch_bar(rec["epochs"], f"training {rec['dataset']} model", progress) as advance:
+        with _epoch_bar(rec["epochs"], description, progress) as advance:
             for _ in range(rec["epochs"]):
                 order = torch.randperm(X.shape[0], generator=generator)
                 for start in range(0, X.shape[0], batch_size):

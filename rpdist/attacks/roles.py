@@ -129,31 +129,6 @@ def _cached(rec: dict, build, train, cache_dir=None) -> dict[str, torch.Tensor]:
     return state
 
 
-def _train_classifier(rec: dict, X: np.ndarray, y: np.ndarray) -> dict[str, torch.Tensor]:
-    """Adam on (optionally noise-augmented) minibatches; seeded end to end, global RNG untouched."""
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    sigma = float(rec.get("train_sigma", 0.0))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(rec["seed"])
-        model = architectures.build(rec["arch"], **rec["arch_kwargs"])
-        gen = torch.Generator().manual_seed(rec["seed"])
-        opt = torch.optim.Adam(model.parameters(), lr=rec["lr"])
-        loss_fn = nn.CrossEntropyLoss()
-        model.train()
-        for _ in range(rec["epochs"]):
-            order = torch.randperm(len(Xt), generator=gen)
-            for start in range(0, len(Xt), rec["batch_size"]):
-                idx = order[start:start + rec["batch_size"]]
-                inputs = Xt[idx]
-                if sigma > 0:
-                    inputs = inputs + sigma * torch.randn(inputs.shape, generator=gen)
-                opt.zero_grad(set_to_none=True)
-                loss_fn(model(inputs), yt[idx]).backward()
-                opt.step()
-    model.eval()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def _train_vae(rec: dict, X: np.ndarray) -> dict[str, torch.Tensor]:
     Xt = torch.from_numpy(X).flatten(1)
     with torch.random.fork_rng(devices=[]):
@@ -182,7 +157,7 @@ def target_model(train_sigma: float = TARGET_TRAIN_SIGMA, cache_dir=None) -> Mod
     rec = target_recipe(train_sigma)
     X, y = role_data("private")
     state = _cached(rec, lambda: architectures.build(rec["arch"], **rec["arch_kwargs"]),
-                    lambda: _train_classifier(rec, X, y), cache_dir)
+                    lambda: models.fit_classifier(rec, X, y), cache_dir)
     return ModelRef.from_state_dict(rec["arch"], rec["arch_kwargs"], state)
 
 
@@ -191,7 +166,7 @@ def eval_model(cache_dir=None) -> ModelRef:
     rec = eval_recipe()
     X, y = role_data("private")
     state = _cached(rec, lambda: architectures.build(rec["arch"], **rec["arch_kwargs"]),
-                    lambda: _train_classifier(rec, X, y), cache_dir)
+                    lambda: models.fit_classifier(rec, X, y), cache_dir)
     return ModelRef.from_state_dict(rec["arch"], rec["arch_kwargs"], state)
 
 
