@@ -43,7 +43,11 @@ def _uniforms(seed: int, ids: np.ndarray, salt: int) -> np.ndarray:
 
 
 class Release:
-    """Base class: counts forward passes, handles keyed ids and deduplicates repeated keyed queries."""
+    """Base class: counts forward passes, handles keyed ids and deduplicates repeated keyed queries.
+
+    The default ``key`` is public and only makes benchmarks reproducible; a deployment must pass
+    a secret key of its own, or an attacker could predict the keyed noise.
+    """
 
     def __init__(self, noise: str = FRESH, key: bytes = b"rpdist-secret-key"):
         if noise not in (FRESH, KEYED):
