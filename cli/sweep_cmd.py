@@ -35,6 +35,9 @@ def print_sweep_summary(outcome, analysis: str) -> None:
     if analysis == "rap":
         print_rap_sweep(console, outcome)
         return
+    if analysis == "attack":
+        print_attack_sweep(console, outcome)
+        return
     table = Table(title=f"sweep {outcome.path.rsplit('/', 1)[-1]}")
     for column in ("σ", "N", "α", "seed", "accuracy" if analysis == "predict" else "cert. acc @0", "abstain",
                    *(["mean radius"] if analysis == "certify" else [])):
@@ -61,5 +64,17 @@ def print_rap_sweep(console: Console, outcome) -> None:
         table.add_row(f"{row['l1_non_sensitive']:g}", f"{row['sigma']:g}", f"{row['n']:,}", f"{row['alpha']:g}",
                       row["release_model"], f"{row['median_compatible_length']:.2f}", f"{row['adversary_mae']:.2f}",
                       f"{100 * row['accuracy']:.1f}%", f"{100 * row['abstain_rate']:.1f}%")
+    console.print(table)
+    console.print(f"results: {outcome.path}")
+
+
+def print_attack_sweep(console: Console, outcome) -> None:
+    table = Table(title=f"attack sweep {outcome.path.rsplit('/', 1)[-1]} (BREP-MI against RP)")
+    for column in ("σ", "N", "α", "seed", "release", "ASR", "utility", "queries", "forward passes"):
+        table.add_column(column, justify="right")
+    for row in outcome.summary:
+        table.add_row(f"{row['sigma']:g}", f"{row['n']:,}", f"{row['alpha']:g}", str(row["seed"]), row["release"],
+                      f"{100 * row['asr']:.0f}%", f"{100 * row['utility_accuracy']:.1f}%", f"{row['queries']:,}",
+                      f"{row['forward_passes']:,}")
     console.print(table)
     console.print(f"results: {outcome.path}")

@@ -31,12 +31,14 @@ from rpdist.results import Store, open_run
 from rpdist.smoothing import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
 
 PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()), ("seed", pa.int64()))
-RAP = "rap"
-ANALYSES = (CERTIFY, PREDICT, RAP)
+RAP, ATTACK = "rap", "attack"
+ANALYSES = (CERTIFY, PREDICT, RAP, ATTACK)
 LIST_KEYS = {"sigma": float, "n": int, "alpha": float, "seed": int}
 SCALAR_KEYS = {"dataset": str, "analysis": str, "model": str, "arch": str, "split": str, "limit": int,
                "label_column": str, "n0": int, "train_sigma": float, "batch_size": int, "noise_block": int,
-               "attribute": str, "grid_step": float, "l1_non_sensitive": float}
+               "attribute": str, "grid_step": float, "l1_non_sensitive": float,
+               "release": str, "query_budget": int, "restarts": int, "generator_epochs": int}
+OTHER_LIST_KEYS = {"targets"}  # lists that are options, not grid axes
 REQUIRED = ("dataset", "sigma", "n")
 
 
@@ -62,6 +64,11 @@ class SweepSpec:
     attribute: str = "bmi"  # rap only
     grid_step: float = 0.1  # rap only
     l1_non_sensitive: float = 0.01  # rap only
+    release: str = "majority"  # attack only: the smoothed release the attacker queries
+    query_budget: int = 400  # attack only
+    restarts: int = 1  # attack only
+    targets: tuple[int, ...] | None = None  # attack only: classes to reconstruct (default: all)
+    generator_epochs: int | None = None  # attack only
 
     @property
     def block(self) -> int:
@@ -86,7 +93,7 @@ def parse_sweep(data, source: str = "sweep file") -> SweepSpec:
     """Validate a parsed YAML mapping; every error names the offending key."""
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(LIST_KEYS) - set(SCALAR_KEYS))
+    unknown = sorted(set(data) - set(LIST_KEYS) - set(SCALAR_KEYS) - OTHER_LIST_KEYS)
     if unknown:
         raise InputError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted({**LIST_KEYS, **SCALAR_KEYS}))})")
     for key in REQUIRED:
@@ -114,6 +121,11 @@ def parse_sweep(data, source: str = "sweep file") -> SweepSpec:
             if not ok:
                 raise InputError(f"{source}: key {key!r} must be a {kind.__name__}, got {value!r}")
             values[key] = kind(value)
+    if data.get("targets") is not None:
+        targets = data["targets"]
+        if not isinstance(targets, list) or not targets or any(isinstance(t, bool) or not isinstance(t, int) for t in targets):
+            raise InputError(f"{source}: key 'targets' must be a non-empty list of class numbers, got {targets!r}")
+        values["targets"] = tuple(targets)
     spec = SweepSpec(**values)
     _check_values(spec, source)
     return spec
@@ -122,7 +134,9 @@ def parse_sweep(data, source: str = "sweep file") -> SweepSpec:
 def _check_values(spec: SweepSpec, source: str) -> None:
     if spec.analysis not in ANALYSES:
         raise InputError(f"{source}: key 'analysis' must be one of {', '.join(ANALYSES)} in a sweep, got "
-                         f"{spec.analysis!r} (run `rpdist attack` directly)")
+                         f"{spec.analysis!r}")
+    if spec.analysis == ATTACK and spec.release not in ("predict", "majority"):
+        raise InputError(f"{source}: key 'release' must be predict or majority, got {spec.release!r}")
     if spec.grid_step <= 0 or spec.l1_non_sensitive < 0:
         key = "grid_step" if spec.grid_step <= 0 else "l1_non_sensitive"
         raise InputError(f"{source}: key {key!r} must be {'> 0' if key == 'grid_step' else '>= 0'}")
@@ -135,7 +149,7 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 raise InputError(f"{source}: key {key!r}: {exc}") from None
     if any(s < 0 or s >= 2**63 for s in spec.seed):
         raise InputError(f"{source}: key 'seed' must hold whole numbers in [0, 2^63)")
-    for key in ("n0", "batch_size", "noise_block", "limit"):
+    for key in ("n0", "batch_size", "noise_block", "limit", "query_budget", "restarts", "generator_epochs"):
         value = getattr(spec, key)
         if value is not None and value < 1:
             raise InputError(f"{source}: key {key!r} must be >= 1, got {value}")
@@ -168,7 +182,7 @@ def partition_dir(sigma: float, n: int, alpha: float, seed: int) -> tuple[str, .
 
 
 _SWEEP_FILE = re.compile(r"/sigma=[^/]+/n=[^/]+/alpha=[^/]+/seed=[^/]+/chunk-\d+\.parquet$")
-_RAP_FILE = re.compile(r"/sigma=[^/]+/n=[^/]+/alpha=[^/]+/seed=[^/]+/rap\.parquet$")
+_POINT_FILE = re.compile(r"/sigma=([^/]+)/n=([^/]+)/alpha=([^/]+)/seed=([^/]+)/(rap|attack)\.parquet$")
 
 
 @dataclass
@@ -193,8 +207,8 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
     manifest = existing or {"config": config, "status": "running", "versions": versions(),
                             "started": dt.datetime.now(dt.timezone.utc).isoformat(), "models": {}}
     manifest["status"] = "running"
-    if spec.analysis == RAP:
-        return _run_rap_sweep(spec, store, sweep_id, manifest, workers, address, device, progress)
+    if spec.analysis in (RAP, ATTACK):
+        return _run_each_point(spec, store, sweep_id, manifest, workers, address, device, progress)
     used = naive = 0
     for sigma in spec.sigma:
         for seed in spec.seed:
@@ -230,33 +244,55 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
     return SweepOutcome(store.show(sweep_id), manifest, summarize_sweep(table.to_pandas(), spec.analysis))
 
 
-def _run_rap_sweep(spec, store, sweep_id, manifest, workers, address, device, progress) -> SweepOutcome:
-    """RAP at every grid point; a point whose ``rap.parquet`` exists is done and skipped on resume.
+def _run_each_point(spec, store, sweep_id, manifest, workers, address, device, progress) -> SweepOutcome:
+    """RAP or a model-inversion attack at every grid point, each a run of its own in its partition
+    directory; a point whose result file exists is done and skipped on resume.
 
-    RAP's releases are PREDICT decisions at many grid inputs, so each (σ, N, α) is its own run.
+    Both release PREDICT decisions at inputs that depend on the (σ, N, α) point, so no counts are
+    shared between points.
     """
-    from rpdist.privacy.rap import summarize as summarize_rap
-    from rpdist.privacy.runner import RapSpec, run_rap
-
     store.write_json(manifest, sweep_id, "manifest.json")
+    final = "rap.parquet" if spec.analysis == RAP else "attack.parquet"
     for sigma in spec.sigma:
         for seed in spec.seed:
             for n in spec.n:
                 for alpha in spec.alpha:
                     *parent, leaf = (sweep_id, *partition_dir(sigma, n, alpha, seed))
-                    if store.exists(*parent, leaf, "rap.parquet"):
+                    if store.exists(*parent, leaf, final):
                         continue
-                    run_rap(RapSpec(dataset=spec.dataset, attribute=spec.attribute, sigma=sigma, n=n, n0=spec.n0,
-                                    alpha=alpha, grid_step=spec.grid_step, l1_non_sensitive=spec.l1_non_sensitive,
-                                    train_sigma=spec.train_sigma, seed=seed, split=spec.split, limit=spec.limit,
-                                    batch_size=spec.batch_size, workers=workers, address=address, device=device,
-                                    out=Store(store.path(*parent), filesystem=store.fs), run_id=leaf),
-                            progress=progress)
+                    out = Store(store.path(*parent), filesystem=store.fs)
+                    options = dict(seed=seed, batch_size=spec.batch_size, workers=workers, address=address,
+                                   device=device, out=out, run_id=leaf)
+                    if spec.analysis == RAP:
+                        from rpdist.privacy.runner import RapSpec, run_rap
+
+                        run_rap(RapSpec(dataset=spec.dataset, attribute=spec.attribute, sigma=sigma, n=n, n0=spec.n0,
+                                        alpha=alpha, grid_step=spec.grid_step, train_sigma=spec.train_sigma,
+                                        l1_non_sensitive=spec.l1_non_sensitive, split=spec.split, limit=spec.limit,
+                                        **options), progress=progress)
+                    else:
+                        from rpdist.attacks.inversion import InversionSpec, run_inversion
+
+                        run_inversion(InversionSpec(dataset=spec.dataset, defense="rp", sigmas=[sigma], ns=[n],
+                                                    alpha=alpha, releases=[spec.release], restarts=spec.restarts,
+                                                    query_budget=spec.query_budget, generator_epochs=spec.generator_epochs,
+                                                    targets=list(spec.targets) if spec.targets else None, **options),
+                                      progress=progress)
     manifest.update({"status": "complete", "finished": dt.datetime.now(dt.timezone.utc).isoformat()})
     store.write_json(manifest, sweep_id, "manifest.json")
     table = read_sweep(Store(store.path(sweep_id), filesystem=store.fs)).to_pandas()
-    summary = summarize_rap(table).to_dict(orient="records")
-    return SweepOutcome(store.show(sweep_id), manifest, summary)
+    return SweepOutcome(store.show(sweep_id), manifest, _point_summary(table, spec.analysis))
+
+
+def _point_summary(table, analysis: str) -> list[dict]:
+    if analysis == RAP:
+        from rpdist.privacy.rap import summarize as summarize_rap
+
+        return summarize_rap(table).to_dict(orient="records")
+    grouped = table.groupby(["sigma", "n", "alpha", "seed", "release"], sort=True)
+    return [{"sigma": k[0], "n": k[1], "alpha": k[2], "seed": k[3], "release": k[4], "asr": float(g["success"].mean()),
+             "utility_accuracy": float(g["utility_accuracy"].mean()), "queries": int(g["queries"].sum()),
+             "forward_passes": int(g["forward_passes"].sum())} for k, g in grouped]
 
 
 def prefix_counts(counts: dict[int, np.ndarray], n: int, block: int) -> dict[int, np.ndarray]:
@@ -272,11 +308,9 @@ def read_sweep(root: str | Path | Store) -> pa.Table:
     store = root if isinstance(root, Store) else Store(root)
     everything = store.files(recursive=True)
     files = [f for f in everything if _SWEEP_FILE.search(f)]
-    rap = [f for f in everything if _RAP_FILE.search(f)]
-    if rap:  # RAP tables carry their own sigma/n/alpha/seed columns
-        table = pa.concat_tables([store.read_table(f) for f in rap], promote_options="default")
-        return table.sort_by([("sigma", "ascending"), ("n", "ascending"), ("alpha", "ascending"),
-                              ("seed", "ascending"), ("input_id", "ascending")])
+    points = [f for f in everything if _POINT_FILE.search(f)]
+    if points:  # RAP and attack tables: one run per partition directory, partition values added
+        return _concat_points(store, points)
     if not files:
         raise InputError(f"{store.display} holds no sweep results")
     partitioning = ds.partitioning(pa.schema(list(PARTITIONS)), flavor="hive")
@@ -284,6 +318,22 @@ def read_sweep(root: str | Path | Store) -> pa.Table:
                        filesystem=store.fs).to_table()
     keys = [(name, "ascending") for name, _ in PARTITIONS] + [("input_id", "ascending")]
     return table.sort_by(keys)
+
+
+def _concat_points(store: Store, files: list[str]) -> pa.Table:
+    """Concatenate per-point tables, taking sigma/n/alpha/seed from the directory names."""
+    tables = []
+    for path in files:
+        table = store.read_table(path)
+        values = _POINT_FILE.search(path).groups()[:4]
+        for (name, kind), value in zip(PARTITIONS, values):
+            column = pa.array([float(value) if kind == pa.float64() else int(value)] * len(table), type=kind)
+            table = (table.set_column(table.schema.get_field_index(name), name, column) if name in table.schema.names
+                     else table.append_column(name, column))
+        tables.append(table)
+    table = pa.concat_tables(tables, promote_options="default")
+    keys = [name for name, _ in PARTITIONS] + [k for k in ("input_id", "target", "restart") if k in table.schema.names]
+    return table.sort_by([(k, "ascending") for k in keys])
 
 
 def summarize_sweep(df, analysis: str) -> list[dict]:

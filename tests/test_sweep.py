@@ -164,3 +164,22 @@ def test_rap_sweep_runs_each_point_and_resumes(ray_session, tmp_path):
 def test_rap_keys_are_checked():
     with pytest.raises(InputError, match="'grid_step'"):
         parse_sweep({**BASE, "analysis": "rap", "grid_step": 0})
+
+
+def test_attack_sweep_runs_brep_against_each_rp_point(ray_session, tmp_path):
+    spec = parse_sweep({"dataset": "digits", "analysis": "attack", "sigma": [0.1], "n": [20, 40], "alpha": [0.001],
+                        "targets": [0, 1], "query_budget": 60, "generator_epochs": 40, "release": "majority"})
+    outcome = run_sweep(spec, out=tmp_path, sweep_id="atk", progress=False)
+    table = read_sweep(outcome.path).to_pandas()
+    assert sorted(set(table["n"])) == [20, 40] and set(table["target"]) == {0, 1}
+    assert (table["queries"] <= 60).all() and (table["alpha"] == 0.001).all() and (table["seed"] == 0).all()
+    by_n = table.groupby("n")["forward_passes"].sum()
+    assert by_n[40] > by_n[20]  # forward passes scale with N for the same kind of attack
+    assert {(row["n"], row["release"]) for row in outcome.summary} == {(20, "majority"), (40, "majority")}
+
+
+def test_attack_keys_are_checked():
+    with pytest.raises(InputError, match="'release'"):
+        parse_sweep({**BASE, "analysis": "attack", "release": "loud"})
+    with pytest.raises(InputError, match="'targets'"):
+        parse_sweep({**BASE, "analysis": "attack", "targets": 3})
