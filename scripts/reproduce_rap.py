@@ -33,7 +33,7 @@ def main() -> None:
 
     from rpdist.privacy.rap import summarize
     from rpdist.privacy.runner import DEFAULT_L1, RapSpec, run_rap
-    from rpdist.results import write_json, write_parquet
+    from rpdist.results import Store
 
     l1 = DEFAULT_L1 if args.l1 is None else args.l1
     out = Path(args.out)
@@ -57,10 +57,11 @@ def main() -> None:
     curve = pd.concat(curves, ignore_index=True)
     summary = summarize(table)
     out.mkdir(parents=True, exist_ok=True)
-    write_parquet(pa.Table.from_pandas(table, preserve_index=False), out / "rap_rows.parquet")
-    write_parquet(pa.Table.from_pandas(summary, preserve_index=False), out / "rap_summary.parquet")
-    write_parquet(pa.Table.from_pandas(curve, preserve_index=False), out / "rap_curve.parquet")
-    write_json({"runs": log, "total_seconds": round(total, 1), "args": vars(args)}, out / "runs.json")
+    store = Store(out)
+    store.write_parquet(pa.Table.from_pandas(table, preserve_index=False), "rap_rows.parquet")
+    store.write_parquet(pa.Table.from_pandas(summary, preserve_index=False), "rap_summary.parquet")
+    store.write_parquet(pa.Table.from_pandas(curve, preserve_index=False), "rap_curve.parquet")
+    store.write_json({"runs": log, "total_seconds": round(total, 1), "args": vars(args)}, "runs.json")
     (out / "rap_summary.md").write_text(markdown(summary, log))
     plot_lengths(table, out / "compatible_lengths.png")
     plot_rates(curve, out / "positive_rate_vs_bmi.png")
