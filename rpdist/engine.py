@@ -142,9 +142,9 @@ class ReplicaPool:
             options["num_gpus"] = min(1.0, gpus / workers)
         self.device = device or ("cuda" if use_gpu else "cpu")
         self.model_sha256 = model_ref.sha256
-        # Held for the pool's lifetime: a restarted replica rebuilds its model from this object.
-        self._model = ray.put(model_ref)
-        self.actors = [ModelReplica.options(**options).remote(self._model, self.device) for _ in range(workers)]
+        # Passed by value: Ray keeps an actor's creation arguments for its restarts, and a small model
+        # travels inline (an explicit ray.put would make Ray warn on every pool).
+        self.actors = [ModelReplica.options(**options).remote(model_ref, self.device) for _ in range(workers)]
 
     @property
     def workers(self) -> int:
