@@ -32,11 +32,8 @@ def register(app: typer.Typer) -> None:
 
 def print_sweep_summary(outcome, analysis: str) -> None:
     console = Console()
-    if analysis == "rap":
-        print_rap_sweep(console, outcome)
-        return
-    if analysis == "attack":
-        print_attack_sweep(console, outcome)
+    if analysis in POINT_COLUMNS:
+        print_point_sweep(console, outcome, analysis)
         return
     table = Table(title=f"sweep {outcome.path.rsplit('/', 1)[-1]}")
     for column in ("σ", "N", "α", "seed", "accuracy" if analysis == "predict" else "cert. acc @0", "abstain",
@@ -56,25 +53,32 @@ def print_sweep_summary(outcome, analysis: str) -> None:
     console.print(f"results: {outcome.path}")
 
 
-def print_rap_sweep(console: Console, outcome) -> None:
-    table = Table(title=f"RAP sweep {outcome.path.rsplit('/', 1)[-1]}")
-    for column in ("λ", "σ", "N", "α", "release", "median length", "adversary MAE", "accuracy", "abstain"):
-        table.add_column(column, justify="right")
-    for row in outcome.summary:
-        table.add_row(f"{row['l1_non_sensitive']:g}", f"{row['sigma']:g}", f"{row['n']:,}", f"{row['alpha']:g}",
-                      row["release_model"], f"{row['median_compatible_length']:.2f}", f"{row['adversary_mae']:.2f}",
-                      f"{100 * row['accuracy']:.1f}%", f"{100 * row['abstain_rate']:.1f}%")
-    console.print(table)
-    console.print(f"results: {outcome.path}")
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
 
 
-def print_attack_sweep(console: Console, outcome) -> None:
-    table = Table(title=f"attack sweep {outcome.path.rsplit('/', 1)[-1]} (BREP-MI against RP)")
-    for column in ("σ", "N", "α", "seed", "release", "ASR", "utility", "queries", "forward passes"):
-        table.add_column(column, justify="right")
+# Per-point sweeps (RAP, attack): columns as (header, cell formatter of a summary row).
+POINT_COLUMNS = {
+    "rap": ("RAP sweep", [
+        ("λ", lambda r: f"{r['l1_non_sensitive']:g}"), ("σ", lambda r: f"{r['sigma']:g}"),
+        ("N", lambda r: f"{r['n']:,}"), ("α", lambda r: f"{r['alpha']:g}"), ("release", lambda r: r["release_model"]),
+        ("median length", lambda r: f"{r['median_compatible_length']:.2f}"),
+        ("adversary MAE", lambda r: f"{r['adversary_mae']:.2f}"), ("accuracy", lambda r: _pct(r["accuracy"])),
+        ("abstain", lambda r: _pct(r["abstain_rate"]))]),
+    "attack": ("attack sweep (BREP-MI against RP)", [
+        ("σ", lambda r: f"{r['sigma']:g}"), ("N", lambda r: f"{r['n']:,}"), ("α", lambda r: f"{r['alpha']:g}"),
+        ("seed", lambda r: str(r["seed"])), ("release", lambda r: r["release"]), ("ASR", lambda r: _pct(r["asr"])),
+        ("utility", lambda r: _pct(r["utility_accuracy"])), ("queries", lambda r: f"{r['queries']:,}"),
+        ("forward passes", lambda r: f"{r['forward_passes']:,}")]),
+}
+
+
+def print_point_sweep(console: Console, outcome, analysis: str) -> None:
+    title, columns = POINT_COLUMNS[analysis]
+    table = Table(title=f"{title}: {outcome.path.rsplit('/', 1)[-1]}")
+    for header, _ in columns:
+        table.add_column(header, justify="right")
     for row in outcome.summary:
-        table.add_row(f"{row['sigma']:g}", f"{row['n']:,}", f"{row['alpha']:g}", str(row["seed"]), row["release"],
-                      f"{100 * row['asr']:.0f}%", f"{100 * row['utility_accuracy']:.1f}%", f"{row['queries']:,}",
-                      f"{row['forward_passes']:,}")
+        table.add_row(*(cell(row) for _, cell in columns))
     console.print(table)
     console.print(f"results: {outcome.path}")
