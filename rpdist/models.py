@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from rpdist import architectures
 from rpdist.datasets import SPLIT_SEED, TEST_FRACTION, load_dataset
 from rpdist.errors import InputError
 from rpdist.modelref import ModelRef
+from rpdist.results import atomic_write
 
 __all__ = ["default_model", "cache_dir", "cache_path", "recipe", "train_state_dict", "DEFAULTS"]
 
@@ -209,37 +209,31 @@ class _epoch_bar:
         return False
 
 
-def _read_cached(path: Path, rec: dict) -> dict[str, torch.Tensor] | None:
-    """The cached state dict, or None if it is absent or does not fit the architecture."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError("not a state dict of tensors")
-        architectures.build(rec["arch"], **rec["arch_kwargs"]).load_state_dict(state, strict=True)
-        return state
-    except Exception as exc:  # a truncated or foreign file is just a cache miss
-        log.warning("ignoring unreadable cached model %s (%s); retraining", path, exc)
-        return None
+def cached_state(path: Path, build, train) -> dict[str, torch.Tensor]:
+    """The state dict cached at ``path`` (weights only, checked against ``build()``), else ``train()``'s,
+    written atomically. A cache that cannot be read or written costs a warning, never the result."""
+    if path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise ValueError("not a state dict of tensors")
+            build().load_state_dict(state, strict=True)
+            return state
+        except Exception as exc:  # a truncated or foreign file is just a cache miss
+            log.warning("ignoring unreadable cached model %s (%s); retraining", path, exc)
+    state = train()
 
-
-def _write_atomically(path: Path, state: dict[str, torch.Tensor]) -> None:
-    """Write via a temp file in the same directory and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    try:
+        atomic_write(path, write)
+    except (OSError, InputError) as exc:
+        log.warning("could not cache %s (%s)", path, exc)
+    return state
 
 
 def _cache_file(rec: dict, cache_dir: str | Path | None) -> Path:
@@ -274,12 +268,6 @@ def default_model(
     favourable case for attribute privacy analyses (and the setting of the RP paper).
     """
     rec = recipe(dataset, train_sigma, seed, l1_non_sensitive, sensitive)
-    path = _cache_file(rec, cache_dir)
-    state = _read_cached(path, rec)
-    if state is None:
-        state = train_state_dict(rec, progress=progress)
-        try:
-            _write_atomically(path, state)
-        except OSError as exc:
-            log.warning("could not cache the default model at %s (%s)", path, exc)
+    state = cached_state(_cache_file(rec, cache_dir), lambda: architectures.build(rec["arch"], **rec["arch_kwargs"]),
+                         lambda: train_state_dict(rec, progress=progress))
     return ModelRef.from_state_dict(rec["arch"], rec["arch_kwargs"], state)

@@ -114,19 +114,7 @@ def _cached(rec: dict, build, train, cache_dir=None) -> dict[str, torch.Tensor]:
     """The state dict for ``rec``: read from the cache (weights only), else trained and written atomically."""
     root = Path(cache_dir).expanduser() if cache_dir is not None else models.cache_dir()
     path = root / f"mia-{rec['role']}-{models._recipe_key(rec)}.pt"
-    if path.is_file():
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            build().load_state_dict(state, strict=True)
-            return state
-        except Exception as exc:  # a truncated or foreign file is a cache miss
-            models.log.warning("ignoring unreadable cached model %s (%s); retraining", path, exc)
-    state = train()
-    try:
-        models._write_atomically(path, state)
-    except OSError as exc:
-        models.log.warning("could not cache %s (%s)", path, exc)
-    return state
+    return models.cached_state(path, build, train)
 
 
 def _train_vae(rec: dict, X: np.ndarray) -> dict[str, torch.Tensor]:
