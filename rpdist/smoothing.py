@@ -116,8 +116,22 @@ def _check_labels_and_ids(rows: int, y, input_ids) -> tuple[np.ndarray | None, n
     return y, input_ids
 
 
+_PROBED: dict[tuple, int] = {}  # (model sha256, input shape, batch) -> classes, for models that passed
+
+
 def probe_model(model_ref: ModelRef, X: np.ndarray) -> int:
-    """Run one input through the model on the driver; returns the number of classes."""
+    """Run one input through the model on the driver; returns the number of classes.
+
+    A model that passed for this input shape is not loaded again: attacks and RAP call the API
+    thousands of times with one model.
+    """
+    key = (model_ref.sha256, tuple(X.shape[1:]), min(2, len(X)))
+    if key not in _PROBED:
+        _PROBED[key] = _probe(model_ref, X)
+    return _PROBED[key]
+
+
+def _probe(model_ref: ModelRef, X: np.ndarray) -> int:
     import torch
 
     try:
