@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -20,9 +20,10 @@ def register(app: typer.Typer) -> None:
         n0: int = typer.Option(100, "--n0", help="CERTIFY selection samples."),
         alpha: float = typer.Option(0.001, "--alpha", help="Failure probability of each decision."),
         grid_step: float = typer.Option(0.1, "--grid-step", help="Grid step in raw units of the attribute."),
-        l1_non_sensitive: float = typer.Option(DEFAULT_L1, "--l1-non-sensitive",
-                                               help="λ of the ℓ1 penalty on non-sensitive first-layer weights; "
-                                                    "the unpenalised model is always reported too (0: only it)."),
+        l1_non_sensitive: List[float] = typer.Option([DEFAULT_L1], "--l1-non-sensitive",
+                                                     help="λ of the ℓ1 penalty on non-sensitive first-layer weights "
+                                                          "(repeat for several models); the unpenalised model is "
+                                                          "always reported too (0: only it)."),
         train_sigma: Optional[float] = typer.Option(None, "--train-sigma", help="Training noise. Default: --sigma."),
         seed: int = typer.Option(0, "--seed", help="Seed of the noise streams and of training."),
         split: str = typer.Option("test", "--split", help="train, test or all."),
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
         from rpdist.privacy.runner import RapSpec, run_rap
 
         spec = RapSpec(dataset=dataset, attribute=attribute, sigma=sigma, n=n, n0=n0, alpha=alpha,
-                       grid_step=grid_step, l1_non_sensitive=l1_non_sensitive, train_sigma=train_sigma, seed=seed,
+                       grid_step=grid_step, l1_non_sensitive=list(l1_non_sensitive), train_sigma=train_sigma, seed=seed,
                        split=split, limit=limit, batch_size=batch_size, workers=workers, address=address,
                        device=device, grid_batch=grid_batch, out=str(out), run_id=run_id)
         outcome = run_rap(spec, progress=not quiet)

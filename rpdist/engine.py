@@ -120,8 +120,23 @@ def ensure_ray(address: str | None = None) -> None:
         raise InputError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
 
 
+@dataclass(frozen=True)
+class SharedPool:
+    """Handles to a pool's replicas, picklable into Ray tasks so that they query the same warm actors.
+
+    Tasks cannot make pools of their own on a small cluster: the driver's replicas already hold
+    every CPU, and a task waiting for CPUs it holds none of would wait forever.
+    """
+
+    model_sha256: str
+    device: str
+    actors: tuple
+
+
 class ReplicaPool:
     """A set of ``ModelReplica`` actors holding one model; on GPUs each takes a share of a device."""
+
+    owned = True  # False for a pool attached from a SharedPool: its creator decides when it ends
 
     def __init__(self, model_ref: ModelRef, workers: int | None = None, device: str | None = None):
         import ray
@@ -155,11 +170,21 @@ class ReplicaPool:
 
         return ray.get([actor.info.remote() for actor in self.actors])
 
+    def share(self) -> SharedPool:
+        return SharedPool(self.model_sha256, self.device, tuple(self.actors))
+
+    @classmethod
+    def attach(cls, shared: SharedPool) -> ReplicaPool:
+        pool = cls.__new__(cls)
+        pool.device, pool.model_sha256, pool.actors, pool.owned = shared.device, shared.model_sha256, list(shared.actors), False
+        return pool
+
     def close(self) -> None:
         import ray
 
-        for actor in self.actors:
-            ray.kill(actor)
+        if self.owned:
+            for actor in self.actors:
+                ray.kill(actor)
         self.actors = []
 
 
@@ -171,16 +196,25 @@ def _autoscaling() -> bool:
 _POOLS: OrderedDict[tuple, ReplicaPool] = OrderedDict()
 
 
-def get_pool(model_ref: ModelRef, workers: int | None, device: str | None) -> ReplicaPool:
+def get_pool(model_ref: ModelRef, workers: int | None, device: str | None,
+             shared: SharedPool | None = None) -> ReplicaPool:
     """Reuse warm replicas across calls (attacks query the same model thousands of times).
 
     Only one pool is kept: its actors hold CPUs or GPUs that a new pool would wait for forever.
+    Inside a Ray task, ``shared`` (from the driver's ``pool.share()``) attaches to the driver's
+    replicas instead of creating any.
     """
-    key = (model_ref.sha256, workers, device)
+    if shared is not None:
+        if shared.model_sha256 != model_ref.sha256:
+            raise ValueError("the shared pool holds another model")
+        for pool in _POOLS.values():
+            if tuple(pool.actors) == shared.actors:  # the driver itself, or a task's second call
+                return pool
+    key = (model_ref.sha256, workers, device) if shared is None else ("shared", shared.actors)
     if key not in _POOLS:
         while _POOLS:
             _POOLS.popitem()[1].close()
-        _POOLS[key] = ReplicaPool(model_ref, workers, device)
+        _POOLS[key] = ReplicaPool(model_ref, workers, device) if shared is None else ReplicaPool.attach(shared)
     return _POOLS[key]
 
 

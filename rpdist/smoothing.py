@@ -150,7 +150,7 @@ class SmoothingJob:
     """One certify/predict job: validated inputs, a plan and a pool, producing Arrow tables per chunk."""
 
     def __init__(self, model, X, y=None, *, config: SmoothingConfig, input_ids=None, workers=None,
-                 address=None, device=None):
+                 address=None, device=None, shared_pool=None):
         self.config = config.validated()
         self.X, self.y, self.input_ids = check_inputs(X, y, input_ids)
         self.model_ref = as_model_ref(model, self.X)
@@ -160,7 +160,7 @@ class SmoothingJob:
         if workers is not None:
             stats.check_count(workers, "workers")
         ensure_ray(address)
-        self.pool = get_pool(self.model_ref, workers, device)
+        self.pool = get_pool(self.model_ref, workers, device, shared_pool)
         batch = self.config.batch_size or default_batch_size(self.pool.device)
         self.plan = Plan(len(self.X), self.config.phases, self.config.noise_block, batch)
 
@@ -278,9 +278,13 @@ def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int = 100_000, 
 def predict(model, X, y=None, *, sigma: float, n: int = 100_000, alpha: float = 0.001, seed: int = 0,
             batch_size: int | None = None, workers: int | None = None, address: str | None = None,
             input_ids=None, noise_block: int = DEFAULT_BLOCK, device: str | None = None,
-            progress: bool = False) -> pd.DataFrame:
+            progress: bool = False, shared_pool=None) -> pd.DataFrame:
     """PREDICT every row of X: the smoothed label, or −1 (abstain) when the top two classes are not
-    separated by the exact binomial test at level α."""
+    separated by the exact binomial test at level α.
+
+    ``shared_pool`` (``engine.SharedPool``) lets a Ray task query replicas its driver created.
+    """
     config = SmoothingConfig(PREDICT, sigma, n, alpha, None, seed, batch_size, noise_block)
-    job = SmoothingJob(model, X, y, config=config, input_ids=input_ids, workers=workers, address=address, device=device)
+    job = SmoothingJob(model, X, y, config=config, input_ids=input_ids, workers=workers, address=address, device=device,
+                       shared_pool=shared_pool)
     return job.run(progress)

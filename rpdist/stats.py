@@ -105,14 +105,25 @@ def certify_decision(selection_counts: np.ndarray, counts: np.ndarray, n: int, a
     estimation counts only — reusing selection samples would bias p̲A upwards.
     Returns (top_class, count_top, pa_lower, radius, prediction).
     """
-    selection_counts = np.asarray(selection_counts)
+    top = np.asarray(selection_counts).argmax(axis=1)
+    return (top, *certify_label(top, counts, n, alpha, sigma))
+
+
+def certify_label(labels: np.ndarray, counts: np.ndarray, n: int, alpha: float, sigma: float):
+    """Certify labels chosen beforehand (−1 = none) from estimation counts that played no part in the choice.
+
+    Any selection rule is valid so long as its samples are independent of ``counts``: CERTIFY's
+    n0 draws, or a PREDICT release that must be certified as released.
+    Returns (count_top, pa_lower, radius, prediction).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
     counts = np.asarray(counts)
-    top = selection_counts.argmax(axis=1)
-    count_top = counts[np.arange(len(top)), top]
-    pa = cp_lower(count_top, n, alpha)
+    chosen = labels >= 0
+    count_top = np.where(chosen, counts[np.arange(len(labels)), np.maximum(labels, 0)], 0)
+    pa = np.where(chosen, cp_lower(count_top, n, alpha), 0.0)
     r = radius(pa, sigma)
-    prediction = np.where(pa > 0.5, top, ABSTAIN)
-    return top, count_top, pa, r, prediction
+    prediction = np.where(pa > 0.5, labels, ABSTAIN)
+    return count_top, pa, r, prediction
 
 
 def predict_pvalue(c1: int, c2: int) -> float:

@@ -1,8 +1,9 @@
 """Reproduce the model-inversion benchmark at CPU scale: writes results/mia/.
 
-Runs BREP-MI against none, rp (σ grid × both releases), dpsgd (ε ∈ {1,3,8} + clip-only), rr
-(ε ∈ {1,3,5}) and the repeated-query attacker against fresh and keyed RP noise, then writes the
-summary table, the reconstruction grids and the privacy–utility plot.
+Runs BREP-MI against none, rp (σ × N grid × both releases), dpsgd (ε ∈ {1,3,8} + clip-only), rr
+(ε ∈ {1,3,5}) and the repeated-query attacker against fresh and keyed RP noise (k = 5 gets 5x the
+query budget of k = 1, so both take the same number of sphere steps), then writes the summary
+table, the reconstruction grids and the privacy–utility plot.
 
     .venv/bin/python scripts/reproduce_mia.py [--budget 300] [--out results/mia]
 """
@@ -19,13 +20,14 @@ import pandas as pd
 from rpdist.attacks import roles
 from rpdist.attacks.inversion import InversionSpec, run_inversion
 
-RUNS = {
-    "none": dict(defense="none"),
-    "rp": dict(defense="rp", sigmas=[0.1, 0.5, 1.0], ns=[100], releases=["predict", "majority"]),
-    "dpsgd": dict(defense="dpsgd"),
-    "rr": dict(defense="rr"),
-    "repeat": dict(defense="rp", sigmas=[1.0], ns=[100], releases=["majority"], repeats=[1, 5],
-                   noises=["fresh", "keyed"]),
+REPEAT = dict(defense="rp", sigmas=[1.0], ns=[100], releases=["predict"], noises=["fresh", "keyed"])
+RUNS = {  # name: (InversionSpec options, query budget as a multiple of --budget)
+    "none": (dict(defense="none"), 1),
+    "rp": (dict(defense="rp", sigmas=[0.1, 0.5, 1.0, 2.0], ns=[100, 1000], releases=["predict", "majority"]), 1),
+    "dpsgd": (dict(defense="dpsgd"), 1),
+    "rr": (dict(defense="rr"), 1),
+    "repeat-k1": (dict(REPEAT, repeats=[1]), 1),
+    "repeat-k5": (dict(REPEAT, repeats=[5]), 5),
 }
 
 
@@ -44,11 +46,11 @@ def main() -> None:
         roles.dpsgd_model(eps)
     roles_seconds = time.perf_counter() - t
     tables, timings = [], {}
-    for name, kw in RUNS.items():
+    for name, (kw, scale) in RUNS.items():
         t = time.perf_counter()
         if (runs / name).exists():
             shutil.rmtree(runs / name)
-        _, table = run_inversion(InversionSpec(query_budget=args.budget, out=str(runs), run_id=name, **kw),
+        _, table = run_inversion(InversionSpec(query_budget=scale * args.budget, out=str(runs), run_id=name, **kw),
                                  progress=True)
         table.insert(0, "experiment", name)
         tables.append(table)
@@ -58,7 +60,8 @@ def main() -> None:
     table.to_parquet(out / "attack.parquet", index=False)
     keys = ["experiment", "defense", "sigma", "n", "epsilon", "release", "noise", "repeat"]
     summary = (table.groupby(keys, dropna=False, sort=False)
-               .agg(targets=("success", "size"), asr=("success", "mean"), utility_accuracy=("utility_accuracy", "mean"),
+               .agg(targets=("success", "size"), asr=("success", "mean"), start_asr=("start_success", "mean"),
+                    utility_accuracy=("utility_accuracy", "mean"),
                     eval_confidence=("eval_confidence", "mean"), queries=("queries", "sum"),
                     forward_passes=("forward_passes", "sum"), found_start=("found", "mean"))
                .reset_index())
@@ -70,9 +73,11 @@ def main() -> None:
         total = time.perf_counter() - started
         fh.write(f"query budget {args.budget} per class; roles (cached if present) {roles_seconds:.0f}s; "
                  + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s\n")
-    for name in ("none", "rp", "repeat"):
+    for old in out.glob("reconstructions-*.png"):
+        old.unlink()
+    for name in ("none", "rp", "repeat-k1", "repeat-k5"):
         shutil.copy(runs / name / "reconstructions.png", out / f"reconstructions-{name}.png")
-    plot(summary[summary.experiment != "repeat"], out / "privacy-utility.png")
+    plot(summary[~summary.experiment.str.startswith("repeat")], out / "privacy-utility.png")
     print(open(out / "summary.md").read())
 
 
@@ -86,7 +91,7 @@ def markdown(df: pd.DataFrame) -> str:
 
 
 def plot(summary: pd.DataFrame, path: Path) -> None:
-    """ASR against utility, one curve per defense family (rp: one per release)."""
+    """ASR against utility, one curve per defense family (rp: one per release and N)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,12 +101,12 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     families = []
     for defense, part in summary.groupby("defense", sort=False):
         if defense == "rp":
-            families += [(f"rp ({r})", p) for r, p in part.groupby("release")]
+            families += [(f"rp ({r}, N={n})", p) for (r, n), p in part.groupby(["release", "n"])]
         else:
             families.append((defense, part))
     for i, (name, part) in enumerate(families):
         part = part.sort_values("utility_accuracy")
-        ax.plot(100 * part.utility_accuracy, 100 * part.asr, marker="osD^v"[i % 5], label=name, color=f"C{i}")
+        ax.plot(100 * part.utility_accuracy, 100 * part.asr, marker="osD^v<>p"[i % 8], label=name, color=f"C{i}")
         for r in part.itertuples():
             knob = f"σ={r.sigma:g}" if r.defense == "rp" else (f"ε={r.epsilon:g}" if r.defense in ("rr", "dpsgd") else "")
             if knob:

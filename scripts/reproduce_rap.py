@@ -24,7 +24,8 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0])
     parser.add_argument("--ns", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--grid-step", type=float, default=0.1)
-    parser.add_argument("--l1", type=float, default=None, help="λ of the penalised model (default: the CLI's)")
+    parser.add_argument("--l1", type=float, nargs="+", default=None,
+                        help="λ of each penalised model (default: the CLI's, and 1.0 for a near-univariate BMI rule)")
     parser.add_argument("--limit", type=int, default=None, help="inputs of the test split for N below 10000")
     parser.add_argument("--limit-large-n", type=int, default=None, help="inputs of the test split for N >= 10000")
     parser.add_argument("--out", default="results/rap")
@@ -35,14 +36,14 @@ def main() -> None:
     from rpdist.privacy.runner import DEFAULT_L1, RapSpec, run_rap
     from rpdist.results import Store
 
-    l1 = DEFAULT_L1 if args.l1 is None else args.l1
+    l1 = [DEFAULT_L1, 1.0] if args.l1 is None else args.l1
     out = Path(args.out)
     tables, curves, log = [], [], []
     started = time.perf_counter()
     for n in args.ns:
         limit = args.limit_large_n if n >= 10000 else args.limit
         for sigma in args.sigmas:
-            run_id = f"s{sigma:g}-n{n}-step{args.grid_step:g}-l1{l1:g}-lim{limit or 'all'}"
+            run_id = f"s{sigma:g}-n{n}-step{args.grid_step:g}-l1{'-'.join(f'{v:g}' for v in l1)}-lim{limit or 'all'}"
             clock = time.perf_counter()
             outcome = run_rap(RapSpec(sigma=sigma, n=n, grid_step=args.grid_step, l1_non_sensitive=l1, limit=limit,
                                       out=args.runs, run_id=run_id))

@@ -47,6 +47,7 @@ def test_brep_moves_away_from_the_boundary_and_counts_queries_exactly():
         assert a.queries > 200 - 8  # stops only when the next round would exceed the budget
         assert a.accepted > 0
         assert a.result()[0] > 1.5  # pushed deep into the class region, away from the boundary at 1
+        assert 1.0 < a.starting_point()[0] < a.result()[0]  # the walk began inside, nearer the boundary
 
 
 def test_repeat_spends_k_queries_per_point():
@@ -88,6 +89,7 @@ def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp
     assert df.utility_accuracy.iloc[0] > 0.9
     assert (tmp_path / "none" / "reconstructions.png").stat().st_size > 1000
     assert (df.success == (df.eval_prediction == df.target)).all()
+    assert (df.start_success <= df.found).all()  # a start is judged only where the walk had one
 
 
 def test_rp_inversion_goes_through_the_engine_with_both_releases(ray_session, tmp_path, quick):

@@ -288,3 +288,32 @@ def test_one_worker_equals_two_workers(reference, model_ref, inputs):
     """The plan has no worker dimension: one replica runs the very same units."""
     one = _certify(model_ref, inputs, workers=1)
     _assert_same_counts(one, reference)
+
+
+def _predict_in_task(model_ref, X, ids, shared):
+    """Body of a Ray task: PREDICT through the driver's replicas; report whether it made any of its own."""
+    out = predict(model_ref, X, sigma=SIGMA, n=500, alpha=ALPHA, seed=SEED, input_ids=ids, workers=WORKERS,
+                  shared_pool=shared)
+    pools = list(engine._POOLS.values())
+    return out["prediction"].to_numpy(), [p.owned for p in pools], [a for p in pools for a in p.actors]
+
+
+def test_ray_tasks_query_the_drivers_replicas(ray_session, model_ref, inputs):
+    import ray
+
+    X, _ = inputs
+    ids = np.arange(len(X), dtype=np.int64)
+    pool = engine.get_pool(model_ref, WORKERS, None)
+    shared = pool.share()
+    assert engine.get_pool(model_ref, WORKERS, None, shared) is pool  # the driver keeps its own pool
+    here = predict(model_ref, X, sigma=SIGMA, n=500, alpha=ALPHA, seed=SEED, input_ids=ids, workers=WORKERS)
+    # Both CPUs are held by the replicas: a task that built a pool of its own would wait forever.
+    task = ray.remote(num_cpus=0)(_predict_in_task)
+    runs = ray.get([task.remote(model_ref, X[part], ids[part], shared) for part in (slice(0, 30), slice(30, 60))],
+                   timeout=300)
+    assert np.array_equal(np.concatenate([r[0] for r in runs]), here["prediction"].to_numpy())
+    for _, owned, actors in runs:
+        assert owned == [False] and actors == pool.actors
+    other = ModelRef.from_module(torch.nn.Linear(5, 2), torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="another model"):
+        engine.get_pool(other, WORKERS, None, shared)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import beta, norm
 
-from rpdist import models
+from rpdist import certify, models
 from rpdist.cli.main import main
 from rpdist.datasets import load_dataset
 from rpdist.errors import InputError
@@ -40,6 +41,20 @@ def test_compatible_set_edges_and_abstain_as_release():
     # The true value duplicates grid point 10 (a zero-width cell) and owns the cell [10, 10.5].
     alone = compatible_set(values, np.array([0, 1, 1, 1, 2]), 4)
     assert alone["length"] == pytest.approx(0.5) and (alone["low"], alone["high"]) == (10.0, 10.5)
+
+
+def test_abstain_cells_rule_out_no_label():
+    values = np.array([10.0, 11.0, 12.0, 13.0, 14.0, 12.0])
+    releases = np.array([0, -1, 1, -1, 0, 1])  # true value 12 released as 1
+    strict = compatible_set(values, releases, 5)
+    assert (strict["low"], strict["high"]) == (11.5, 12.5) and strict["length"] == pytest.approx(1.0)
+    open_ = compatible_set(values, releases, 5, neutral=-1)
+    assert (open_["low"], open_["high"]) == (10.5, 13.5) and open_["length"] == pytest.approx(3.0)
+    # An abstain release stays compatible with abstain cells only.
+    abstained = compatible_set(values, np.array([0, -1, -1, -1, 0, -1]), 5, neutral=-1)
+    assert (abstained["low"], abstained["high"]) == (10.5, 13.5) and abstained["length"] == pytest.approx(3.0)
+    other = compatible_set(values, np.array([-1, 0, -1, 1, 0, -1]), 5, neutral=-1)
+    assert (other["low"], other["high"]) == (11.5, 12.5) and other["length"] == pytest.approx(1.5)
 
 
 def test_adversary_estimate_on_known_distribution():
@@ -139,6 +154,21 @@ def test_certified_segment_inside_interval(small_run):
     assert ((table["interval_low"] <= table["attribute_value"]) & (table["attribute_value"] <= table["interval_high"])).all()
     assert (table["interval_high"] - table["interval_low"] <= table["compatible_length"] + 1e-9).all()
     assert np.allclose(table["abs_error"], (table["adversary_estimate"] - table["attribute_value"]).abs())
+
+
+def test_certificate_is_for_the_released_label(small_run):
+    smoothed = small_run["table"][small_run["table"]["release_model"] == "smoothed"]
+    certified = smoothed[smoothed["certified_low"].notna()]
+    assert (certified["certified_label"] == certified["released_label"]).all()
+    assert (smoothed.loc[smoothed["released_label"] == -1, "certified_low"]).isna().all()
+    # The bound comes from CERTIFY's estimation counts for the released label (an independent phase).
+    data, kw = small_run["data"], small_run["kwargs"]
+    cert = certify(small_run["ref"], data.X, data.y, sigma=kw["sigma"], n0=kw["n0"], n=kw["n"], alpha=kw["alpha"],
+                   seed=kw["seed"], input_ids=data.input_ids).set_index("input_id")
+    for _, row in certified.iterrows():
+        count = cert.loc[row["input_id"], "counts"][row["released_label"]]
+        expected = kw["sigma"] * norm.ppf(beta.ppf(kw["alpha"], count, kw["n"] - count + 1))
+        assert row["radius"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_units_are_raw_bmi(small_run):

@@ -182,6 +182,19 @@ def test_certify_decision_uses_selection_for_the_class_and_estimation_for_the_bo
     assert r[0] == 0.0 and r[1] > r[2] > 0
 
 
+def test_certify_label_certifies_the_given_label_against_scipy():
+    counts = np.array([[880, 120], [300, 700], [500, 500], [10, 990]])
+    labels = np.array([0, 0, -1, 1])  # the second asks for the minority class, the third for nothing
+    count_top, pa, r, prediction = stats.certify_label(labels, counts, 1000, 0.001, 0.5)
+    assert count_top.tolist() == [880, 300, 0, 990]
+    assert pa[0] == pytest.approx(beta.ppf(0.001, 880, 121), abs=1e-12)
+    assert r[0] == pytest.approx(0.5 * norm.ppf(pa[0]), abs=1e-12)
+    assert prediction.tolist() == [0, -1, -1, 1] and r[1] == 0 and r[2] == 0
+    # With the selection's argmax as the label it is CERTIFY itself.
+    assert np.array_equal(stats.certify_decision(counts, counts, 1000, 0.001, 0.5)[3],
+                          stats.certify_label(counts.argmax(axis=1), counts, 1000, 0.001, 0.5)[2])
+
+
 def test_certify_decision_abstains_at_exactly_one_half():
     # One unanimous vote at α = 1/2: p̲A = α^(1/1) = 0.5 exactly, which is not > 1/2.
     top, count_top, pa, r, prediction = stats.certify_decision(np.array([[1, 0]]), np.array([[1, 0]]), 1, 0.5, 1.0)

@@ -41,6 +41,7 @@ class BrepAttack:
         self.counter = 0
         self.latent = latent
         self.z = None                      # current latent, labelled as the target
+        self.start = None                  # the first latent labelled as the target
         self.radius = config.radius
         self.phase = "init"
         self.queries = 0
@@ -86,6 +87,7 @@ class BrepAttack:
         if self.phase == "init":
             if inside.any():
                 self.z = points[int(np.argmax(inside))].astype(np.float64)
+                self.start = self.z.copy()
                 self.phase = "sphere"
             return
         if self.phase == "sphere":
@@ -111,6 +113,13 @@ class BrepAttack:
         """The reconstruction latent (the last accepted point; a prior draw if none was ever found)."""
         if self.z is not None:
             return self.z.astype(np.float32)
+        return self._fallback()
+
+    def starting_point(self) -> np.ndarray:
+        """Where the walk began: judging it too shows what the walk added to mere sampling from the prior."""
+        return self.start.astype(np.float32) if self.start is not None else self._fallback()
+
+    def _fallback(self) -> np.ndarray:
         return np.random.default_rng([7, self.target, self.restart]).standard_normal(self.latent).astype(np.float32)
 
 

@@ -1,9 +1,10 @@
 """``rpdist attack inversion`` as a function: defenses × target classes × restarts of BREP-MI.
 
 Writes ``OUT/RUN_ID/attack.parquet`` (one row per defense config, target class and restart), a
-PNG grid of the reconstructions and a manifest. Queries to smoothed targets go through
-:func:`rpdist.predict` (all classes of one round in one call, so they share forward batches on
-the warm replicas); label-only targets (none, dpsgd, rr) run one Ray task per target class.
+PNG grid of the reconstructions and a manifest. Every target class is attacked by a Ray task of
+its own. Queries to smoothed targets go through :func:`rpdist.predict` on the replicas the driver
+started (the tasks hold handles to them), so a round's sphere points × N samples share forward
+batches there.
 """
 
 from __future__ import annotations
@@ -112,16 +113,14 @@ def _attack_task(target: int, restarts: int, config: BrepConfig, seed: int, gen_
     return attacks, release.forward_passes
 
 
-def attack_release(release, targets, restarts, config: BrepConfig, seed: int, generator,
-                   parallel: bool) -> tuple[list[BrepAttack], int]:
-    """Run BREP-MI on every target; returns the attacks and the exact forward passes of the release."""
-    if not parallel:
-        attacks = [BrepAttack(t, r, generator.latent, config, seed) for t in targets for r in range(restarts)]
-        run_lockstep(attacks, _decoder(generator), release)
-        return attacks, release.forward_passes
+def attack_release(release, targets, restarts, config: BrepConfig, seed: int, generator) -> tuple[list[BrepAttack], int]:
+    """Run BREP-MI on every target, one Ray task per class; returns the attacks and the exact forward
+    passes of the release."""
     import ray
 
-    # num_cpus=0: replica actors of an earlier RP config may hold every CPU of a small machine.
+    if hasattr(release, "share"):
+        release.share()
+    # num_cpus=0: the replica actors may hold every CPU of a small machine; the tasks mostly wait on them.
     task = ray.remote(num_cpus=0)(_attack_task)
     state = {k: v for k, v in generator.state_dict().items()}
     hidden = generator.decoder[0].out_features
@@ -171,6 +170,9 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> tuple[str, pd.
     config.pop("out")
     run_dir.claim(config)
 
+    from rpdist.engine import ensure_ray
+
+    ensure_ray(spec.address)
     started = time.perf_counter()
     target_ref = roles.target_model()
     eval_ref = roles.eval_model()
@@ -184,18 +186,19 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> tuple[str, pd.
         acc = utility(release, X_test, y_test)
         brep = BrepConfig(budget=spec.query_budget, points=spec.points, repeat=cfg["repeat"])
         t0 = time.perf_counter()
-        attacks, passes = attack_release(release, targets, spec.restarts, brep, spec.seed, generator,
-                                         parallel=spec.defense != "rp")
+        attacks, passes = attack_release(release, targets, spec.restarts, brep, spec.seed, generator)
         seconds = time.perf_counter() - t0
         recon = decode(np.stack([a.result() for a in attacks]))
         with torch.inference_mode():
             prob = torch.softmax(evaluator(torch.from_numpy(recon)), 1).numpy()
+            start = evaluator(torch.from_numpy(decode(np.stack([a.starting_point() for a in attacks])))).argmax(1).numpy()
         per_attack = _split_passes(attacks, passes, spec.defense, cfg)
-        for a, p, img, fp in zip(attacks, prob, recon, per_attack):
+        for a, p, s0, img, fp in zip(attacks, prob, start, recon, per_attack):
             rows.append({"defense": spec.defense, **{k: cfg[k] for k in ("sigma", "n", "epsilon", "release")},
                          "noise": cfg["noise"], "repeat": cfg["repeat"], "target": a.target, "restart": a.restart,
                          "success": bool(a.found and int(p.argmax()) == a.target),
                          "eval_confidence": float(p[a.target]), "eval_prediction": int(p.argmax()),
+                         "start_success": bool(a.found and int(s0) == a.target),
                          "found": a.found, "queries": a.queries, "forward_passes": fp, "steps": a.steps,
                          "accepted_steps": a.accepted, "final_radius": float(a.radius),
                          "utility_accuracy": acc, "query_budget": spec.query_budget, "seconds": seconds})

@@ -132,12 +132,20 @@ class SmoothedRelease(Release):
             raise InputError(f"release must be {PREDICT!r} or {MAJORITY!r}, got {release!r}")
         self.model_ref, self.sigma, self.n, self.release, self.alpha = model_ref, sigma, n, release, alpha
         self.seed, self.options = seed, dict(batch_size=batch_size, workers=workers, address=address, device=device)
+        self.shared = None
+
+    def share(self) -> None:
+        """Start (or reuse) the replicas here, so that copies of this release in Ray tasks query them."""
+        from rpdist.engine import ensure_ray, get_pool
+
+        ensure_ray(self.options["address"])
+        self.shared = get_pool(self.model_ref, self.options["workers"], self.options["device"]).share()
 
     def _release(self, images, ids):
         from rpdist.smoothing import predict
 
         df = predict(self.model_ref, images, sigma=self.sigma, n=self.n, alpha=self.alpha, seed=self.seed,
-                     input_ids=ids, progress=False, **self.options)
+                     input_ids=ids, progress=False, shared_pool=self.shared, **self.options)
         self.forward_passes += len(images) * self.n
         column = "prediction" if self.release == PREDICT else "top_class"
         return df[column].to_numpy(dtype=np.int64)

@@ -3,9 +3,20 @@
 For each input x with sensitive attribute s, every other feature is held fixed and s is swept over
 a grid in raw units spanning its range in the training data, plus the true value itself. The
 *compatible set* is every swept value whose release equals the release at the true value: the
-base model's argmax label, or the smoothed model's PREDICT (abstain, −1, is a release value of its
-own). A CERTIFY radius R (standardised units) at x guarantees, with probability ≥ 1−α, that the
+base model's argmax label, or the smoothed model's PREDICT. Abstain (−1) is a release value of its
+own, and it is not evidence against any label: PREDICT abstains where it cannot tell the smoothed
+classifier's label at N samples, which is exactly where an observed label cannot rule the value
+out. So an abstain cell is compatible with a released label, while an abstain release is
+compatible with abstain cells only. Without this rule the interval of a certified label stops at
+the first abstention inside its certified segment, which happens near the segment's edge however
+large N is (there the smoothed margin is O(1/√N), the same order as PREDICT's abstain band). A CERTIFY radius R (standardised units) at x guarantees, with probability ≥ 1−α, that the
 smoothed classifier is constant on [s − R·scale_s, s + R·scale_s] in raw units.
+
+What is certified is the *released* label: PREDICT's answer at the true value plays the part of
+CERTIFY's selection step, and CERTIFY's estimation counts (an independent noise phase) bound its
+probability. Cohen's own selection (n0 draws) could pick another class than the one released,
+and a certificate for a label nobody saw says nothing about the compatible set; an abstaining
+release gets no certificate.
 
 Discretisation convention (documented in the README): swept values are sorted and each owns the
 cell between the midpoints to its neighbours; the ends of the sweep range close the first and last
@@ -26,6 +37,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from rpdist import stats
 from rpdist.errors import InputError
 from rpdist.privacy.adversary import advantage_bound, restricted_mean
 
@@ -87,12 +99,14 @@ def attribute_grid(low: float, high: float, step: float) -> np.ndarray:
 # Compatible sets (pure numpy: testable on hand-made release vectors)
 
 
-def compatible_set(values: np.ndarray, releases: np.ndarray, true_index: int) -> dict:
+def compatible_set(values: np.ndarray, releases: np.ndarray, true_index: int, neutral: int | None = None) -> dict:
     """Compatible length, the interval around the true value, and the cells, for one input.
 
     ``values`` are the swept raw values (any order, the true value among them at ``true_index``),
-    ``releases`` the release at each. Returns ``length``, ``low``, ``high``, ``edges`` (cell
-    boundaries of the sorted values) and ``mask`` (compatible cells, sorted order).
+    ``releases`` the release at each. A ``neutral`` release (the smoothed model's abstain) rules no
+    label out: its cells are compatible with any released label, and only with a neutral release
+    among themselves. Returns ``length``, ``low``, ``high``, ``edges`` (cell boundaries of the
+    sorted values) and ``mask`` (compatible cells, sorted order).
     """
     values = np.asarray(values, dtype=np.float64)
     releases = np.asarray(releases)
@@ -100,7 +114,10 @@ def compatible_set(values: np.ndarray, releases: np.ndarray, true_index: int) ->
     v, r = values[order], releases[order]
     t = int(np.flatnonzero(order == true_index)[0])
     edges = np.concatenate([v[:1], 0.5 * (v[1:] + v[:-1]), v[-1:]])
-    mask = r == releases[true_index]
+    released = releases[true_index]
+    mask = r == released
+    if neutral is not None and released != neutral:
+        mask |= r == neutral
     widths = np.diff(edges)
     a = t
     while a > 0 and mask[a - 1]:
@@ -178,10 +195,12 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
     model_ref = as_model_ref(model, X)
     base_release = _BaseReleases(model_ref, shape)
 
-    # CERTIFY at the true inputs gives each smoothed row its certified segment.
+    # CERTIFY's estimation counts at the true inputs bound the released label's probability.
     cert = certify(model_ref, X, y, sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
                    workers=workers, address=address, input_ids=input_ids, device=device, progress=progress)
 
+    estimation = np.stack(cert["counts"].to_numpy()) if len(cert) else np.zeros((0, 1), dtype=np.int64)
+    certificate = _ReleasedCertificate(estimation, n=n, alpha=alpha, sigma=sigma)
     rows: list[dict] = []
     curve = {m: np.zeros((G, 3), dtype=np.int64) for m in (BASE, SMOOTHED)}  # class-1, abstain, total
     buffers: dict[int, dict[str, np.ndarray]] = {}
@@ -212,8 +231,8 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
             for model_name, values in released.items():
                 buf[model_name][k[sel]] = values[sel]
             if k[sel][-1] == stride - 1:  # slices run in order, so this input is complete
-                rows.extend(_input_rows(int(row), buffers.pop(int(row)), grid, true_raw, prior, cert, y, input_ids,
-                                         scale))
+                rows.extend(_input_rows(int(row), buffers.pop(int(row)), grid, true_raw, prior, certificate, y,
+                                         input_ids, scale))
 
     table = pd.DataFrame(rows)
     params = {"sigma": float(sigma), "n": int(n), "alpha": float(alpha), "attribute": attribute,
@@ -231,7 +250,19 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
     return table, pd.concat(curves, ignore_index=True)
 
 
-def _input_rows(row, releases, grid, true_raw, prior, cert, y, input_ids, scale) -> list[dict]:
+class _ReleasedCertificate:
+    """Radius of the label released at each true value, from CERTIFY's estimation counts."""
+
+    def __init__(self, estimation: np.ndarray, *, n: int, alpha: float, sigma: float):
+        self.estimation, self.n, self.alpha, self.sigma = estimation, n, alpha, sigma
+
+    def __call__(self, row: int, released: int) -> tuple[int, float]:
+        _, _, radius, label = stats.certify_label(np.array([released]), self.estimation[row:row + 1], self.n,
+                                                  self.alpha, self.sigma)
+        return int(label[0]), float(radius[0])
+
+
+def _input_rows(row, releases, grid, true_raw, prior, certificate, y, input_ids, scale) -> list[dict]:
     """The base and smoothed rows of one input whose sweep is complete."""
     s = float(true_raw[row])
     values = np.append(grid, s)
@@ -239,7 +270,7 @@ def _input_rows(row, releases, grid, true_raw, prior, cert, y, input_ids, scale)
     out = []
     for model_name in (BASE, SMOOTHED):
         rel = releases[model_name]
-        cs = compatible_set(values, rel, G)
+        cs = compatible_set(values, rel, G, neutral=ABSTAIN if model_name == SMOOTHED else None)
         estimate = restricted_mean(prior, cs["edges"], cs["mask"])
         label = int(rel[G])
         record = {
@@ -251,11 +282,9 @@ def _input_rows(row, releases, grid, true_raw, prior, cert, y, input_ids, scale)
             "correct": None if y is None else bool(label == int(y[row])),
         }
         if model_name == SMOOTHED:
-            c = cert.iloc[row]
-            record["radius"] = float(c["radius"])
-            record["certified_label"] = int(c["prediction"])
-            if c["prediction"] != ABSTAIN:
-                half = float(c["radius"]) * float(scale)
+            record["certified_label"], record["radius"] = certificate(row, label)
+            if record["certified_label"] != ABSTAIN:
+                half = record["radius"] * float(scale)
                 record["certified_low"] = max(s - half, float(cs["edges"][0]))
                 record["certified_high"] = min(s + half, float(cs["edges"][-1]))
         out.append(record)

@@ -33,7 +33,7 @@ class RapSpec:
     n0: int = 100
     alpha: float = 0.001
     grid_step: float = 0.1
-    l1_non_sensitive: float = DEFAULT_L1
+    l1_non_sensitive: float | list[float] = DEFAULT_L1  # several λ: one penalised model each
     train_sigma: float | None = None
     seed: int = 0
     split: str = "test"
@@ -56,11 +56,13 @@ class RapOutcome:
     manifest: dict = field(default_factory=dict)
 
 
-def l1_values(l1: float) -> list[float]:
-    """The unpenalised model always, plus the penalised one when λ > 0."""
-    if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not l1 >= 0 or l1 == float("inf"):
-        raise InputError(f"--l1-non-sensitive must be a finite number >= 0, got {l1!r}")
-    return [0.0] if l1 == 0 else [0.0, float(l1)]
+def l1_values(l1) -> list[float]:
+    """The unpenalised model always, plus one penalised model per distinct λ > 0 (a number or a list)."""
+    values = list(l1) if isinstance(l1, (list, tuple)) else [l1]
+    for lam in values:
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0 or lam == float("inf"):
+            raise InputError(f"--l1-non-sensitive must be a finite number >= 0, got {lam!r}")
+    return [0.0] + sorted({float(lam) for lam in values if lam > 0})
 
 
 def run_rap(spec: RapSpec, progress: bool = False) -> RapOutcome:
