@@ -10,11 +10,11 @@ from scipy.stats import norm
 class LinearOracle:
     """f(x) = 1 if w·x + b > 0 else 0, as a two-logit torch module, with its exact geometry."""
 
-    def __init__(self, dim: int = 5, seed: int = 0):
+    def __init__(self, dim: int = 5, seed: int = 0, weights=None, bias: float | None = None):
         rng = np.random.default_rng(seed)
-        w = rng.normal(size=dim)
-        b = float(rng.normal())
-        self.module = torch.nn.Linear(dim, 2).double()
+        w = rng.normal(size=dim) if weights is None else np.asarray(weights, dtype=np.float64)
+        b = float(rng.normal()) if bias is None else float(bias)
+        self.module = torch.nn.Linear(len(w), 2).double()
         with torch.no_grad():
             self.module.weight.copy_(torch.tensor(np.stack([-w, w]) / 2))
             self.module.bias.copy_(torch.tensor([-b / 2, b / 2]))

@@ -14,6 +14,7 @@ from rpdist.errors import InputError
 from rpdist.privacy.adversary import advantage_bound, restricted_mean
 from rpdist.privacy.rap import COLUMNS, attribute_grid, compatible_set, containment, rap_analysis, resolve_attribute
 from rpdist.privacy.runner import RapSpec, run_rap
+from tests.oracle import LinearOracle
 
 
 # --- compatible sets on hand-made release vectors (no Ray) ----------------------------------------
@@ -169,6 +170,41 @@ def test_certificate_is_for_the_released_label(small_run):
         count = cert.loc[row["input_id"], "counts"][row["released_label"]]
         expected = kw["sigma"] * norm.ppf(beta.ppf(kw["alpha"], count, kw["n"] - count + 1))
         assert row["radius"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_certified_segments_stop_at_a_linear_models_true_boundary(ray_session):
+    """A linear model's smoothed classifier has the model's own boundary, so along the attribute
+    line every input has a known crossing s*; a sound certificate never reaches across it."""
+    oracle = LinearOracle(weights=[2.0, 0.3, -0.2, 0.1], bias=0.1)
+    mean, scale, step = 30.0, 6.0, 0.25
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(30, 4)).astype(np.float32)
+    rest = X[:, 1:].astype(np.float64) @ oracle.w[1:] + oracle.b
+    crossing = mean + scale * (-rest / oracle.w[0])  # raw attribute value where w·x + b = 0
+    prior = np.linspace(15.0, 50.0, 1001)
+    table, _ = rap_analysis(oracle.module, X, oracle.label(X), np.arange(30), prior=prior, column=0, attribute="a",
+                            mean=mean, scale=scale, sigma=0.5, n=2000, n0=100, alpha=0.001, grid_step=step, seed=1)
+    inside = (crossing > 15.5) & (crossing < 49.5)
+    assert inside.sum() >= 20
+    for model_name in ("base", "smoothed"):
+        rows = table[table["release_model"] == model_name].set_index("input_id").loc[np.flatnonzero(inside)]
+        s_star, s = crossing[inside], rows["attribute_value"].to_numpy()
+        edge = np.where(s < s_star, rows["interval_high"], rows["interval_low"])
+        if model_name == "base":  # the argmax flips exactly at s*, seen to within a grid step
+            assert np.abs(edge - s_star).max() <= step
+            continue
+        released = rows["released_label"].to_numpy()
+        assert (released[released >= 0] == oracle.label(X[inside])[released >= 0]).all()
+        # The abstain band around s* is compatible with the released label, so the interval ends
+        # beyond s*, never short of it.
+        assert (np.where(s < s_star, edge - s_star, s_star - edge) >= -step)[released >= 0].all()
+        certified = rows["certified_low"].notna().to_numpy()
+        assert certified.sum() >= 15
+        low, high = rows["certified_low"].to_numpy()[certified], rows["certified_high"].to_numpy()[certified]
+        assert not ((low < s_star[certified]) & (s_star[certified] < high)).any()
+        reach = rows["radius"].to_numpy()[certified] * scale / np.abs(s - s_star)[certified]
+        assert np.median(reach) > 0.5 and reach.max() <= 1.0  # tight, yet never past the boundary
+    assert containment(table) >= 0.95
 
 
 def test_units_are_raw_bmi(small_run):

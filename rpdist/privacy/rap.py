@@ -9,7 +9,9 @@ classifier's label at N samples, which is exactly where an observed label cannot
 out. So an abstain cell is compatible with a released label, while an abstain release is
 compatible with abstain cells only. Without this rule the interval of a certified label stops at
 the first abstention inside its certified segment, which happens near the segment's edge however
-large N is (there the smoothed margin is O(1/√N), the same order as PREDICT's abstain band). A CERTIFY radius R (standardised units) at x guarantees, with probability ≥ 1−α, that the
+large N is (there the smoothed margin is O(1/√N), the same order as PREDICT's abstain band).
+
+A CERTIFY radius R (standardised units) at x guarantees, with probability ≥ 1−α, that the
 smoothed classifier is constant on [s − R·scale_s, s + R·scale_s] in raw units.
 
 What is certified is the *released* label: PREDICT's answer at the true value plays the part of
