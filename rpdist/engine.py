@@ -243,6 +243,10 @@ def run_plan(
 
     pending: dict = {}
     load = {i: 0 for i in range(pool.workers)}
+    # Ties go to a random replica: callers that each send a single unit (Ray tasks sharing one pool)
+    # would otherwise all pick replica 0. Counts never depend on which replica computes a unit.
+    offset = int(np.random.default_rng().integers(pool.workers))
+    rank = {i: (i - offset) % pool.workers for i in load}
     totals: dict[int, dict[int, np.ndarray]] = {}
     remaining: dict[int, int] = {}
     inputs: dict[int, np.ndarray] = {}  # the rows of chunks in flight; X itself may live on disk
@@ -254,7 +258,7 @@ def run_plan(
             if unit is None:
                 exhausted = True
                 break
-            worker = min(load, key=load.get)
+            worker = min(load, key=lambda i: (load[i], rank[i]))
             params = dict(phase=unit.phase, n=unit.n, block_start=unit.block_start, block_stop=unit.block_stop,
                           sigma=sigma, seed=seed, block_size=plan.block_size, batch_size=plan.batch_size,
                           num_classes=num_classes)

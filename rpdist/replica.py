@@ -22,12 +22,14 @@ class ModelReplica:
     def __init__(self, model_ref: ModelRef, device: str | None = None, threads: int = 1):
         torch.set_num_threads(threads)
         self.counter = VoteCounter(model_ref, device)
+        self.units = 0  # count calls served: shows how work spread over the replicas
 
     def info(self) -> dict:
         return {"pid": os.getpid(), "device": str(self.counter.device), "threads": torch.get_num_threads(),
-                "node": ray.get_runtime_context().get_node_id()}
+                "node": ray.get_runtime_context().get_node_id(), "units": self.units}
 
     def count(self, x: np.ndarray, input_ids: np.ndarray, params: dict) -> np.ndarray:
+        self.units += 1
         return self.counter.count(x, input_ids, **params)
 
     def forward_throughput(self, x: np.ndarray, batch_size: int, repeats: int) -> tuple[int, float]:

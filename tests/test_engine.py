@@ -291,11 +291,13 @@ def test_one_worker_equals_two_workers(reference, model_ref, inputs):
 
 
 def _predict_in_task(model_ref, X, ids, shared):
-    """Body of a Ray task: PREDICT through the driver's replicas; report whether it made any of its own."""
-    out = predict(model_ref, X, sigma=SIGMA, n=500, alpha=ALPHA, seed=SEED, input_ids=ids, workers=WORKERS,
-                  shared_pool=shared)
+    """Body of a Ray task: PREDICT through the driver's replicas, three inputs a call (one unit each);
+    report whether it made any replicas of its own."""
+    parts = [predict(model_ref, X[i:i + 3], sigma=SIGMA, n=500, alpha=ALPHA, seed=SEED, input_ids=ids[i:i + 3],
+                     workers=WORKERS, shared_pool=shared) for i in range(0, len(X), 3)]
     pools = list(engine._POOLS.values())
-    return out["prediction"].to_numpy(), [p.owned for p in pools], [a for p in pools for a in p.actors]
+    return np.concatenate([p["prediction"].to_numpy() for p in parts]), [p.owned for p in pools], \
+        [a for p in pools for a in p.actors]
 
 
 def test_ray_tasks_query_the_drivers_replicas(ray_session, model_ref, inputs):
@@ -307,6 +309,7 @@ def test_ray_tasks_query_the_drivers_replicas(ray_session, model_ref, inputs):
     shared = pool.share()
     assert engine.get_pool(model_ref, WORKERS, None, shared) is pool  # the driver keeps its own pool
     here = predict(model_ref, X, sigma=SIGMA, n=500, alpha=ALPHA, seed=SEED, input_ids=ids, workers=WORKERS)
+    before = [info["units"] for info in pool.info()]
     # Both CPUs are held by the replicas: a task that built a pool of its own would wait forever.
     task = ray.remote(num_cpus=0)(_predict_in_task)
     runs = ray.get([task.remote(model_ref, X[part], ids[part], shared) for part in (slice(0, 30), slice(30, 60))],
@@ -314,6 +317,10 @@ def test_ray_tasks_query_the_drivers_replicas(ray_session, model_ref, inputs):
     assert np.array_equal(np.concatenate([r[0] for r in runs]), here["prediction"].to_numpy())
     for _, owned, actors in runs:
         assert owned == [False] and actors == pool.actors
+    # 20 one-unit calls: ties between idle replicas are broken at random, so both serve some
+    # (all on one replica has probability 2·2^-20).
+    served = [info["units"] - b for info, b in zip(pool.info(), before)]
+    assert sum(served) == 20 and min(served) > 0
     other = ModelRef.from_module(torch.nn.Linear(5, 2), torch.zeros(1, 5))
     with pytest.raises(ValueError, match="another model"):
         engine.get_pool(other, WORKERS, None, shared)
