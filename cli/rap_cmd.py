@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
         attribute: str = typer.Option("bmi", "--attribute", help="Sensitive numeric column to sweep."),
         sigma: float = typer.Option(..., "--sigma", "-s", help="Smoothing noise σ (standardised units)."),
         n: int = typer.Option(1000, "--n", help="Monte Carlo samples per PREDICT and CERTIFY."),
-        n0: int = typer.Option(100, "--n0", help="CERTIFY selection samples."),
+        n0: int = typer.Option(100, "--n0", help="CERTIFY selection samples (drawn, but the certificate is for the "
+                                                 "label PREDICT released at the true value)."),
         alpha: float = typer.Option(0.001, "--alpha", help="Failure probability of each decision."),
         grid_step: float = typer.Option(0.1, "--grid-step", help="Grid step in raw units of the attribute."),
         l1_non_sensitive: List[float] = typer.Option([DEFAULT_L1], "--l1-non-sensitive",
