@@ -176,7 +176,8 @@ class ReplicaPool:
     @classmethod
     def attach(cls, shared: SharedPool) -> ReplicaPool:
         pool = cls.__new__(cls)
-        pool.device, pool.model_sha256, pool.actors, pool.owned = shared.device, shared.model_sha256, list(shared.actors), False
+        pool.device, pool.model_sha256, pool.owned = shared.device, shared.model_sha256, False
+        pool.actors = list(shared.actors)
         return pool
 
     def close(self) -> None:
