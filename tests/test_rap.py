@@ -13,7 +13,7 @@ from rpdist.datasets import load_dataset
 from rpdist.errors import InputError
 from rpdist.privacy.adversary import advantage_bound, restricted_mean
 from rpdist.privacy.rap import COLUMNS, attribute_grid, compatible_set, containment, rap_analysis, resolve_attribute
-from rpdist.privacy.runner import RapSpec, run_rap
+from rpdist.privacy.runner import RapSpec, l1_values, run_rap
 from tests.oracle import LinearOracle
 
 
@@ -70,6 +70,14 @@ def test_adversary_estimate_on_known_distribution():
     assert restricted_mean(np.array([0.1, 0.2]), edges, mask) == pytest.approx((3 * 2 + 7.5) / 3)
     assert np.isnan(restricted_mean(prior, edges, np.zeros(10, dtype=bool)))
     assert advantage_bound(0.001) == 0.0005
+
+
+def test_l1_values_always_include_the_unpenalised_model():
+    assert l1_values(0.01) == [0.0, 0.01] and l1_values(0) == [0.0]
+    assert l1_values([1, 0.01, 0, 0.01]) == [0.0, 0.01, 1.0]
+    for bad in (-1, float("nan"), float("inf"), [0.01, -0.5], True):
+        with pytest.raises(InputError, match="l1-non-sensitive"):
+            l1_values(bad)
 
 
 def test_grid_and_attribute_refusals():
@@ -244,6 +252,18 @@ def test_cli_writes_rap_parquet(ray_session, tmp_path, capsys):
     assert (df["sigma"] == 1.0).all() and (df["n"] == 200).all() and (df["alpha"] == 0.01).all()
     assert "median" in captured.out and "MAE" in captured.out and "abstain" in captured.out
     assert (tmp_path / "cli" / "manifest.json").is_file() and (tmp_path / "cli" / "rap_curve.parquet").is_file()
+
+
+def test_cli_takes_several_penalties(ray_session, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["rap", "--sigma", "1", "--n", "100", "--n0", "10", "--alpha", "0.01", "--limit", "2", "--grid-step", "10",
+              "--l1-non-sensitive", "0.01", "--l1-non-sensitive", "1", "--out", str(tmp_path), "--run-id", "l1s",
+              "--quiet"])
+    captured = capsys.readouterr()
+    assert info.value.code == 0, captured.err
+    df = pd.read_parquet(tmp_path / "l1s" / "rap.parquet")
+    assert sorted(df["l1_non_sensitive"].unique()) == [0.0, 0.01, 1.0] and len(df) == 3 * 2 * 2
+    assert "l1=1 " in captured.out
 
 
 def test_run_rap_reports_both_models(ray_session, tmp_path, monkeypatch):
