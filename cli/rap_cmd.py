@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from rpdist.privacy.rap import DEFAULT_GRID_BATCH
+from rpdist.privacy.rap import DEFAULT_GRID_BATCH, NEUTRAL
 from rpdist.privacy.runner import DEFAULT_L1
 
 
@@ -35,6 +35,9 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
         grid_batch: int = typer.Option(DEFAULT_GRID_BATCH, "--grid-batch",
                                        help="Grid points per engine call; larger grids stream."),
+        abstain_rule: str = typer.Option(NEUTRAL, "--abstain-rule",
+                                         help="neutral: a grid point where PREDICT abstains rules no label out; "
+                                              "distinct: abstain is one more label (smaller compatible sets)."),
         out: str = typer.Option("results", "--out", "-o", help="Output root (a directory or a pyarrow URI such as s3://bucket/x); writes OUT/RUN_ID/rap.parquet."),
         run_id: Optional[str] = typer.Option(None, "--run-id", help="Run directory name."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -45,7 +48,7 @@ def register(app: typer.Typer) -> None:
         spec = RapSpec(dataset=dataset, attribute=attribute, sigma=sigma, n=n, n0=n0, alpha=alpha,
                        grid_step=grid_step, l1_non_sensitive=list(l1_non_sensitive), train_sigma=train_sigma, seed=seed,
                        split=split, limit=limit, batch_size=batch_size, workers=workers, address=address,
-                       device=device, grid_batch=grid_batch, out=str(out), run_id=run_id)
+                       device=device, grid_batch=grid_batch, abstain_rule=abstain_rule, out=str(out), run_id=run_id)
         outcome = run_rap(spec, progress=not quiet)
         print_summary(outcome, attribute)
 

@@ -104,6 +104,7 @@ def test_grid_and_attribute_refusals():
     (["--attribute", "sex"], "'sex' is not numeric"),
     (["--grid-step", "0"], "grid step must be"),
     (["--grid-step", "-1"], "grid step must be"),
+    (["--abstain-rule", "sometimes"], "--abstain-rule must be"),
 ])
 def test_cli_bad_input_exit_2_one_line(tmp_path, capsys, args, fragment):
     with pytest.raises(SystemExit) as info:
@@ -213,6 +214,23 @@ def test_certified_segments_stop_at_a_linear_models_true_boundary(ray_session):
         reach = rows["radius"].to_numpy()[certified] * scale / np.abs(s - s_star)[certified]
         assert np.median(reach) > 0.5 and reach.max() <= 1.0  # tight, yet never past the boundary
     assert containment(table) >= 0.95
+
+    # The literal rule (abstain is one more label) stops each interval at or before s*: the same
+    # releases, smaller sets, and base rows untouched.
+    some = np.flatnonzero(inside)[:12]
+    strict, _ = rap_analysis(oracle.module, X[some], oracle.label(X[some]), some, prior=prior, column=0,
+                             attribute="a", mean=mean, scale=scale, sigma=0.5, n=2000, n0=100, alpha=0.001,
+                             grid_step=step, seed=1, abstain_rule="distinct")
+    reference = table[table["input_id"].isin(some)].reset_index(drop=True)
+    assert (strict["released_label"] == reference["released_label"]).all()
+    base = strict["release_model"] == "base"
+    assert np.array_equal(strict.loc[base, "compatible_length"], reference.loc[base, "compatible_length"])
+    assert (strict["compatible_length"] <= reference["compatible_length"] + 1e-9).all()
+    assert (strict["compatible_length"] < reference["compatible_length"] - step / 2).sum() >= 3
+    rows = strict[~base & (strict["released_label"] >= 0)]
+    s_star, s = crossing[rows["input_id"]], rows["attribute_value"].to_numpy()
+    edge = np.where(s < s_star, rows["interval_high"], rows["interval_low"])
+    assert (np.where(s < s_star, edge - s_star, s_star - edge) <= step).all()
 
 
 def test_units_are_raw_bmi(small_run):

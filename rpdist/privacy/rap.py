@@ -45,6 +45,7 @@ from rpdist.privacy.adversary import advantage_bound, restricted_mean
 
 ABSTAIN = -1
 BASE, SMOOTHED = "base", "smoothed"
+NEUTRAL, DISTINCT = "neutral", "distinct"  # abstain rules no label out | abstain is one more label
 DEFAULT_GRID_BATCH = 50_000  # grid points per PREDICT call: bounds the driver's memory
 MAX_GRID_POINTS = 100_000_000  # per input: one int8 release each must fit in memory
 
@@ -53,7 +54,7 @@ COLUMNS = [
     "released_label", "compatible_length", "interval_low", "interval_high", "radius", "certified_low",
     "certified_high", "adversary_estimate", "abs_error",
 ]
-EXTRA_COLUMNS = ["label", "correct", "certified_label", "n0", "seed", "grid_step", "grid_points"]
+EXTRA_COLUMNS = ["label", "correct", "certified_label", "n0", "seed", "grid_step", "grid_points", "abstain_rule"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +83,12 @@ def resolve_attribute(feature_names, train_raw: np.ndarray, attribute: str) -> i
             f"attribute {attribute!r} is not numeric (a binary/one-hot column); numeric attributes: {', '.join(numeric)}"
         )
     return names.index(attribute)
+
+
+def check_abstain_rule(rule: str) -> str:
+    if rule not in (NEUTRAL, DISTINCT):
+        raise InputError(f"--abstain-rule must be {NEUTRAL!r} or {DISTINCT!r}, got {rule!r}")
+    return rule
 
 
 def attribute_grid(low: float, high: float, step: float) -> np.ndarray:
@@ -173,16 +180,20 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
                  mean: float, scale: float, sigma: float, n: int, alpha: float, n0: int = 100,
                  grid_step: float = 0.1, seed: int = 0, batch_size: int | None = None,
                  workers: int | None = None, address: str | None = None, device: str | None = None,
-                 grid_batch: int = DEFAULT_GRID_BATCH, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 grid_batch: int = DEFAULT_GRID_BATCH, abstain_rule: str = NEUTRAL,
+                 progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RAP rows (one per input and release model) and the release-rate curve over the grid.
 
     ``X`` is what the model sees (standardised); ``column`` the attribute's index in the flattened
     features; ``mean``/``scale`` its standardisation (raw = X·scale + mean); ``prior`` the training
     values of the attribute in raw units, which set the grid range and the adversary's prior.
+    ``abstain_rule`` = ``distinct`` makes an abstain cell incompatible with a released label: the
+    literal reading, with smaller compatible sets, under which certified segments may end short.
     """
     from rpdist.smoothing import as_model_ref, certify, check_inputs, predict
 
     X, y, input_ids = check_inputs(X, y, input_ids)
+    check_abstain_rule(abstain_rule)
     if isinstance(grid_batch, bool) or not isinstance(grid_batch, (int, np.integer)) or grid_batch < 1:
         raise InputError(f"grid batch must be a whole number >= 1, got {grid_batch!r}")
     prior = np.asarray(prior, dtype=np.float64)
@@ -234,12 +245,12 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
                 buf[model_name][k[sel]] = values[sel]
             if k[sel][-1] == stride - 1:  # slices run in order, so this input is complete
                 rows.extend(_input_rows(int(row), buffers.pop(int(row)), grid, true_raw, prior, certificate, y,
-                                         input_ids, scale))
+                                         input_ids, scale, abstain_rule))
 
     table = pd.DataFrame(rows)
     params = {"sigma": float(sigma), "n": int(n), "alpha": float(alpha), "attribute": attribute,
               "attribute_scale": float(scale), "n0": int(n0), "seed": int(seed), "grid_step": float(grid_step),
-              "grid_points": int(G)}
+              "grid_points": int(G), "abstain_rule": abstain_rule}
     for key, value in params.items():
         table[key] = value
     table = table[COLUMNS + EXTRA_COLUMNS]
@@ -264,7 +275,7 @@ class _ReleasedCertificate:
         return int(label[0]), float(radius[0])
 
 
-def _input_rows(row, releases, grid, true_raw, prior, certificate, y, input_ids, scale) -> list[dict]:
+def _input_rows(row, releases, grid, true_raw, prior, certificate, y, input_ids, scale, abstain_rule) -> list[dict]:
     """The base and smoothed rows of one input whose sweep is complete."""
     s = float(true_raw[row])
     values = np.append(grid, s)
@@ -272,7 +283,8 @@ def _input_rows(row, releases, grid, true_raw, prior, certificate, y, input_ids,
     out = []
     for model_name in (BASE, SMOOTHED):
         rel = releases[model_name]
-        cs = compatible_set(values, rel, G, neutral=ABSTAIN if model_name == SMOOTHED else None)
+        neutral = ABSTAIN if model_name == SMOOTHED and abstain_rule == NEUTRAL else None
+        cs = compatible_set(values, rel, G, neutral=neutral)
         estimate = restricted_mean(prior, cs["edges"], cs["mask"])
         label = int(rel[G])
         record = {
@@ -295,7 +307,8 @@ def _input_rows(row, releases, grid, true_raw, prior, certificate, y, input_ids,
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Per (l1 penalty, release model): median compatible length, adversary MAE, utility, containment."""
-    keys = [c for c in ("l1_non_sensitive", "sigma", "n", "alpha", "grid_step") if c in df.columns] + ["release_model"]
+    keys = [c for c in ("l1_non_sensitive", "sigma", "n", "alpha", "grid_step", "abstain_rule")
+            if c in df.columns] + ["release_model"]
     out = []
     for key, part in df.groupby(keys, sort=True):
         record = dict(zip(keys, key))

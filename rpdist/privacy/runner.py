@@ -16,7 +16,8 @@ import pandas as pd
 import pyarrow as pa
 
 from rpdist.errors import InputError
-from rpdist.privacy.rap import DEFAULT_GRID_BATCH, rap_analysis, resolve_attribute, summarize
+from rpdist.privacy.rap import (DEFAULT_GRID_BATCH, NEUTRAL, check_abstain_rule, rap_analysis, resolve_attribute,
+                                summarize)
 from rpdist.results import RunDir
 
 DEFAULT_L1 = 0.01
@@ -43,6 +44,7 @@ class RapSpec:
     address: str | None = None
     device: str | None = None
     grid_batch: int = DEFAULT_GRID_BATCH
+    abstain_rule: str = NEUTRAL  # or "distinct": an abstain cell rules a released label out
     out: str = "results"
     run_id: str | None = None
 
@@ -75,6 +77,7 @@ def run_rap(spec: RapSpec, progress: bool = False) -> RapOutcome:
     stats.check_alpha(spec.alpha)
     stats.check_feasible(spec.n, spec.alpha)
     lambdas = l1_values(spec.l1_non_sensitive)
+    check_abstain_rule(spec.abstain_rule)
     if spec.dataset not in DEFAULTS:
         raise InputError(f"rap needs a built-in dataset with a default model ({', '.join(DEFAULTS)}), got {spec.dataset!r}")
     train = load_dataset(spec.dataset, split="train")
@@ -102,7 +105,7 @@ def run_rap(spec: RapSpec, progress: bool = False) -> RapOutcome:
             mean=float(train.feature_mean[column]), scale=float(train.feature_std[column]), sigma=spec.sigma,
             n=spec.n, alpha=spec.alpha, n0=spec.n0, grid_step=spec.grid_step, seed=spec.seed,
             batch_size=spec.batch_size, workers=spec.workers, address=spec.address, device=spec.device,
-            grid_batch=spec.grid_batch, progress=progress)
+            grid_batch=spec.grid_batch, abstain_rule=spec.abstain_rule, progress=progress)
         table.insert(len(table.columns), "l1_non_sensitive", lam)
         curve["l1_non_sensitive"] = lam
         tables.append(table)
