@@ -120,7 +120,7 @@ def certify_label(labels: np.ndarray, counts: np.ndarray, n: int, alpha: float, 
     counts = np.asarray(counts)
     chosen = labels >= 0
     count_top = np.where(chosen, counts[np.arange(len(labels)), np.maximum(labels, 0)], 0)
-    pa = np.where(chosen, cp_lower(count_top, n, alpha), 0.0)
+    pa = cp_lower(count_top, n, alpha)  # 0 where nothing was chosen (count 0)
     r = radius(pa, sigma)
     prediction = np.where(pa > 0.5, labels, ABSTAIN)
     return count_top, pa, r, prediction

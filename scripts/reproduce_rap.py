@@ -84,20 +84,34 @@ def markdown(summary: pd.DataFrame, log: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_lengths(table: pd.DataFrame, path: Path) -> None:
-    """Compatible lengths, base against smoothed, one panel per model (λ), N = the smallest run."""
+def _model_panels(frame: pd.DataFrame):
+    """One panel per model (λ) at the smallest N, each titled: returns (plt, fig, [(ax, rows)], σs)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = table["n"].min()
-    part = table[table["n"] == n]
+    n = frame["n"].min()
+    part = frame[frame["n"] == n]
     lambdas = sorted(part["l1_non_sensitive"].unique())
-    sigmas = sorted(part["sigma"].unique())
     fig, axes = plt.subplots(1, len(lambdas), figsize=(6 * len(lambdas), 4.5), squeeze=False, sharey=True)
     for ax, lam in zip(axes[0], lambdas):
-        rows = part[part["l1_non_sensitive"] == lam]
+        ax.set_title(f"{'ℓ1-penalised' if lam > 0 else 'unpenalised'} model (λ={lam:g}), N={n}")
+    panels = [(ax, part[part["l1_non_sensitive"] == lam]) for ax, lam in zip(axes[0], lambdas)]
+    return plt, fig, panels, sorted(part["sigma"].unique())
+
+
+def _save(plt, fig, title: str, path: Path) -> None:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_lengths(table: pd.DataFrame, path: Path) -> None:
+    """Compatible lengths, base against smoothed, one panel per model (λ), N = the smallest run."""
+    plt, fig, panels, sigmas = _model_panels(table)
+    for ax, rows in panels:
         data, labels = [], []
         for sigma in sigmas:
             for model in ("base", "smoothed"):
@@ -107,31 +121,17 @@ def plot_lengths(table: pd.DataFrame, path: Path) -> None:
         ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
         for i, patch in enumerate(box["boxes"]):
             patch.set_facecolor("#9ecae1" if i % 2 == 0 else "#fdae6b")
-        ax.set_title(f"{'ℓ1-penalised' if lam > 0 else 'unpenalised'} model (λ={lam:g}), N={n}")
         ax.set_ylabel("compatible length of BMI (kg/m²)")
         ax.legend([box["boxes"][0], box["boxes"][1]], ["base (argmax)", "smoothed (PREDICT)"], loc="lower left")
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Compatible BMI set per test input: base against smoothed")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, "Compatible BMI set per test input: base against smoothed", path)
 
 
 def plot_rates(curve: pd.DataFrame, path: Path) -> None:
     """Share of inputs recommended the high-cost plan at each swept BMI, base and smoothed, per σ."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = curve["n"].min()
-    part = curve[curve["n"] == n]
-    lambdas = sorted(part["l1_non_sensitive"].unique())
-    sigmas = sorted(part["sigma"].unique())
+    plt, fig, panels, sigmas = _model_panels(curve)
     colours = plt.cm.viridis([i / max(1, len(sigmas) - 1) for i in range(len(sigmas))])
-    fig, axes = plt.subplots(1, len(lambdas), figsize=(6 * len(lambdas), 4.5), squeeze=False, sharey=True)
-    for ax, lam in zip(axes[0], lambdas):
-        rows = part[part["l1_non_sensitive"] == lam]
+    for ax, rows in panels:
         for colour, sigma in zip(colours, sigmas):
             for model, style in (("base", ":"), ("smoothed", "-")):
                 c = rows[(rows["sigma"] == sigma) & (rows["release_model"] == model)]
@@ -139,13 +139,9 @@ def plot_rates(curve: pd.DataFrame, path: Path) -> None:
                         label=f"{model}, σ={sigma:g}")
         ax.set_xlabel("BMI set to (kg/m²), other features held fixed")
         ax.set_ylabel("positive-recommendation rate (abstain = not positive)")
-        ax.set_title(f"{'ℓ1-penalised' if lam > 0 else 'unpenalised'} model (λ={lam:g}), N={n}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-    fig.suptitle("Positive recommendation rate over the insurance test split against BMI")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, "Positive recommendation rate over the insurance test split against BMI", path)
 
 
 if __name__ == "__main__":

@@ -118,8 +118,7 @@ def attack_release(release, targets, restarts, config: BrepConfig, seed: int, ge
     passes of the release."""
     import ray
 
-    if hasattr(release, "share"):
-        release.share()
+    release.share()
     # num_cpus=0: the replica actors may hold every CPU of a small machine; the tasks mostly wait on them.
     task = ray.remote(num_cpus=0)(_attack_task)
     state = {k: v for k, v in generator.state_dict().items()}

@@ -64,6 +64,9 @@ class Release:
         uniq, first, inverse = np.unique(kid, return_index=True, return_inverse=True)
         return self._release(images[first], uniq)[inverse]
 
+    def share(self) -> None:
+        """Prepare copies of this release to answer from Ray tasks; label releases need nothing."""
+
     def _release(self, images: np.ndarray, ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
