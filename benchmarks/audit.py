@@ -2,7 +2,7 @@
 
 It builds a Parquet file of ``--inputs`` insurance-like rows (test rows resampled with a little
 jitter, in the model's standardised units), exports the built-in insurance MLP as TorchScript, and
-runs ``rpdist.runs.execute`` exactly as ``rpdist certify --dataset FILE --model FILE`` would.
+runs ``rpdist.pipelines.run.execute`` exactly as ``rpdist certify --dataset FILE --model FILE`` would.
 
 Printed figures:
 - throughput in samples/s and inputs/s (absolute, so quote it with the machine's load in mind);
@@ -31,7 +31,7 @@ def peak_rss_mib() -> float:
 
 
 def build_inputs(path: Path, count: int, seed: int = 0) -> None:
-    from rpdist.datasets import load_dataset
+    from rpdist.datasets.catalog import load_dataset
 
     test = load_dataset("insurance", split="test")
     rng = np.random.default_rng(seed)
@@ -45,7 +45,7 @@ def build_inputs(path: Path, count: int, seed: int = 0) -> None:
 def export_model(path: Path, sigma: float) -> None:
     import torch
 
-    from rpdist.models import default_model
+    from rpdist.models.zoo import default_model
 
     module = default_model("insurance", train_sigma=sigma).load()
     buffer = io.BytesIO()
@@ -61,9 +61,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rpdist-audit")
     args = parser.parse_args()
 
-    from rpdist.engine import ensure_ray
-    from rpdist.runs import RunSpec, execute
-    from rpdist.smoothing import CERTIFY, SmoothingConfig
+    from rpdist.distributed.pool import ensure_ray
+    from rpdist.pipelines.run import RunSpec, execute
+    from rpdist.smoothing.job import CERTIFY, SmoothingConfig
 
     args.out.mkdir(parents=True, exist_ok=True)
     data_path, model_path = args.out / "audit-inputs.parquet", args.out / "insurance-mlp.pt"

@@ -12,8 +12,8 @@ estimation samples per input, default noise block and batch size) it prints:
    costs nothing beyond the forward passes it must run.
 
    * *kernel*: the engine's own work units (selection n0 + estimation N per input, cut by
-     :class:`rpdist.engine.Plan` exactly as :func:`rpdist.certify` cuts them) executed by a
-     :class:`rpdist.votes.VoteCounter` in this process with ``torch.set_num_threads(1)``: noise
+     :class:`rpdist.distributed.plan.Plan` exactly as :func:`rpdist.certify` cuts them) executed by a
+     :class:`rpdist.smoothing.votes.VoteCounter` in this process with ``torch.set_num_threads(1)``: noise
      generation + scale/add + forward + argmax + ``bincount``, without Ray. The denominator is
      ``VoteCounter.forward_throughput`` at the batch the kernel actually forwards: the default
      batch size rounded down to whole noise blocks (4096 -> 4000). Reported twice: per second of
@@ -64,11 +64,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere in the checkout
     sys.path.insert(0, str(ROOT))
 
-from rpdist.datasets import load_dataset  # noqa: E402
-from rpdist.engine import CPU_BATCH, Plan, PhaseSpec  # noqa: E402
-from rpdist.models import default_model  # noqa: E402
-from rpdist.noise import DEFAULT_BLOCK, Phase, block_seed, fill_block  # noqa: E402
-from rpdist.votes import VoteCounter  # noqa: E402
+from rpdist.datasets.catalog import load_dataset  # noqa: E402
+from rpdist.distributed.plan import PhaseSpec, Plan
+from rpdist.distributed.pool import CPU_BATCH  # noqa: E402
+from rpdist.models.zoo import default_model  # noqa: E402
+from rpdist.smoothing.noise import DEFAULT_BLOCK, Phase, block_seed, fill_block  # noqa: E402
+from rpdist.smoothing.votes import VoteCounter  # noqa: E402
 
 SIGMA = 0.5
 N0 = 100
@@ -298,7 +299,7 @@ def measure_kernel(name: str, sizes: Sizes, result: ModelResult, log) -> tuple:
 
 def measure_end_to_end(name: str, ref, data, sizes: Sizes, result: ModelResult, log) -> list[dict]:
     import rpdist
-    from rpdist.engine import get_pool
+    from rpdist.distributed.pool import get_pool
 
     X, y, ids = data.X[: sizes.e2e_inputs], data.y[: sizes.e2e_inputs], data.input_ids[: sizes.e2e_inputs]
     samples = len(X) * (N0 + sizes.n)
@@ -474,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_ray:
         import ray
 
-        from rpdist.engine import ensure_ray
+        from rpdist.distributed.pool import ensure_ray
 
         log("starting Ray")
         ensure_ray()

@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     @app.command("datasets")
     def datasets() -> None:
         """List the built-in datasets (a .csv/.parquet/.npz file works anywhere a name does)."""
-        from rpdist.datasets import list_datasets
+        from rpdist.datasets.catalog import list_datasets
 
         table = Table(title="built-in datasets")
         for column in ("name", "rows", "input shape", "classes", "label", "description"):

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
                                                                      "to it. Default: DIR/report.md."),
     ) -> None:
         """Write a markdown report with tables and PNG plots (certified accuracy, abstain rate, RAP, ASR)."""
-        from rpdist.report import write_report
+        from rpdist.reporting.report import write_report
 
         path = write_report(directory, out=out)
         typer.echo(f"report: {path}")

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rpdist.noise import DEFAULT_BLOCK
+from rpdist.smoothing.noise import DEFAULT_BLOCK
 
 DATASET = typer.Option(..., "--dataset", "-d", help="Built-in name (see `rpdist datasets`) or a .csv/.parquet/.npz file.")
 MODEL = typer.Option(None, "--model", "-m", help="TorchScript file, or a state dict with --arch. Default: the dataset's built-in model.")
@@ -57,8 +57,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _run(analysis: str, options: dict) -> None:
-    from rpdist.runs import RunSpec, execute
-    from rpdist.smoothing import SmoothingConfig
+    from rpdist.pipelines.run import RunSpec, execute
+    from rpdist.smoothing.job import SmoothingConfig
 
     o = options
     config = SmoothingConfig(analysis, o["sigma"], o["n"], o["alpha"], o.get("n0"), o["seed"], o["batch_size"],

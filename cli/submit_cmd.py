@@ -1,4 +1,4 @@
-"""``rpdist submit``: run an rpdist command on a Ray cluster as a Ray job (see rpdist.submit)."""
+"""``rpdist submit``: run an rpdist command on a Ray cluster as a Ray job (see rpdist.pipelines.submit)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
                    follow: bool = FOLLOW, no_wait: bool = NO_WAIT) -> None:
         """Run `rpdist COMMAND [ARGS]` on a Ray cluster as a job; local files named in ARGS travel with it."""
         from rpdist.errors import InputError
-        from rpdist.submit import JobFailedError, submit
+        from rpdist.pipelines.submit import JobFailedError, submit
 
         if follow and no_wait:
             raise InputError("--follow and --no-wait exclude each other")

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     ) -> None:
         """Run a sweep; one run at the largest N per (σ, seed) serves every N and α of the grid."""
-        from rpdist.sweep import load_sweep, run_sweep
+        from rpdist.pipelines.sweep import load_sweep, run_sweep
 
         spec = load_sweep(sweep_file)
         outcome = run_sweep(spec, out=out, sweep_id=sweep_id or sweep_file.stem, workers=workers, address=address,

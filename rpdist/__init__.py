@@ -2,7 +2,7 @@
 
 The public API — :func:`certify` and :func:`predict` (CERTIFY / PREDICT of Cohen et al.),
 :func:`load_dataset` and :func:`default_model` — is imported lazily, so that ``import rpdist``
-and the torch-free modules (``rpdist.stats``, ``rpdist.datasets``) stay light.
+and the torch-free modules (``rpdist.smoothing.stats``, ``rpdist.datasets.catalog``) stay light.
 """
 
 from rpdist.errors import InputError
@@ -10,12 +10,12 @@ from rpdist.errors import InputError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "certify": "rpdist.smoothing",
-    "predict": "rpdist.smoothing",
-    "SmoothingConfig": "rpdist.smoothing",
-    "load_dataset": "rpdist.datasets",
-    "list_datasets": "rpdist.datasets",
-    "default_model": "rpdist.models",
+    "certify": "rpdist.smoothing.job",
+    "predict": "rpdist.smoothing.job",
+    "SmoothingConfig": "rpdist.smoothing.job",
+    "load_dataset": "rpdist.datasets.catalog",
+    "list_datasets": "rpdist.datasets.catalog",
+    "default_model": "rpdist.models.zoo",
 }
 
 

@@ -34,7 +34,7 @@ def main() -> None:
 
     from rpdist.privacy.rap import summarize
     from rpdist.privacy.runner import DEFAULT_L1, RapSpec, run_rap
-    from rpdist.results import Store
+    from rpdist.io.store import Store
 
     l1 = [DEFAULT_L1, 1.0] if args.l1 is None else args.l1
     out = Path(args.out)

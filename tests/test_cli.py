@@ -118,10 +118,11 @@ def test_bad_files_exit_2(ray_session, tmp_path, capsys):
 
 
 def test_interrupted_run_resumes_without_duplicates(ray_session, tmp_path, monkeypatch, capsys):
-    from rpdist import engine, runs
-    from rpdist.smoothing import CERTIFY, SmoothingConfig
+    from rpdist.distributed import plan as engine_plan
+    from rpdist.pipelines import run as runs
+    from rpdist.smoothing.job import CERTIFY, SmoothingConfig
 
-    monkeypatch.setattr(engine, "CHUNK_SAMPLES", 20 * 1100)  # 20 inputs per chunk → 4 chunks for 80 inputs
+    monkeypatch.setattr(engine_plan, "CHUNK_SAMPLES", 20 * 1100)  # 20 inputs per chunk → 4 chunks for 80 inputs
     config = SmoothingConfig(CERTIFY, sigma=0.5, n=1000, alpha=0.001, n0=100, batch_size=512)
     spec = runs.RunSpec(config=config, dataset="insurance", limit=80, out=str(tmp_path), run_id="resume")
 
@@ -179,10 +180,10 @@ def test_results_through_a_non_local_filesystem(ray_session, tmp_path):
     """The object-store path of the writer (no rename), exercised through a pyarrow filesystem."""
     import pyarrow.fs as pafs
 
-    from rpdist import runs
-    from rpdist.results import Store
-    from rpdist.smoothing import CERTIFY, SmoothingConfig
-    from rpdist.sweep import parse_sweep, read_sweep, run_sweep
+    from rpdist.pipelines import run as runs
+    from rpdist.io.store import Store
+    from rpdist.smoothing.job import CERTIFY, SmoothingConfig
+    from rpdist.pipelines.sweep import parse_sweep, read_sweep, run_sweep
 
     remote = Store("bucket", filesystem=pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem()))
     assert not remote.local

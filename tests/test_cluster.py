@@ -145,7 +145,7 @@ def test_ray_runs_from_the_venv_without_usage_stats(config):
 
 
 def test_prepare_stages_input_files_and_joins_the_cluster(tmp_path, monkeypatch):
-    from rpdist.submit import prepare
+    from rpdist.pipelines.submit import prepare
 
     data = tmp_path / "in" / "data.npz"
     data.parent.mkdir()
@@ -175,7 +175,7 @@ def test_prepare_stages_input_files_and_joins_the_cluster(tmp_path, monkeypatch)
 
 
 def test_yaml_inputs_carry_the_files_they_name(tmp_path):
-    from rpdist.submit import _Staging
+    from rpdist.pipelines.submit import _Staging
 
     (tmp_path / "data.csv").write_text("a,label\n1,0\n")
     spec = tmp_path / "sweep.yaml"
@@ -190,7 +190,7 @@ def test_yaml_inputs_carry_the_files_they_name(tmp_path):
 
 
 def test_prepare_refuses_bad_command_lines(tmp_path):
-    from rpdist.submit import prepare, resolve_address
+    from rpdist.pipelines.submit import prepare, resolve_address
 
     for args in ([], ["no-such-command"], ["submit", "--", "certify"]):
         with pytest.raises(InputError):
@@ -201,7 +201,7 @@ def test_prepare_refuses_bad_command_lines(tmp_path):
 
 
 def test_prepare_stages_a_sweep_and_the_files_it_names(tmp_path, monkeypatch):
-    from rpdist.submit import _command_options, prepare
+    from rpdist.pipelines.submit import _command_options, prepare
 
     try:
         _command_options(["sweep", "x.yaml"])
@@ -222,7 +222,7 @@ def test_prepare_stages_a_sweep_and_the_files_it_names(tmp_path, monkeypatch):
 
 
 def test_remote_out_uris_pass_through_without_a_warning(tmp_path):
-    from rpdist.submit import prepare
+    from rpdist.pipelines.submit import prepare
 
     for args in (["certify", "--dataset", "insurance", "--sigma", "0.5", "--out", "s3://bucket/rpdist"],
                  ["certify", "--dataset", "insurance", "--sigma", "0.5", "--out=gs://bucket/rpdist"]):
@@ -258,7 +258,7 @@ class FakeJobClient:
     ("SUCCEEDED", True, True, None), ("FAILED", True, True, "FAILED"),
     ("FAILED", False, True, "FAILED"), ("RUNNING", False, True, None), ("FAILED", False, False, None)])
 def test_submit_waits_follows_and_reports_failures(monkeypatch, tmp_path, final, follow, wait, expected):
-    import rpdist.submit as sub
+    import rpdist.pipelines.submit as sub
 
     client = FakeJobClient(["PENDING", "PENDING", final])
     monkeypatch.setattr(sub, "connect", lambda address: client)

@@ -1,4 +1,4 @@
-"""Tests for rpdist.datasets: built-ins, scaling metadata, splits, file loaders and refusals."""
+"""Tests for rpdist.datasets.catalog: built-ins, scaling metadata, splits, file loaders and refusals."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rpdist.datasets import Dataset, list_datasets, load_dataset, split_indices
+from rpdist.datasets.catalog import Dataset, list_datasets, load_dataset, split_indices
 from rpdist.errors import InputError
 
 INSURANCE_SHA256 = "388eff679557d08ac19f463d025de5e0b4adc482537c8456d19934d78621fd47"
@@ -173,9 +173,9 @@ def test_datasets_module_imports_neither_torch_nor_ray():
     """Loading data must stay light (design rule); checked on the source, whatever rpdist/__init__ does."""
     import ast
 
-    import rpdist.datasets
+    import rpdist.datasets.catalog
 
-    tree = ast.parse(Path(rpdist.datasets.__file__).read_text())
+    tree = ast.parse(Path(rpdist.datasets.catalog.__file__).read_text())
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

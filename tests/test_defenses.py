@@ -8,7 +8,7 @@ import torch
 
 from rpdist.defenses.releases import KEYED, LabelRelease, RandomizedResponse, keyed_ids
 from rpdist.errors import InputError
-from rpdist.modelref import ModelRef
+from rpdist.models.refs import ModelRef
 
 
 @pytest.fixture(scope="module")

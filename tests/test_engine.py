@@ -15,10 +15,11 @@ import pytest
 import torch
 from scipy.stats import beta, binom, binomtest, norm
 
-from rpdist import engine
+from rpdist.distributed import plan as engine_plan
+from rpdist.distributed import pool as engine_pool
 from rpdist.errors import InputError
-from rpdist.modelref import ModelRef
-from rpdist.smoothing import CERTIFY, SmoothingConfig, SmoothingJob, certify, predict
+from rpdist.models.refs import ModelRef
+from rpdist.smoothing.job import CERTIFY, SmoothingConfig, SmoothingJob, certify, predict
 from tests.oracle import LinearOracle
 
 SIGMA, N, N0, ALPHA, SEED = 0.5, 20_000, 100, 0.001, 7
@@ -36,8 +37,7 @@ def _release_replicas():
     """Hand the CPUs held by the cached replica pool back when this module is done, so later tests
     that build pools of their own never wait for them."""
     yield
-    while engine._POOLS:
-        engine._POOLS.popitem()[1].close()
+    engine_pool.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +239,7 @@ def test_predict_abstains_at_the_boundary_and_never_far_from_it(ray_session, mod
 
 def test_chunking_does_not_change_counts(reference, model_ref, inputs, monkeypatch):
     """Nine chunks of 7 inputs instead of one chunk: the same units, so the same counts."""
-    monkeypatch.setattr(engine, "CHUNK_SAMPLES", 7 * (N + N0))
+    monkeypatch.setattr(engine_plan, "CHUNK_SAMPLES", 7 * (N + N0))
     X, y = inputs
     job = SmoothingJob(model_ref, X, y, config=SmoothingConfig(CERTIFY, SIGMA, N, ALPHA, N0, SEED, BATCH),
                        workers=WORKERS)
@@ -295,7 +295,7 @@ def _predict_in_task(model_ref, X, ids, shared):
     report whether it made any replicas of its own."""
     parts = [predict(model_ref, X[i:i + 3], sigma=SIGMA, n=500, alpha=ALPHA, seed=SEED, input_ids=ids[i:i + 3],
                      workers=WORKERS, shared_pool=shared) for i in range(0, len(X), 3)]
-    pools = list(engine._POOLS.values())
+    pools = [engine_pool.WARM.pool]
     return np.concatenate([p["prediction"].to_numpy() for p in parts]), [p.owned for p in pools], \
         [a for p in pools for a in p.actors]
 
@@ -305,9 +305,9 @@ def test_ray_tasks_query_the_drivers_replicas(ray_session, model_ref, inputs):
 
     X, _ = inputs
     ids = np.arange(len(X), dtype=np.int64)
-    pool = engine.get_pool(model_ref, WORKERS, None)
+    pool = engine_pool.get_pool(model_ref, WORKERS, None)
     shared = pool.share()
-    assert engine.get_pool(model_ref, WORKERS, None, shared) is pool  # the driver keeps its own pool
+    assert engine_pool.get_pool(model_ref, WORKERS, None, shared) is pool  # the driver keeps its own pool
     here = predict(model_ref, X, sigma=SIGMA, n=500, alpha=ALPHA, seed=SEED, input_ids=ids, workers=WORKERS)
     before = [info["units"] for info in pool.info()]
     # Both CPUs are held by the replicas: a task that built a pool of its own would wait forever.
@@ -323,4 +323,4 @@ def test_ray_tasks_query_the_drivers_replicas(ray_session, model_ref, inputs):
     assert sum(served) == 20 and min(served) > 0
     other = ModelRef.from_module(torch.nn.Linear(5, 2), torch.zeros(1, 5))
     with pytest.raises(ValueError, match="another model"):
-        engine.get_pool(other, WORKERS, None, shared)
+        engine_pool.get_pool(other, WORKERS, None, shared)

@@ -1,4 +1,4 @@
-"""Tests for rpdist.architectures and rpdist.models: scriptable factories, deterministic cached training."""
+"""Tests for rpdist.models.architectures and rpdist.models.zoo: scriptable factories, deterministic cached training."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rpdist import architectures, models
-from rpdist.datasets import load_dataset
+from rpdist.models import architectures
+
+from rpdist.models import zoo as models
+from rpdist.datasets.catalog import load_dataset
 from rpdist.errors import InputError
-from rpdist.modelref import ModelRef
+from rpdist.models.refs import ModelRef
 
 
 @pytest.fixture(autouse=True)

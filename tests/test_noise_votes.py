@@ -11,11 +11,11 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from rpdist import engine
-from rpdist.engine import PhaseSpec, Plan
-from rpdist.modelref import ModelRef
-from rpdist.noise import Phase, block_lengths, block_seed, fill_block, num_blocks
-from rpdist.votes import VoteCounter
+from rpdist.distributed import plan as engine_plan
+from rpdist.distributed.plan import PhaseSpec, Plan
+from rpdist.models.refs import ModelRef
+from rpdist.smoothing.noise import Phase, block_lengths, block_seed, fill_block, num_blocks
+from rpdist.smoothing.votes import VoteCounter
 from tests.oracle import LinearOracle, NearestCentre
 
 # --- seeds and blocks -------------------------------------------------------------------------
@@ -248,7 +248,7 @@ def _plan(num_inputs, phases, block_size, batch_size):
 def test_plan_sizes_by_hand():
     for num_inputs, phases, block_size, batch_size, unit_inputs, chunk_inputs in PLANS:
         plan = _plan(num_inputs, phases, block_size, batch_size)
-        assert plan.unit_samples == engine.UNIT_BATCHES * batch_size
+        assert plan.unit_samples == engine_plan.UNIT_BATCHES * batch_size
         assert (plan.unit_inputs, plan.chunk_inputs) == (unit_inputs, chunk_inputs), (num_inputs, phases, batch_size)
         assert plan.chunk_inputs % plan.unit_inputs == 0
         assert plan.num_chunks == -(-num_inputs // chunk_inputs)

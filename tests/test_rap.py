@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 from scipy.stats import beta, norm
 
-from rpdist import certify, models
+from rpdist import certify
+
+from rpdist.models import zoo as models
 from rpdist.cli.main import main
-from rpdist.datasets import load_dataset
+from rpdist.datasets.catalog import load_dataset
 from rpdist.errors import InputError
 from rpdist.privacy.adversary import advantage_bound, restricted_mean
 from rpdist.privacy.rap import COLUMNS, attribute_grid, compatible_set, containment, rap_analysis, resolve_attribute

@@ -14,9 +14,9 @@ import pytest
 
 from rpdist.cli.main import main
 from rpdist.errors import InputError
-from rpdist.report import write_report
-from rpdist.smoothing import SmoothingConfig, certificate_table, prediction_table
-from rpdist.sweep import partition_dir
+from rpdist.reporting.report import write_report
+from rpdist.smoothing.job import SmoothingConfig, certificate_table, prediction_table
+from rpdist.pipelines.sweep import partition_dir
 
 
 def certificates(sigma: float, n: int, alpha: float, inputs: int = 40, seed: int = 0, classes: int = 3) -> pa.Table:
@@ -136,7 +136,7 @@ def test_certify_run_report_numbers_and_plot(tmp_path, capsys):
     assert str(report) in out
     text = report.read_text()
     assert [p.name for p in pngs_of(report)] == ["report-certified-accuracy.png"]
-    # Certified accuracy, computed here independently of rpdist.summary.
+    # Certified accuracy, computed here independently of rpdist.reporting.summary.
     correct = (df["prediction"] == df["label"]).to_numpy()
     assert f"| smoothed accuracy (certified at radius ≥ 0) | {100 * correct.mean():.1f}% |" in text
     for multiple in (0.25, 0.5, 1.0, 2.0):

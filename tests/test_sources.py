@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rpdist import sources
-from rpdist.datasets import load_dataset
+from rpdist.datasets import sources
+from rpdist.datasets.catalog import load_dataset
 from rpdist.errors import InputError
 
 
@@ -55,10 +55,11 @@ def test_certify_on_a_streamed_file_equals_in_memory(ray_session, tmp_path, monk
     import torch
 
     import rpdist
-    from rpdist import engine, runs
-    from rpdist.smoothing import CERTIFY, SmoothingConfig
+    from rpdist.distributed import plan as engine_plan
+    from rpdist.pipelines import run as runs
+    from rpdist.smoothing.job import CERTIFY, SmoothingConfig
 
-    monkeypatch.setattr(engine, "CHUNK_SAMPLES", 30 * 600)  # 30 inputs per chunk → several chunks
+    monkeypatch.setattr(engine_plan, "CHUNK_SAMPLES", 30 * 600)  # 30 inputs per chunk → several chunks
     monkeypatch.setattr(sources, "READ_BATCH", 13)
     path = tmp_path / "x.parquet"
     X = _write(path, rows=90)

@@ -1,4 +1,4 @@
-"""rpdist.stats against scipy and against simulation: bounds, radii, feasibility and decisions."""
+"""rpdist.smoothing.stats against scipy and against simulation: bounds, radii, feasibility and decisions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import beta, binomtest, norm
 
-from rpdist import stats
+from rpdist.smoothing import stats
 from rpdist.errors import InputError
 
 # --- Clopper–Pearson --------------------------------------------------------------------------
@@ -258,6 +258,6 @@ def test_feasibility_validates_alpha_too():
 
 
 def test_stats_imports_neither_torch_nor_ray():
-    code = "import sys, rpdist.stats; print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    code = "import sys, rpdist.smoothing.stats; print(sorted({'torch', 'ray'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

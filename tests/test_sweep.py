@@ -16,7 +16,7 @@ import yaml
 
 from rpdist.cli.main import main
 from rpdist.errors import InputError
-from rpdist.sweep import SweepSpec, load_sweep, parse_sweep, read_sweep, run_sweep
+from rpdist.pipelines.sweep import SweepSpec, load_sweep, parse_sweep, read_sweep, run_sweep
 
 BASE = {"dataset": "insurance", "sigma": [0.5], "n": [1000]}
 
@@ -75,8 +75,8 @@ def test_bad_yaml_via_cli_exits_2_with_one_line(tmp_path, capsys):
 
 def test_reuse_equals_separate_runs_with_fewer_forward_samples(ray_session, tmp_path):
     import rpdist
-    from rpdist.datasets import load_dataset
-    from rpdist.models import default_model
+    from rpdist.datasets.catalog import load_dataset
+    from rpdist.models.zoo import default_model
 
     spec = parse_sweep({"dataset": "insurance", "sigma": [0.5], "n": [1000, 3000], "alpha": [0.01, 0.001],
                         "limit": 15, "batch_size": 2048})

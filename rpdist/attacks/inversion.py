@@ -25,7 +25,7 @@ from rpdist.attacks.brep import BrepAttack, BrepConfig, run_lockstep
 from rpdist.defenses.releases import (FRESH, KEYED, MAJORITY, PREDICT, LabelRelease, RandomizedResponse,
                                       SmoothedRelease)
 from rpdist.errors import InputError
-from rpdist.results import RunDir
+from rpdist.io.rundir import RunDir
 
 DEFENSES = ("none", "rp", "dpsgd", "rr")
 CLIP_ONLY = float("inf")  # the epsilon of the DP-SGD clip-only control (no noise: no privacy)
@@ -169,7 +169,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> tuple[str, pd.
     config.pop("out")
     run_dir.claim(config)
 
-    from rpdist.engine import ensure_ray
+    from rpdist.distributed.pool import ensure_ray
 
     ensure_ray(spec.address)
     started = time.perf_counter()

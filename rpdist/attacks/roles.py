@@ -3,7 +3,7 @@
 The digits train split is cut once (seeded) into a *private* half, on which the target and the
 independent evaluation classifier train, and a *public* half, on which the attacker's generator
 (a small VAE) trains. Every model is a deterministic function of a recipe and is cached by the
-recipe's hash, exactly like :mod:`rpdist.models` (whose helpers are reused).
+recipe's hash, exactly like :mod:`rpdist.models.zoo` (whose helpers are reused).
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from rpdist import architectures, models
-from rpdist.datasets import SPLIT_SEED, TEST_FRACTION, load_dataset
+from rpdist.models import architectures
+
+from rpdist.models import zoo as models
+from rpdist.datasets.catalog import SPLIT_SEED, TEST_FRACTION, load_dataset
 from rpdist.errors import InputError
-from rpdist.modelref import ModelRef
+from rpdist.models.refs import ModelRef
 
 ROLE_VERSION = 1
 ROLE_SEED = 1234  # seeds the private/public cut, independent of the train/test split

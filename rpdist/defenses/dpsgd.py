@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rpdist import architectures
+from rpdist.models import architectures
 
 
 def train_dpsgd(rec: dict, X: np.ndarray, y: np.ndarray) -> dict[str, torch.Tensor]:

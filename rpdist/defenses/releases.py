@@ -19,7 +19,7 @@ import struct
 import numpy as np
 
 from rpdist.errors import InputError
-from rpdist.modelref import ModelRef
+from rpdist.models.refs import ModelRef
 
 _MASK63 = (1 << 63) - 1
 FRESH, KEYED = "fresh", "keyed"
@@ -139,13 +139,13 @@ class SmoothedRelease(Release):
 
     def share(self) -> None:
         """Start (or reuse) the replicas here, so that copies of this release in Ray tasks query them."""
-        from rpdist.engine import ensure_ray, get_pool
+        from rpdist.distributed.pool import ensure_ray, get_pool
 
         ensure_ray(self.options["address"])
         self.shared = get_pool(self.model_ref, self.options["workers"], self.options["device"]).share()
 
     def _release(self, images, ids):
-        from rpdist.smoothing import predict
+        from rpdist.smoothing.job import predict
 
         df = predict(self.model_ref, images, sigma=self.sigma, n=self.n, alpha=self.alpha, seed=self.seed,
                      input_ids=ids, progress=False, shared_pool=self.shared, **self.options)

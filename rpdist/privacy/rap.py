@@ -29,7 +29,7 @@ Certified segments are clipped to the swept range, since nothing outside it is l
 
 Grid points are ordinary engine inputs with their own ids (``input_id · (G+1) + k``, k < G for grid
 point k and k = G for the true value), so each has its own counter-based noise stream; they are fed
-to :func:`rpdist.smoothing.predict` in bounded slices, so a huge grid streams through memory.
+to :func:`rpdist.smoothing.job.predict` in bounded slices, so a huge grid streams through memory.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from rpdist import stats
+from rpdist.smoothing import stats
 from rpdist.errors import InputError
 from rpdist.privacy.adversary import advantage_bound, restricted_mean
 
@@ -190,7 +190,7 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
     ``abstain_rule`` = ``distinct`` makes an abstain cell incompatible with a released label: the
     literal reading, with smaller compatible sets, under which certified segments may end short.
     """
-    from rpdist.smoothing import as_model_ref, certify, check_inputs, predict
+    from rpdist.smoothing.job import as_model_ref, certify, check_inputs, predict
 
     X, y, input_ids = check_inputs(X, y, input_ids)
     check_abstain_rule(abstain_rule)

@@ -18,7 +18,7 @@ import pyarrow as pa
 from rpdist.errors import InputError
 from rpdist.privacy.rap import (DEFAULT_GRID_BATCH, NEUTRAL, check_abstain_rule, rap_analysis, resolve_attribute,
                                 summarize)
-from rpdist.results import RunDir
+from rpdist.io.rundir import RunDir
 
 DEFAULT_L1 = 0.01
 
@@ -69,9 +69,9 @@ def l1_values(l1) -> list[float]:
 
 def run_rap(spec: RapSpec, progress: bool = False) -> RapOutcome:
     """Run the RAP analysis for each model and write ``rap.parquet``, ``rap_curve.parquet``, a manifest."""
-    from rpdist import stats
-    from rpdist.datasets import load_dataset
-    from rpdist.models import DEFAULTS, default_model
+    from rpdist.smoothing import stats
+    from rpdist.datasets.catalog import load_dataset
+    from rpdist.models.zoo import DEFAULTS, default_model
 
     stats.check_sigma(spec.sigma)
     stats.check_alpha(spec.alpha)

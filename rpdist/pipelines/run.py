@@ -17,9 +17,10 @@ from typing import Callable
 import pyarrow as pa
 
 from rpdist.errors import InputError
-from rpdist.results import RunDir, certificate_schema, prediction_schema
-from rpdist.smoothing import CERTIFY, SmoothingConfig, SmoothingJob
-from rpdist.summary import summarize
+from rpdist.io.rundir import RunDir
+from rpdist.io.schemas import certificate_schema, prediction_schema
+from rpdist.smoothing.job import CERTIFY, SmoothingConfig, SmoothingJob
+from rpdist.reporting.summary import summarize
 
 FINAL_NAMES = {"certify": "certificates.parquet", "predict": "predictions.parquet"}
 VERSIONED = ("rpdist", "torch", "ray", "numpy", "scipy", "pyarrow", "pandas")
@@ -72,9 +73,9 @@ def default_run_id(analysis: str) -> str:
 
 def resolve_model(spec: RunSpec, dataset_name: str, progress: bool):
     """A built-in default model (trained and cached on first use) or a safely loaded file."""
-    from rpdist.datasets import BUILTINS
-    from rpdist.modelref import load_model_file
-    from rpdist.models import default_model
+    from rpdist.datasets.catalog import BUILTINS
+    from rpdist.models.refs import load_model_file
+    from rpdist.models.zoo import default_model
 
     if spec.model in (None, "default"):
         if dataset_name not in BUILTINS:
@@ -88,7 +89,7 @@ def resolve_model(spec: RunSpec, dataset_name: str, progress: bool):
 
 def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = None) -> RunOutcome:
     """Run (or resume, or return a finished) certify/predict job and write its results atomically."""
-    from rpdist.datasets import load_dataset
+    from rpdist.datasets.catalog import load_dataset
 
     config = spec.config.validated()
     run_dir = RunDir(spec.out, spec.run_id or default_run_id(config.analysis), FINAL_NAMES[config.analysis])

@@ -13,7 +13,7 @@ the job's runtime-env ``working_dir``, and the arguments are rewritten to the co
 job runs in that directory on the head, so a relative ``--out`` would write into Ray's temporary
 copy of it; give an absolute ``--out`` (a path on the head, or shared storage).
 
-Inside a job Ray sets ``RAY_ADDRESS``, and :func:`rpdist.engine.ensure_ray` joins that cluster, so
+Inside a job Ray sets ``RAY_ADDRESS``, and :func:`rpdist.distributed.pool.ensure_ray` joins that cluster, so
 the job's replicas run on the cluster rather than on a private Ray inside the job.
 """
 

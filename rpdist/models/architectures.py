@@ -1,6 +1,6 @@
 """Named model factories, so that a state dict can be rebuilt without unpickling any code.
 
-A :class:`rpdist.modelref.ModelRef` of kind ``state_dict`` carries only tensors plus an
+A :class:`rpdist.models.refs.ModelRef` of kind ``state_dict`` carries only tensors plus an
 architecture name and JSON-able keyword arguments; this registry turns the name back into a
 module. Every module maps float32 ``[B, *input_shape]`` to logits ``[B, C]`` and is
 TorchScript-scriptable, so it can also be exported as a self-describing program.

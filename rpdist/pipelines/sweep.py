@@ -24,11 +24,11 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from rpdist import stats
+from rpdist.smoothing import stats
 from rpdist.errors import InputError
-from rpdist.noise import DEFAULT_BLOCK, Phase
-from rpdist.results import Store, open_run
-from rpdist.smoothing import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
+from rpdist.smoothing.noise import DEFAULT_BLOCK, Phase
+from rpdist.io.store import Store, open_run
+from rpdist.smoothing.job import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
 
 PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()), ("seed", pa.int64()))
 RAP, ATTACK = "rap", "attack"
@@ -196,8 +196,8 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
               address: str | None = None, device: str | None = None, progress: bool = True,
               on_unit: Callable | None = None) -> SweepOutcome:
     """Run the whole grid, or resume it: chunks whose files all exist are skipped."""
-    from rpdist.datasets import load_dataset
-    from rpdist.runs import RunSpec, resolve_model, versions
+    from rpdist.datasets.catalog import load_dataset
+    from rpdist.pipelines.run import RunSpec, resolve_model, versions
 
     store = open_run(out, sweep_id)
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,
@@ -337,7 +337,7 @@ def _concat_points(store: Store, files: list[str]) -> pa.Table:
 
 
 def summarize_sweep(df, analysis: str) -> list[dict]:
-    from rpdist.summary import summarize
+    from rpdist.reporting.summary import summarize
 
     rows = []
     for (sigma, n, alpha, seed), group in df.groupby(["sigma", "n", "alpha", "seed"], sort=True):

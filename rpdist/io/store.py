@@ -1,4 +1,4 @@
-"""Parquet schemas, atomic writes, manifests and resumable run directories: rpdist's one writer.
+"""Atomic writes to a results root, local or remote: rpdist's one writer.
 
 Every file appears whole or not at all (write to a temporary name, then rename), so a run killed
 at any moment leaves either finished chunk files or nothing, and a rerun skips what exists.
@@ -18,42 +18,6 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rpdist.errors import InputError
-
-_COMMON = [
-    ("input_id", pa.int64()),
-    ("label", pa.int64()),
-    ("prediction", pa.int64()),
-    ("top_class", pa.int64()),
-    ("count_top", pa.int64()),
-]
-
-
-def certificate_schema() -> pa.Schema:
-    return pa.schema(_COMMON + [
-        ("counts", pa.list_(pa.int64())),
-        ("selection_counts", pa.list_(pa.int64())),
-        ("n", pa.int64()),
-        ("n0", pa.int64()),
-        ("alpha", pa.float64()),
-        ("sigma", pa.float64()),
-        ("seed", pa.int64()),
-        ("pa_lower", pa.float64()),
-        ("radius", pa.float64()),
-        ("correct", pa.bool_()),
-    ])
-
-
-def prediction_schema() -> pa.Schema:
-    return pa.schema(_COMMON + [
-        ("count_second", pa.int64()),
-        ("counts", pa.list_(pa.int64())),
-        ("n", pa.int64()),
-        ("alpha", pa.float64()),
-        ("sigma", pa.float64()),
-        ("seed", pa.int64()),
-        ("p_value", pa.float64()),
-        ("correct", pa.bool_()),
-    ])
 
 
 def atomic_write(path: Path, write) -> None:
@@ -202,56 +166,3 @@ def open_run(out: str | Path | Store, run_id: str) -> Store:
     store = out if isinstance(out, Store) else Store(out)
     store.check_writable()
     return store
-
-
-class RunDir:
-    """``OUT/RUN_ID/``: chunk files while running, one final Parquet file and a manifest when done."""
-
-    def __init__(self, out: str | Path, run_id: str, final_name: str):
-        self.store = open_run(out, run_id)
-        self.run_id = run_id
-        self.final_name = final_name
-        self.path = self.store.show(run_id)
-
-    def manifest(self) -> dict | None:
-        return self.store.read_json(self.run_id, "manifest.json")
-
-    def claim(self, config: dict) -> dict | None:
-        """Start or resume: returns the existing manifest, refusing a different configuration."""
-        return self.store.claim(self.run_id, config)
-
-    @property
-    def complete(self) -> bool:
-        return self.store.exists(self.run_id, self.final_name) and (self.manifest() or {}).get("status") == "complete"
-
-    def write_manifest(self, manifest: dict) -> None:
-        self.store.write_json(manifest, self.run_id, "manifest.json")
-
-    def write_table(self, table: pa.Table, name: str) -> None:
-        self.store.write_parquet(table, self.run_id, name)
-
-    def read_final(self, columns: list[str] | None = None) -> pa.Table:
-        return self.store.read_table(self.store.path(self.run_id, self.final_name), columns=columns)
-
-    def finished_chunks(self) -> set[int]:
-        return {int(path.rsplit("/", 1)[1].split("-")[1].split(".")[0])
-                for path in self.store.files(self.run_id, "parts") if path.endswith(".parquet")}
-
-    def write_chunk(self, chunk: int, table: pa.Table) -> None:
-        self.store.write_parquet(table, self.run_id, "parts", f"chunk-{chunk:06d}.parquet")
-
-    def finish(self, schema: pa.Schema, manifest: dict) -> None:
-        """Stream the chunk files, in order, into the final file; then drop them.
-
-        One chunk is in memory at a time, so finishing a large audit costs no more than running it.
-        """
-        paths = [self.store.path(self.run_id, "parts", f"chunk-{c:06d}.parquet") for c in sorted(self.finished_chunks())]
-
-        def merge(target: str) -> None:
-            with pq.ParquetWriter(target, schema, filesystem=None if self.store.local else self.store.fs) as writer:
-                for path in paths:
-                    writer.write_table(self.store.read_table(path, schema=schema))
-
-        self.store.publish((self.run_id, self.final_name), merge)
-        self.write_manifest(manifest)
-        self.store.delete_dir(self.run_id, "parts")

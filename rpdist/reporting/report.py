@@ -7,7 +7,7 @@ What is read, detected by file name in DIR (or, when DIR holds none, in each of 
 - ``rap.parquet``: a Robust Attribute Privacy analysis (``rpdist rap``);
 - ``attack.parquet``: an attack benchmark (attack success rate against utility).
 
-The numbers come from :func:`rpdist.summary.summarize` and :func:`rpdist.sweep.summarize_sweep`,
+The numbers come from :func:`rpdist.reporting.summary.summarize` and :func:`rpdist.pipelines.sweep.summarize_sweep`,
 so the report agrees with what the commands print. Plots are drawn on matplotlib's Agg canvas
 directly (no pyplot, so a caller's backend is left alone). Every file is written to a temporary
 name and renamed; the markdown is written last, so it never links a PNG that is not there.
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from rpdist.errors import InputError
-from rpdist.results import atomic_write
+from rpdist.io.store import atomic_write
 
 DPI = 120
 RUN_FILES = {"certificates.parquet": "certify", "predictions.parquet": "predict", "rap.parquet": "rap",
@@ -110,7 +110,7 @@ def _manifest(directory: Path) -> dict | None:
 def _load(directory: Path, kind: str) -> Source:
     manifest = _manifest(directory)
     if kind == "sweep":
-        from rpdist.sweep import read_sweep
+        from rpdist.pipelines.sweep import read_sweep
 
         try:
             df = read_sweep(directory).to_pandas()
@@ -347,8 +347,8 @@ def _multiples_header(m: float) -> str:
 
 
 def _run_section(w: _Writer, source: Source, slug: str) -> None:
-    from rpdist.stats import max_radius
-    from rpdist.summary import RADIUS_MULTIPLES, summarize
+    from rpdist.smoothing.stats import max_radius
+    from rpdist.reporting.summary import RADIUS_MULTIPLES, summarize
 
     df = source.table
     w.add("### Summary", "")
@@ -394,9 +394,9 @@ def _run_section(w: _Writer, source: Source, slug: str) -> None:
 
 
 def _sweep_section(w: _Writer, source: Source, slug: str) -> None:
-    from rpdist.stats import max_radius
-    from rpdist.summary import RADIUS_MULTIPLES
-    from rpdist.sweep import summarize_sweep
+    from rpdist.smoothing.stats import max_radius
+    from rpdist.reporting.summary import RADIUS_MULTIPLES
+    from rpdist.pipelines.sweep import summarize_sweep
 
     df = source.table
     analysis = "certify" if "radius" in df.columns else "predict"
@@ -631,7 +631,7 @@ def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
     directory, or a folder holding several of them. Raises :class:`InputError` when it holds none.
     """
     from rpdist import __version__
-    from rpdist.results import check_writable
+    from rpdist.io.store import check_writable
 
     directory = Path(directory)
     sources, notes = find_sources(directory)
@@ -656,7 +656,7 @@ def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
         w.add(f"Skipped: {note}.", "")
     certify_runs = [s for s in sources if s.kind == "certify"]
     if len(certify_runs) > 1:
-        from rpdist.stats import max_radius
+        from rpdist.smoothing.stats import max_radius
 
         w.add("## All certify runs", "")
         curves = []

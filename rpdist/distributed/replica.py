@@ -8,8 +8,8 @@ import numpy as np
 import ray
 import torch
 
-from rpdist.modelref import ModelRef
-from rpdist.votes import VoteCounter
+from rpdist.models.refs import ModelRef
+from rpdist.smoothing.votes import VoteCounter
 
 
 @ray.remote(max_restarts=4, max_task_retries=4)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rpdist.modelref import ModelRef
-from rpdist.noise import block_lengths, fill_block
+from rpdist.models.refs import ModelRef
+from rpdist.smoothing.noise import block_lengths, fill_block
 
 
 def pick_device(requested: str | None = None) -> torch.device:

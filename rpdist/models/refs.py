@@ -3,7 +3,7 @@
 A Ray actor must rebuild the model on its own device from bytes, and those bytes must never be an
 arbitrary pickle: a reference is either TorchScript (a program, not a pickle) or a plain state dict
 read with ``torch.load(weights_only=True)`` plus a named architecture from
-:mod:`rpdist.architectures`.
+:mod:`rpdist.models.architectures`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class ModelRef:
             with _quiet_jit():
                 model = torch.jit.load(buffer, map_location=device)
         elif self.kind == STATE_DICT:
-            from rpdist.architectures import build
+            from rpdist.models.architectures import build
 
             state = torch.load(buffer, map_location=device, weights_only=True)
             model = build(self.arch, **self.arch_kwargs)

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from rpdist import architectures
-from rpdist.datasets import SPLIT_SEED, TEST_FRACTION, load_dataset
+from rpdist.models import architectures
+from rpdist.datasets.catalog import SPLIT_SEED, TEST_FRACTION, load_dataset
 from rpdist.errors import InputError
-from rpdist.modelref import ModelRef
-from rpdist.results import atomic_write
+from rpdist.models.refs import ModelRef
+from rpdist.io.store import atomic_write
 
 __all__ = ["default_model", "cache_dir", "cache_path", "recipe", "train_state_dict", "DEFAULTS"]
 

@@ -1,6 +1,6 @@
 """CERTIFY and PREDICT of Cohen et al. on the engine: the public ``certify()`` / ``predict()`` API.
 
-Workers return vote counts; this module turns them into certificates with :mod:`rpdist.stats`.
+Workers return vote counts; this module turns them into certificates with :mod:`rpdist.smoothing.stats`.
 Selection (n0) and estimation (n) samples come from different noise phases, so they are
 independent by construction.
 """
@@ -15,12 +15,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from rpdist import stats
-from rpdist.engine import Plan, PhaseSpec, SampleProgress, default_batch_size, ensure_ray, get_pool, run_plan
+from rpdist.smoothing import stats
+from rpdist.distributed.plan import PhaseSpec, Plan
+from rpdist.distributed.pool import default_batch_size, ensure_ray, get_pool
+from rpdist.distributed.progress import SampleProgress
+from rpdist.distributed.scheduler import run_plan
 from rpdist.errors import InputError
-from rpdist.modelref import ModelRef, load_model_file
-from rpdist.noise import DEFAULT_BLOCK, Phase
-from rpdist.results import certificate_schema, prediction_schema
+from rpdist.models.refs import ModelRef, load_model_file
+from rpdist.smoothing.noise import DEFAULT_BLOCK, Phase
+from rpdist.io.schemas import certificate_schema, prediction_schema
 
 CERTIFY, PREDICT = "certify", "predict"
 
@@ -82,10 +85,10 @@ def as_model_ref(model, example: np.ndarray) -> ModelRef:
 def check_inputs(X, y=None, input_ids=None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Refuse what would make a certificate meaningless: non-finite features, ragged labels or ids.
 
-    A streamed source (:class:`rpdist.sources.ParquetRows`) was validated when it was scanned and
+    A streamed source (:class:`rpdist.datasets.sources.ParquetRows`) was validated when it was scanned and
     is left on disk.
     """
-    from rpdist.sources import ParquetRows
+    from rpdist.datasets.sources import ParquetRows
 
     if isinstance(X, ParquetRows):
         return (X, *_check_labels_and_ids(len(X), y, input_ids))
@@ -282,7 +285,7 @@ def predict(model, X, y=None, *, sigma: float, n: int = 100_000, alpha: float = 
     """PREDICT every row of X: the smoothed label, or −1 (abstain) when the top two classes are not
     separated by the exact binomial test at level α.
 
-    ``shared_pool`` (``engine.SharedPool``) lets a Ray task query replicas its driver created.
+    ``shared_pool`` (``rpdist.distributed.pool.SharedPool``) lets a Ray task query replicas its driver created.
     """
     config = SmoothingConfig(PREDICT, sigma, n, alpha, None, seed, batch_size, noise_block)
     job = SmoothingJob(model, X, y, config=config, input_ids=input_ids, workers=workers, address=address, device=device,

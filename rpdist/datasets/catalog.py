@@ -403,7 +403,7 @@ def load_dataset(
     ``input_ids`` are always row numbers of the full source. Every bad input raises
     :class:`InputError` with a one-line message. With ``stream=True`` a ``.parquet`` file is
     validated in one streaming pass and ``X`` reads its rows chunk by chunk
-    (:class:`rpdist.sources.ParquetRows`), so a large audit never holds the whole file.
+    (:class:`rpdist.datasets.sources.ParquetRows`), so a large audit never holds the whole file.
     """
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -460,7 +460,7 @@ def load_dataset(
 
 def _stream_parquet(path: Path, split: str, label_column: str, limit: int | None) -> Dataset:
     """A Parquet dataset whose features stay on disk until the engine reads a chunk of them."""
-    from rpdist.sources import ParquetRows, scan_parquet
+    from rpdist.datasets.sources import ParquetRows, scan_parquet
 
     names, labels, n_rows = scan_parquet(path, label_column)
     if labels is None and label_column != DEFAULT_LABEL_COLUMN:

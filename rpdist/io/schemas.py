@@ -1,0 +1,42 @@
+"""Arrow schemas of the certificate and prediction tables (DESIGN §3): the columns users rely on."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+_COMMON = [
+    ("input_id", pa.int64()),
+    ("label", pa.int64()),
+    ("prediction", pa.int64()),
+    ("top_class", pa.int64()),
+    ("count_top", pa.int64()),
+]
+
+
+def certificate_schema() -> pa.Schema:
+    return pa.schema(_COMMON + [
+        ("counts", pa.list_(pa.int64())),
+        ("selection_counts", pa.list_(pa.int64())),
+        ("n", pa.int64()),
+        ("n0", pa.int64()),
+        ("alpha", pa.float64()),
+        ("sigma", pa.float64()),
+        ("seed", pa.int64()),
+        ("pa_lower", pa.float64()),
+        ("radius", pa.float64()),
+        ("correct", pa.bool_()),
+    ])
+
+
+def prediction_schema() -> pa.Schema:
+    return pa.schema(_COMMON + [
+        ("count_second", pa.int64()),
+        ("counts", pa.list_(pa.int64())),
+        ("n", pa.int64()),
+        ("alpha", pa.float64()),
+        ("sigma", pa.float64()),
+        ("seed", pa.int64()),
+        ("p_value", pa.float64()),
+        ("correct", pa.bool_()),
+    ])
