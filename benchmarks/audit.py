@@ -81,12 +81,12 @@ def main() -> None:
     seconds = time.perf_counter() - started
     samples = args.inputs * (args.n + 100)
     print(f"inputs: {args.inputs:,}  N: {args.n:,}  workers: {outcome.manifest['device']['workers']}  "
-          f"chunks: {outcome.manifest['plan']['chunks']}")
+          f"chunks: {outcome.manifest['details']['plan']['chunks']}")
     print(f"throughput: {samples / seconds:,.0f} samples/s, {args.inputs / seconds:,.0f} inputs/s")
     print(f"driver peak RSS: {peak_rss_mib():,.0f} MiB (after imports and Ray start: {baseline:,.0f} MiB; "
           f"the inputs alone are {args.inputs * 11 * 4 / 2**20:.1f} MiB)")
-    print(f"certified accuracy @0: {outcome.summary['certified_accuracy']['0']:.3f}  "
-          f"abstain: {outcome.summary['abstain_rate']:.3f}  results: {outcome.path}")
+    print(f"certified accuracy @0: {outcome.summary[0]['certified_accuracy']['0']:.3f}  "
+          f"abstain: {outcome.summary[0]['abstain_rate']:.3f}  results: {outcome.path}")
 
 
 if __name__ == "__main__":

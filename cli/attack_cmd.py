@@ -7,10 +7,13 @@ from typing import List, Optional
 
 import typer
 
+from rpdist.analyses.attack import AttackAnalysis
+from rpdist.cli.printing import print_outcome
+
 
 def register(app: typer.Typer) -> None:
     attack_app = typer.Typer(help="Benchmark privacy attacks against released labels.", no_args_is_help=True)
-    app.add_typer(attack_app, name="attack")
+    app.add_typer(attack_app, name=AttackAnalysis.name)
 
     @attack_app.command("inversion")
     def inversion_cmd(
@@ -54,14 +57,4 @@ def register(app: typer.Typer) -> None:
                              restarts=restarts, query_budget=query_budget, alpha=alpha, seed=seed,
                              batch_size=batch_size, workers=workers, address=address, device=device,
                              out=str(out), run_id=run_id)
-        path, table = run_inversion(spec, progress=not quiet)
-        keys = ["defense", "sigma", "n", "epsilon", "release", "noise", "repeat"]
-        g = table.groupby(keys, dropna=False, sort=False).agg(asr=("success", "mean"),
-                                                              utility=("utility_accuracy", "mean"),
-                                                              queries=("queries", "mean"),
-                                                              forward_passes=("forward_passes", "sum")).reset_index()
-        for r in g.itertuples():
-            typer.echo(f"  {r.defense} sigma={r.sigma:g} n={r.n} eps={r.epsilon:g} release={r.release} "
-                       f"noise={r.noise} repeat={r.repeat}: ASR {100 * r.asr:.0f}% | utility {100 * r.utility:.1f}% "
-                       f"| mean queries {r.queries:.0f} | forward passes {r.forward_passes:,}")
-        typer.echo(f"results: {path}/attack.parquet")
+        print_outcome(run_inversion(spec, progress=not quiet), title="BREP-MI model inversion")

@@ -30,14 +30,20 @@ def _register() -> None:
         module.register(app)
 
 
+def root_command():
+    """The click command of the whole CLI, every subcommand registered (``submit`` reads its options)."""
+    if not app.registered_commands:
+        _register()
+    return typer.main.get_command(app)
+
+
 def fail(message: str) -> None:
     click.echo(f"rpdist: error: {message}", err=True)
     sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
-    _register()
-    command = typer.main.get_command(app)
+    command = root_command()
     try:
         code = command.main(args=argv, prog_name="rpdist", standalone_mode=False)
     except InputError as exc:

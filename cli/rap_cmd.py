@@ -6,12 +6,14 @@ from typing import List, Optional
 
 import typer
 
+from rpdist.analyses.rap import RapAnalysis
+from rpdist.cli.printing import print_outcome
 from rpdist.privacy.rap import DEFAULT_GRID_BATCH, NEUTRAL
 from rpdist.privacy.runner import DEFAULT_L1
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("rap")
+    @app.command(RapAnalysis.name)
     def rap_cmd(
         dataset: str = typer.Option("insurance", "--dataset", "-d", help="Built-in dataset with a default model."),
         attribute: str = typer.Option("bmi", "--attribute", help="Sensitive numeric column to sweep."),
@@ -49,22 +51,4 @@ def register(app: typer.Typer) -> None:
                        grid_step=grid_step, l1_non_sensitive=list(l1_non_sensitive), train_sigma=train_sigma, seed=seed,
                        split=split, limit=limit, batch_size=batch_size, workers=workers, address=address,
                        device=device, grid_batch=grid_batch, abstain_rule=abstain_rule, out=str(out), run_id=run_id)
-        outcome = run_rap(spec, progress=not quiet)
-        print_summary(outcome, attribute)
-
-
-def print_summary(outcome, attribute: str) -> None:
-    """Plain lines, one per (model, release): readable at any terminal width and easy to grep."""
-    t = outcome.table
-    typer.echo(f"RAP of {attribute!r}: sigma={t['sigma'].iloc[0]:g} n={t['n'].iloc[0]} alpha={t['alpha'].iloc[0]:g} "
-               f"grid step={t['grid_step'].iloc[0]:g} ({t['grid_points'].iloc[0]} points), "
-               f"{t['input_id'].nunique()} inputs")
-    for row in outcome.summary.itertuples():
-        line = (f"  l1={row.l1_non_sensitive:g} {row.release_model:>8}: median compatible length "
-                f"{row.median_compatible_length:.2f} | adversary MAE {row.adversary_mae:.2f} | "
-                f"accuracy {100 * row.accuracy:.1f}% (abstain = wrong) | abstain rate {100 * row.abstain_rate:.1f}%")
-        if row.release_model == "smoothed":
-            line += (f" | certified {100 * row.certified_rate:.1f}% | containment {100 * row.containment:.1f}%"
-                     f" | advantage <= alpha/2 = {row.advantage_bound:g}")
-        typer.echo(line)
-    typer.echo(f"results: {outcome.path}/rap.parquet")
+        print_outcome(run_rap(spec, progress=not quiet), title=f"RAP of {attribute!r}")

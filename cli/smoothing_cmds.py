@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
+from rpdist.cli.printing import print_outcome
+from rpdist.smoothing.job import CERTIFY, PREDICT
 from rpdist.smoothing.noise import DEFAULT_BLOCK
 
 DATASET = typer.Option(..., "--dataset", "-d", help="Built-in name (see `rpdist datasets`) or a .csv/.parquet/.npz file.")
@@ -33,7 +32,7 @@ QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("certify")
+    @app.command(CERTIFY)
     def certify_cmd(dataset: str = DATASET, model: Optional[str] = MODEL, arch: Optional[str] = ARCH,
                     train_sigma: Optional[float] = TRAIN_SIGMA, sigma: float = SIGMA, n: int = N, n0: int = N0,
                     alpha: float = ALPHA, seed: int = SEED, batch_size: Optional[int] = BATCH,
@@ -42,9 +41,9 @@ def register(app: typer.Typer) -> None:
                     run_id: Optional[str] = RUN_ID, noise_block: int = NOISE_BLOCK,
                     device: Optional[str] = DEVICE, quiet: bool = QUIET) -> None:
         """CERTIFY each input: smoothed prediction and certified ℓ2 radius (Cohen et al.)."""
-        _run("certify", locals())
+        _run(CERTIFY, locals())
 
-    @app.command("predict")
+    @app.command(PREDICT)
     def predict_cmd(dataset: str = DATASET, model: Optional[str] = MODEL, arch: Optional[str] = ARCH,
                     train_sigma: Optional[float] = TRAIN_SIGMA, sigma: float = SIGMA, n: int = N,
                     alpha: float = ALPHA, seed: int = SEED, batch_size: Optional[int] = BATCH,
@@ -53,7 +52,7 @@ def register(app: typer.Typer) -> None:
                     run_id: Optional[str] = RUN_ID, noise_block: int = NOISE_BLOCK,
                     device: Optional[str] = DEVICE, quiet: bool = QUIET) -> None:
         """PREDICT each input: the smoothed label, or -1 (abstain) when the vote is not significant."""
-        _run("predict", locals())
+        _run(PREDICT, locals())
 
 
 def _run(analysis: str, options: dict) -> None:
@@ -67,31 +66,4 @@ def _run(analysis: str, options: dict) -> None:
                    limit=o["limit"], model=o["model"], arch=o["arch"], train_sigma=o["train_sigma"],
                    workers=o["workers"], address=o["address"], device=o["device"], out=str(o["out"]),
                    run_id=o["run_id"])
-    outcome = execute(spec, progress=not o["quiet"])
-    print_summary(outcome, analysis, config.sigma)
-
-
-def print_summary(outcome, analysis: str, sigma: float) -> None:
-    console = Console()
-    s = outcome.summary
-    table = Table(title=f"{analysis} summary ({s['inputs']} inputs, σ={sigma:g})", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    if analysis == "certify":
-        for radius, acc in s["certified_accuracy"].items():
-            table.add_row(f"certified accuracy @ r≥{radius}", _pct(acc))
-        table.add_row("mean radius", f"{s['mean_radius']:.4f}")
-    else:
-        table.add_row("accuracy (abstain = wrong)", _pct(s["accuracy"]))
-    table.add_row("abstain rate", _pct(s["abstain_rate"]))
-    rate = s.get("samples_per_second", outcome.manifest.get("timings", {}).get("samples_per_second"))
-    if rate:
-        table.add_row("samples/s", f"{rate:,.0f}")
-    console.print(table)
-    if outcome.resumed_chunks:
-        console.print(f"resumed: {outcome.resumed_chunks} chunk(s) were already done")
-    console.print(f"results: {outcome.path}")
-
-
-def _pct(value: float) -> str:
-    return "n/a (no labels)" if value != value else f"{100 * value:.1f}%"
+    print_outcome(execute(spec, progress=not o["quiet"]))

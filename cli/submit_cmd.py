@@ -20,13 +20,14 @@ def register(app: typer.Typer) -> None:
     def submit_cmd(rpdist_args: Optional[List[str]] = ARGS, address: Optional[str] = ADDRESS,
                    follow: bool = FOLLOW, no_wait: bool = NO_WAIT) -> None:
         """Run `rpdist COMMAND [ARGS]` on a Ray cluster as a job; local files named in ARGS travel with it."""
+        from rpdist.cli.main import root_command
         from rpdist.errors import InputError
         from rpdist.pipelines.submit import JobFailedError, submit
 
         if follow and no_wait:
             raise InputError("--follow and --no-wait exclude each other")
         try:
-            submit(address, list(rpdist_args or []), follow=follow, wait=not no_wait, echo=click.echo)
+            submit(address, list(rpdist_args or []), root_command(), follow=follow, wait=not no_wait, echo=click.echo)
         except JobFailedError as exc:
             click.echo(f"rpdist: {exc}", err=True)
             raise typer.Exit(1)

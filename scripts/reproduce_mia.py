@@ -45,26 +45,23 @@ def main() -> None:
     for eps in (1.0, 3.0, 8.0, None):
         roles.dpsgd_model(eps)
     roles_seconds = time.perf_counter() - t
-    tables, timings = [], {}
+    tables, summaries, timings = [], [], {}
     for name, (kw, scale) in RUNS.items():
         t = time.perf_counter()
         if (runs / name).exists():
             shutil.rmtree(runs / name)
-        _, table = run_inversion(InversionSpec(query_budget=scale * args.budget, out=str(runs), run_id=name, **kw),
-                                 progress=True)
+        outcome = run_inversion(InversionSpec(query_budget=scale * args.budget, out=str(runs), run_id=name, **kw),
+                                progress=True)
+        table = outcome.table()
         table.insert(0, "experiment", name)
+        summaries.append(pd.DataFrame(outcome.summary).assign(experiment=name))
         tables.append(table)
         timings[name] = time.perf_counter() - t
         print(f"{name}: {timings[name]:.0f}s", flush=True)
     table = pd.concat(tables, ignore_index=True)
     table.to_parquet(out / "attack.parquet", index=False)
-    keys = ["experiment", "defense", "sigma", "n", "epsilon", "release", "noise", "repeat"]
-    summary = (table.groupby(keys, dropna=False, sort=False)
-               .agg(targets=("success", "size"), asr=("success", "mean"), start_asr=("start_success", "mean"),
-                    utility_accuracy=("utility_accuracy", "mean"),
-                    eval_confidence=("eval_confidence", "mean"), queries=("queries", "sum"),
-                    forward_passes=("forward_passes", "sum"), found_start=("found", "mean"))
-               .reset_index())
+    summary = pd.concat(summaries, ignore_index=True)  # AttackAnalysis.summarize: ASR with its 95% interval
+    summary = summary[["experiment", *(c for c in summary.columns if c != "experiment")]]
     summary.to_csv(out / "summary.csv", index=False)
     with open(out / "summary.md", "w") as fh:
         fh.write(f"target clean accuracy (test): {roles.accuracy(target):.3f}; "

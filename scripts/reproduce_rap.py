@@ -48,10 +48,11 @@ def main() -> None:
             outcome = run_rap(RapSpec(sigma=sigma, n=n, grid_step=args.grid_step, l1_non_sensitive=l1, limit=limit,
                                       out=args.runs, run_id=run_id))
             seconds = time.perf_counter() - clock
-            tables.append(outcome.table)
-            curves.append(outcome.curve.assign(n=n))
+            table = outcome.table()
+            tables.append(table)
+            curves.append(pd.read_parquet(f"{outcome.path}/rap_curve.parquet").assign(n=n))
             log.append({"run_id": run_id, "sigma": sigma, "n": n, "limit": limit, "grid_step": args.grid_step,
-                        "l1": l1, "inputs": int(outcome.table["input_id"].nunique()), "seconds": round(seconds, 1)})
+                        "l1": l1, "inputs": int(table["input_id"].nunique()), "seconds": round(seconds, 1)})
             print(json.dumps(log[-1]), flush=True)
     total = time.perf_counter() - started
     table = pd.concat(tables, ignore_index=True)

@@ -1,8 +1,10 @@
 """Model inversion: data roles, the BREP-MI state machine, and the end-to-end runner on 2 classes."""
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from scipy.stats import binomtest
 
 from rpdist.attacks import roles
 from rpdist.attacks.brep import BrepAttack, BrepConfig, majority, run_lockstep
@@ -77,8 +79,8 @@ def quick():
 def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp_path, quick):
     from rpdist.attacks.inversion import InversionSpec, run_inversion
 
-    path, table = run_inversion(InversionSpec(defense="none", query_budget=120, out=str(tmp_path), run_id="none",
-                                              **quick))
+    outcome = run_inversion(InversionSpec(defense="none", query_budget=120, out=str(tmp_path), run_id="none",
+                                          **quick))
     df = pq.read_table(tmp_path / "none" / "attack.parquet").to_pandas()
     for column in ("defense", "sigma", "n", "epsilon", "release", "target", "success", "eval_confidence", "queries",
                    "forward_passes", "utility_accuracy"):
@@ -90,13 +92,19 @@ def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp
     assert (tmp_path / "none" / "reconstructions.png").stat().st_size > 1000
     assert (df.success == (df.eval_prediction == df.target)).all()
     assert (df.start_success <= df.found).all()  # a start is judged only where the walk had one
+    pd.testing.assert_frame_equal(outcome.table(), df)
+    (row,) = outcome.summary  # one defense setting: ASR and its Clopper–Pearson interval over the 2 targets
+    assert row["asr"] == df.success.mean() and row["targets"] == 2
+    assert row["asr_low"] <= row["asr"] <= row["asr_high"]
+    exact = binomtest(int(df.success.sum()), 2).proportion_ci(0.95, method="exact")  # scipy's Clopper–Pearson
+    assert (row["asr_low"], row["asr_high"]) == pytest.approx((exact.low, exact.high), abs=1e-9)
 
 
 def test_rp_inversion_goes_through_the_engine_with_both_releases(ray_session, tmp_path, quick):
     from rpdist.attacks.inversion import InversionSpec, run_inversion
 
-    _, df = run_inversion(InversionSpec(defense="rp", sigmas=[0.25], ns=[20], releases=["predict", "majority"],
-                                        query_budget=60, workers=1, out=str(tmp_path), run_id="rp", **quick))
+    df = run_inversion(InversionSpec(defense="rp", sigmas=[0.25], ns=[20], releases=["predict", "majority"],
+                                     query_budget=60, workers=1, out=str(tmp_path), run_id="rp", **quick)).table()
     assert set(df.release) == {"predict", "majority"}
     assert (df.forward_passes == df.queries * 20).all()  # fresh noise: N evaluations per released label
     assert (df.queries <= 60).all()

@@ -143,14 +143,14 @@ def test_interrupted_run_resumes_without_duplicates(ray_session, tmp_path, monke
     assert resumed.resumed_chunks == len(parts)
     fresh = runs.execute(runs.RunSpec(config=config, dataset="insurance", limit=80, out=str(tmp_path),
                                       run_id="fresh"), progress=False)
-    a, b = resumed.table.to_pandas(), fresh.table.to_pandas()
+    a, b = resumed.table(), fresh.table()
     assert a["input_id"].is_unique and len(a) == 80
     pd.testing.assert_frame_equal(a, b)
     assert not (tmp_path / "resume" / "parts").exists()
 
     # A finished run is not redone, and a different configuration under the same id is refused.
     again = runs.execute(spec, progress=False)
-    assert again.resumed_chunks == 0 and again.table.equals(resumed.table)
+    assert again.resumed_chunks == 0 and again.table().equals(resumed.table())
     code, _, err = run_cli(["certify", "--dataset", "insurance", "--sigma", "0.25", "--n", "1000", "--limit", "80",
                             "--out", str(tmp_path), "--run-id", "resume", "--quiet"], capsys)
     assert code == 2 and "different configuration" in err
@@ -194,7 +194,7 @@ def test_results_through_a_non_local_filesystem(ray_session, tmp_path):
                                      run_id="r"), progress=False)
     run = tmp_path / "bucket" / "r"
     assert sorted(p.name for p in run.iterdir()) == ["certificates.parquet", "manifest.json"]
-    assert pd.read_parquet(run / "certificates.parquet").equals(near.table.to_pandas())
+    assert pd.read_parquet(run / "certificates.parquet").equals(near.table())
     assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
     assert far.path == "bucket/r"
 

@@ -283,7 +283,7 @@ def test_cli_takes_several_penalties(ray_session, tmp_path, capsys):
     assert info.value.code == 0, captured.err
     df = pd.read_parquet(tmp_path / "l1s" / "rap.parquet")
     assert sorted(df["l1_non_sensitive"].unique()) == [0.0, 0.01, 1.0] and len(df) == 3 * 2 * 2
-    assert "l1=1 " in captured.out
+    assert "λ=1 " in captured.out
 
 
 def test_run_rap_reports_both_models(ray_session, tmp_path, monkeypatch):
@@ -298,5 +298,5 @@ def test_run_rap_reports_both_models(ray_session, tmp_path, monkeypatch):
     outcome = run_rap(RapSpec(sigma=1.0, n=100, n0=10, alpha=0.01, grid_step=10, l1_non_sensitive=0.05, limit=2,
                               out=str(tmp_path), run_id="both"))
     assert calls == [0.0, 0.05]
-    assert sorted(outcome.table["l1_non_sensitive"].unique()) == [0.0, 0.05]
+    assert sorted(outcome.table()["l1_non_sensitive"].unique()) == [0.0, 0.05]
     assert len(outcome.summary) == 4

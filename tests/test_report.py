@@ -67,7 +67,7 @@ def write_sweep(root: Path, sigmas=(0.25, 0.5), ns=(1000, 10000), alphas=(0.01, 
     manifest = {"status": "complete",
                 "config": {"sweep": {"dataset": "insurance", "analysis": "certify", "sigma": list(sigmas),
                                      "n": list(ns), "alpha": list(alphas), "seed": [0], "n0": 100}, "rows": 40},
-                "forward_samples": {"used": 123_000, "naive_grid": 456_000, "saved_fraction": 1 - 123 / 456}}
+                "details": {"forward_samples": {"used": 123_000, "naive_grid": 456_000, "saved_fraction": 1 - 123 / 456}}}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root, pd.concat(frames, ignore_index=True)
 
@@ -86,7 +86,8 @@ def rap_frame(inputs: int = 30) -> pd.DataFrame:
                          "interval_high": value + length / 2, "radius": radius,
                          "certified_low": value - radius * 6.1 if release == "smoothed" and i % 4 else float("nan"),
                          "certified_high": value + radius * 6.1 if release == "smoothed" and i % 4 else float("nan"),
-                         "adversary_estimate": value + 1.5, "abs_error": 1.5})
+                         "adversary_estimate": value + 1.5, "abs_error": 1.5, "label": i % 2,
+                         "correct": bool(i % 3), "grid_step": 0.5, "grid_points": 60})
     return pd.DataFrame(rows)
 
 
@@ -136,7 +137,7 @@ def test_certify_run_report_numbers_and_plot(tmp_path, capsys):
     assert str(report) in out
     text = report.read_text()
     assert [p.name for p in pngs_of(report)] == ["report-certified-accuracy.png"]
-    # Certified accuracy, computed here independently of rpdist.reporting.summary.
+    # Certified accuracy, computed here independently of rpdist.analyses.smoothing.
     correct = (df["prediction"] == df["label"]).to_numpy()
     assert f"| smoothed accuracy (certified at radius ≥ 0) | {100 * correct.mean():.1f}% |" in text
     for multiple in (0.25, 0.5, 1.0, 2.0):
@@ -214,9 +215,10 @@ def test_rap_and_attack_sections_appear_with_their_files(tmp_path):
     text = report.read_text()
     assert "Robust attribute privacy" in text and "Attack benchmark" in text
     assert "report-attack-asr.png" in [p.name for p in pngs_of(report)]
-    assert "| rp | 0.1 | 1,000 | — | label | 20 | 5.0% | 70.0% |" in text
-    assert "| none | — | — | — | label | 20 | 75.0% | 90.0% |" in text
-    assert "| dpsgd | — | — | 8 | label | 20 | 25.0% | 60.0% |" in text
+    # ASR with its 95% Clopper–Pearson interval over the 20 targets (scipy: binomtest(1, 20) etc.)
+    assert "| rp | 0.1 | 1,000 | — | label | 20 | 5.0% [0.1%–24.9%] | n/a | 70.0% |" in text
+    assert "| none | — | — | — | label | 20 | 75.0% [50.9%–91.3%] | n/a | 90.0% |" in text
+    assert "| dpsgd | — | — | 8 | label | 20 | 25.0% [8.7%–49.1%] | n/a | 60.0% |" in text
 
 
 def test_attack_only_directory(tmp_path):

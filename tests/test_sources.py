@@ -69,9 +69,9 @@ def test_certify_on_a_streamed_file_equals_in_memory(ray_session, tmp_path, monk
     config = SmoothingConfig(CERTIFY, sigma=0.5, n=500, alpha=0.01, n0=100, batch_size=1024)
     outcome = runs.execute(runs.RunSpec(config=config, dataset=str(path), split="all", model=str(model),
                                         out=str(tmp_path), run_id="s"), progress=False)
-    assert outcome.manifest["plan"]["chunks"] >= 3
+    assert outcome.manifest["details"]["plan"]["chunks"] >= 3
     direct = rpdist.certify(str(model), X.astype(np.float32), sigma=0.5, n0=100, n=500, alpha=0.01,
                             batch_size=1024)
-    streamed = outcome.table.to_pandas()
+    streamed = outcome.table()
     np.testing.assert_array_equal(np.stack(streamed["counts"]), np.stack(direct["counts"]))
     np.testing.assert_array_equal(streamed["radius"], direct["radius"])

@@ -261,3 +261,11 @@ def test_stats_imports_neither_torch_nor_ray():
     code = "import sys, rpdist.smoothing.stats; print(sorted({'torch', 'ray'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("count, n", [(0, 1), (0, 10), (3, 10), (10, 10), (17, 40), (999, 1000)])
+def test_two_sided_clopper_pearson_matches_scipy(count, n):
+    from scipy.stats import binomtest
+
+    exact = binomtest(count, n).proportion_ci(0.95, method="exact")
+    assert stats.clopper_pearson(count, n, 0.05) == pytest.approx((exact.low, exact.high), abs=1e-9)

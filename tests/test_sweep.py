@@ -35,8 +35,8 @@ BASE = {"dataset": "insurance", "sigma": [0.5], "n": [1000]}
     ({"n": [1500, 2000], "noise_block": 1000}, "n", "multiple of noise_block"),
     ({"seed": ["a"]}, "seed", "numbers"),
     ({"analysis": "magic"}, "analysis", "must be one of"),
-    ({"n0": 0}, "n0", ">= 1"),
-    ({"limit": "ten"}, "limit", "must be a int"),
+    ({"n0": 0}, "n0", "greater than or equal to 1"),
+    ({"limit": "ten"}, "limit", "valid integer, got 'ten'"),
 ])
 def test_bad_sweep_files_name_the_key(change, key, fragment):
     with pytest.raises(InputError) as info:
@@ -53,10 +53,10 @@ def test_missing_key_and_non_mapping():
 
 
 def test_noise_block_defaults_keep_prefixes_whole():
-    assert SweepSpec("x", (0.5,), (1000, 10000, 100000)).block == 1000
-    assert SweepSpec("x", (0.5,), (1500, 3000)).block == 1500
-    assert SweepSpec("x", (0.5,), (2000,)).block == 1000
-    assert SweepSpec("x", (0.5,), (500,)).block == 500
+    assert SweepSpec(dataset="x", sigma=(0.5,), n=(1000, 10000, 100000)).block == 1000
+    assert SweepSpec(dataset="x", sigma=(0.5,), n=(1500, 3000)).block == 1500
+    assert SweepSpec(dataset="x", sigma=(0.5,), n=(2000,)).block == 1000
+    assert SweepSpec(dataset="x", sigma=(0.5,), n=(500,)).block == 500
 
 
 def test_bad_yaml_via_cli_exits_2_with_one_line(tmp_path, capsys):
@@ -96,7 +96,7 @@ def test_reuse_equals_separate_runs_with_fewer_forward_samples(ray_session, tmp_
             np.testing.assert_array_equal(np.stack(part["selection_counts"]), np.stack(single["selection_counts"]))
             np.testing.assert_array_equal(part["radius"], single["radius"])
             np.testing.assert_array_equal(part["prediction"], single["prediction"])
-    samples = outcome.manifest["forward_samples"]
+    samples = outcome.manifest["details"]["forward_samples"]
     assert samples["used"] == 15 * (100 + 3000)
     assert samples["naive_grid"] == 15 * ((100 + 1000) + (100 + 3000)) * 2
     assert samples["used"] < samples["naive_grid"]

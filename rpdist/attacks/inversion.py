@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,10 +23,15 @@ from rpdist.attacks import roles
 from rpdist.attacks.brep import BrepAttack, BrepConfig, run_lockstep
 from rpdist.defenses.releases import (FRESH, KEYED, MAJORITY, PREDICT, LabelRelease, RandomizedResponse,
                                       SmoothedRelease)
+from rpdist.analyses import REGISTRY
+from rpdist.analyses.attack import AttackAnalysis
+from rpdist.analyses.base import Outcome
 from rpdist.errors import InputError
+from rpdist.io.manifest import new_manifest
 from rpdist.io.rundir import RunDir
 
 DEFENSES = ("none", "rp", "dpsgd", "rr")
+ATTACK = REGISTRY[AttackAnalysis.name]
 CLIP_ONLY = float("inf")  # the epsilon of the DP-SGD clip-only control (no noise: no privacy)
 
 
@@ -149,7 +153,7 @@ def make_release(defense: str, cfg: dict, spec: InversionSpec, target_ref):
     return LabelRelease(ref, **common), ref
 
 
-def run_inversion(spec: InversionSpec, progress: bool = False) -> tuple[str, pd.DataFrame]:
+def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     """Attack every defense config; write attack.parquet, reconstructions.png and manifest.json."""
     import torch
 
@@ -165,7 +169,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> tuple[str, pd.
         raise InputError("--query-budget and --restarts must be >= 1")
     run_id = spec.run_id or f"attack-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
     run_dir = RunDir(spec.out, run_id, "attack.parquet")
-    config = {"analysis": "attack-inversion", **asdict(spec), "run_id": run_id}
+    config = {**asdict(spec), "run_id": run_id}
     config.pop("out")
     run_dir.claim(config)
 
@@ -211,19 +215,19 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> tuple[str, pd.
     run_dir.write_table(pa.Table.from_pandas(table, preserve_index=False), run_dir.final_name)
     grid = np.stack(images).reshape(len(configs), len(targets) * spec.restarts, 8, 8)
     png = save_grid(grid, labels, [str(t) for t in targets for _ in range(spec.restarts)], run_dir)
-    manifest = {
-        "status": "complete", "config": config, "command": sys.argv,
-        "models": {"target": {"sha256": target_ref.sha256, "recipe": roles.target_recipe()},
-                   "eval": {"sha256": eval_ref.sha256, "recipe": roles.eval_recipe(),
-                            "clean_accuracy_test": roles.accuracy(eval_ref)},
-                   "generator": {"recipe": roles.generator_recipe(spec.generator_epochs)}},
-        "target_clean_accuracy_test": roles.accuracy(target_ref),
-        "reconstructions": png,
-        "timings": {"seconds": time.perf_counter() - started, "finished": dt.datetime.now(dt.timezone.utc).isoformat()},
-        "platform": platform.platform(),
-    }
+    manifest = new_manifest(
+        ATTACK.name, config, status="complete",
+        models={"target": {"sha256": target_ref.sha256, "recipe": roles.target_recipe(),
+                           "clean_accuracy_test": roles.accuracy(target_ref)},
+                "eval": {"sha256": eval_ref.sha256, "recipe": roles.eval_recipe(),
+                         "clean_accuracy_test": roles.accuracy(eval_ref)},
+                "generator": {"recipe": roles.generator_recipe(spec.generator_epochs)}},
+        dataset={"spec": spec.dataset}, device={"batch_size": spec.batch_size},
+        timings={"seconds": time.perf_counter() - started, "finished": dt.datetime.now(dt.timezone.utc).isoformat()},
+        details={"reconstructions": png})
     run_dir.write_manifest(manifest)
-    return run_dir.path, table
+    reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731
+    return Outcome(ATTACK.name, run_dir.path, manifest, ATTACK.summarize(table), reader=reader)
 
 
 def _split_passes(attacks, total: int, defense: str, cfg: dict) -> list[int]:

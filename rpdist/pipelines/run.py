@@ -7,23 +7,19 @@ sweeps run exactly what the CLI runs.
 from __future__ import annotations
 
 import datetime as dt
-import platform
-import sys
 import time
-from dataclasses import dataclass, field
-from importlib import metadata
+from dataclasses import dataclass
 from typing import Callable
 
-import pyarrow as pa
 
+from rpdist import analyses
+from rpdist.analyses.base import Outcome
 from rpdist.errors import InputError
+from rpdist.io.manifest import new_manifest
 from rpdist.io.rundir import RunDir
 from rpdist.io.schemas import certificate_schema, prediction_schema
 from rpdist.smoothing.job import CERTIFY, SmoothingConfig, SmoothingJob
-from rpdist.reporting.summary import summarize
 
-FINAL_NAMES = {"certify": "certificates.parquet", "predict": "predictions.parquet"}
-VERSIONED = ("rpdist", "torch", "ray", "numpy", "scipy", "pyarrow", "pandas")
 
 
 @dataclass
@@ -45,26 +41,19 @@ class RunSpec:
     run_id: str | None = None
 
 
-SUMMARY_COLUMNS = ["prediction", "radius", "correct"]
+SUMMARY_COLUMNS = ["prediction", "radius", "correct", "sigma", "n", "alpha", "seed"]
 
 
-@dataclass
-class RunOutcome:
-    path: str
-    run_dir: RunDir
-    manifest: dict
-    summary: dict = field(default_factory=dict)
-    resumed_chunks: int = 0
-
-    @property
-    def table(self) -> pa.Table:
-        """The whole result file, read on demand: a large audit's rows need not fit in memory."""
-        return self.run_dir.read_final()
-
-
-def _summary(run_dir: RunDir, analysis: str, sigma: float) -> dict:
-    columns = [c for c in SUMMARY_COLUMNS if analysis == CERTIFY or c != "radius"]
-    return summarize(run_dir.read_final(columns=columns).to_pandas(), analysis, sigma)
+def _outcome(run_dir: RunDir, manifest: dict, resumed_chunks: int = 0) -> Outcome:
+    """The run's outcome; its summary reads only the columns it needs, so a large audit stays cheap."""
+    analysis = analyses.get(manifest["analysis"])
+    reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731
+    columns = [c for c in SUMMARY_COLUMNS if c in analysis.required_columns or c == "seed"]
+    summary = analysis.summarize(reader(columns))
+    rate = manifest.get("timings", {}).get("samples_per_second")
+    for row in summary:
+        row["samples_per_second"] = rate
+    return Outcome(analysis.name, run_dir.path, manifest, summary, resumed_chunks, reader)
 
 
 def default_run_id(analysis: str) -> str:
@@ -87,12 +76,12 @@ def resolve_model(spec: RunSpec, dataset_name: str, progress: bool):
     return ref, {"source": str(spec.model), "arch": spec.arch}
 
 
-def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = None) -> RunOutcome:
+def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = None) -> Outcome:
     """Run (or resume, or return a finished) certify/predict job and write its results atomically."""
     from rpdist.datasets.catalog import load_dataset
 
     config = spec.config.validated()
-    run_dir = RunDir(spec.out, spec.run_id or default_run_id(config.analysis), FINAL_NAMES[config.analysis])
+    run_dir = RunDir(spec.out, spec.run_id or default_run_id(config.analysis), analyses.get(config.analysis).final_file)
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,
                         stream=True)
     model_ref, model_info = resolve_model(spec, data.name, progress)
@@ -108,44 +97,29 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
     existing = run_dir.claim(identity)
     schema = certificate_schema() if config.analysis == CERTIFY else prediction_schema()
     if existing is not None and run_dir.complete:
-        return RunOutcome(run_dir.path, run_dir, existing, _summary(run_dir, config.analysis, config.sigma))
+        return _outcome(run_dir, existing)
 
     started = existing["timings"]["started"] if existing else dt.datetime.now(dt.timezone.utc).isoformat()
-    manifest = {
-        "status": "running",
-        "config": identity,
-        "command": sys.argv,
-        "versions": versions(),
-        "device": {"type": job.pool.device, "workers": job.pool.workers, "platform": platform.platform()},
-        "plan": {"chunks": job.plan.num_chunks, "chunk_inputs": job.plan.chunk_inputs,
-                 "unit_inputs": job.plan.unit_inputs, "noise_block": job.plan.block_size},
-        "timings": {"started": started},
-    }
+    manifest = new_manifest(
+        config.analysis, identity, dataset=identity["dataset"], models={"model": identity["model"]},
+        device={"type": job.pool.device, "workers": job.pool.workers, "batch_size": job.plan.batch_size},
+        details={"plan": {"chunks": job.plan.num_chunks, "chunk_inputs": job.plan.chunk_inputs,
+                          "unit_inputs": job.plan.unit_inputs, "noise_block": job.plan.block_size}},
+        timings={"started": started})
     run_dir.write_manifest(manifest)
     done = run_dir.finished_chunks()
     clock = time.perf_counter()
-    for chunk, table in job.tables(skip=done, progress=progress, on_unit=on_unit):
+    meter = job.meter(done, enabled=progress)
+    for chunk, table in job.tables(skip=done, meter=meter, on_unit=on_unit):
         run_dir.write_chunk(chunk, table)
     seconds = time.perf_counter() - clock
     manifest["status"] = "complete"
     manifest["timings"].update({
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
         "seconds_this_session": seconds,
-        "samples_this_session": job.progress.done,
-        "samples_per_second": job.progress.done / max(seconds, 1e-9),
+        "samples_this_session": meter.done,
+        "samples_per_second": meter.done / max(seconds, 1e-9),
         "resumed_chunks": len(done),
     })
     run_dir.finish(schema, manifest)
-    summary = _summary(run_dir, config.analysis, config.sigma)
-    summary["samples_per_second"] = manifest["timings"]["samples_per_second"]
-    return RunOutcome(run_dir.path, run_dir, manifest, summary, len(done))
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return _outcome(run_dir, manifest, len(done))

@@ -97,12 +97,16 @@ def connect(address: str | None):
         raise InputError(f"cannot use the Ray job API at {address}: {_first_line(exc)}") from None
 
 
-def prepare(rpdist_args: list[str], staging_dir: str | Path) -> PreparedJob:
-    """Stage the local files named in ``rpdist_args`` and build the job's entrypoint."""
+def prepare(rpdist_args: list[str], staging_dir: str | Path, commands) -> PreparedJob:
+    """Stage the local files named in ``rpdist_args`` and build the job's entrypoint.
+
+    ``commands`` is the CLI's root click command (the caller passes it, so the library never imports
+    the CLI); it tells which tokens name the command and which option is the output.
+    """
     args = list(rpdist_args)
     if not args:
         raise InputError("nothing to submit: give the rpdist command after --, e.g. -- sweep sweep.yaml")
-    depth, options = _command_options(args)
+    depth, options = _command_options(commands, args)
     outputs = _output_options(options)
     staging = _Staging(Path(staging_dir))
     rewritten = args[:depth]
@@ -132,13 +136,14 @@ def prepare(rpdist_args: list[str], staging_dir: str | Path) -> PreparedJob:
 def submit(
     address: str | None,
     rpdist_args: list[str],
+    commands,
     *,
     follow: bool = False,
     wait: bool = True,
     echo: Callable[[str], None] | None = None,
     write: Callable[[str], None] | None = None,
 ) -> str:
-    """Submit ``rpdist ARGS`` as a Ray job and return its id.
+    """Submit ``rpdist ARGS`` as a Ray job and return its id (``commands``: the CLI's root command).
 
     ``wait``: return once the job has started (its working directory unpacked on the head).
     ``follow``: stream its logs through ``write`` until it ends. Raises :class:`JobFailedError`
@@ -147,7 +152,7 @@ def submit(
     echo = echo or print
     address = resolve_address(address)
     with tempfile.TemporaryDirectory(prefix="rpdist-submit-") as staging_dir:
-        job = prepare(rpdist_args, staging_dir)  # a bad command line fails here, before any network
+        job = prepare(rpdist_args, staging_dir, commands)  # a bad command line fails here, before any network
         client = connect(address)
         runtime_env = {"working_dir": str(job.staging_dir), "env_vars": dict(JOB_ENV)}
         try:
@@ -330,20 +335,13 @@ def _output_options(options: dict[str, tuple[str, ...]] | None) -> frozenset[str
     return frozenset(options.get("--out", ())) or frozenset({"--out"})
 
 
-def _command_options(args: list[str]) -> tuple[int, dict[str, tuple[str, ...]] | None]:
+def _command_options(command, args: list[str]) -> tuple[int, dict[str, tuple[str, ...]] | None]:
     """How many leading tokens name the rpdist command, and that command's options.
 
     The options map every spelling of an option to all its spellings. The command is looked up
     in this installation, so a typo fails here rather than on the cluster. Options are None
     when the line starts with an option (it is then submitted as is).
     """
-    import typer
-
-    from rpdist.cli import main as cli_main
-
-    if not cli_main.app.registered_commands:
-        cli_main._register()
-    command = typer.main.get_command(cli_main.app)
     path: list[str] = []
     # typer ships its own click, so groups are recognised by their `commands` table.
     for token in args:

@@ -16,35 +16,33 @@ import dataclasses
 import datetime as dt
 import math
 import re
-from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rpdist import analyses
 from rpdist.smoothing import stats
 from rpdist.errors import InputError
 from rpdist.smoothing.noise import DEFAULT_BLOCK, Phase
+from rpdist.analyses.base import Outcome
+from rpdist.io.manifest import new_manifest
 from rpdist.io.store import Store, open_run
 from rpdist.smoothing.job import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
 
 PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()), ("seed", pa.int64()))
-RAP, ATTACK = "rap", "attack"
-ANALYSES = (CERTIFY, PREDICT, RAP, ATTACK)
-LIST_KEYS = {"sigma": float, "n": int, "alpha": float, "seed": int}
-SCALAR_KEYS = {"dataset": str, "analysis": str, "model": str, "arch": str, "split": str, "limit": int,
-               "label_column": str, "n0": int, "train_sigma": float, "batch_size": int, "noise_block": int,
-               "attribute": str, "grid_step": float, "l1_non_sensitive": float,
-               "release": str, "query_budget": int, "restarts": int, "generator_epochs": int}
-OTHER_LIST_KEYS = {"targets"}  # lists that are options, not grid axes
-REQUIRED = ("dataset", "sigma", "n")
+GRID = ("sigma", "n", "alpha", "seed")  # the list keys whose product is the grid
+
+Count = Annotated[int, Field(ge=1)]
 
 
-@dataclass(frozen=True)
-class SweepSpec:
+class SweepSpec(BaseModel):
     """A validated sweep file: the grid and everything shared by its points."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     dataset: str
     sigma: tuple[float, ...]
@@ -55,20 +53,76 @@ class SweepSpec:
     model: str | None = None
     arch: str | None = None
     split: str = "test"
-    limit: int | None = None
+    limit: Count | None = None
     label_column: str = "label"
-    n0: int = 100
+    n0: Count = 100
     train_sigma: float | None = None
-    batch_size: int | None = None
-    noise_block: int | None = None
+    batch_size: Count | None = None
+    noise_block: Count | None = None
     attribute: str = "bmi"  # rap only
-    grid_step: float = 0.1  # rap only
-    l1_non_sensitive: float = 0.01  # rap only
-    release: str = "majority"  # attack only: the smoothed release the attacker queries
-    query_budget: int = 400  # attack only
-    restarts: int = 1  # attack only
-    targets: tuple[int, ...] | None = None  # attack only: classes to reconstruct (default: all)
-    generator_epochs: int | None = None  # attack only
+    grid_step: float = Field(0.1, gt=0)  # rap only
+    l1_non_sensitive: float = Field(0.01, ge=0)  # rap only
+    release: Literal["predict", "majority"] = "majority"  # attack only: the smoothed release the attacker queries
+    query_budget: Count = 400  # attack only
+    restarts: Count = 1  # attack only
+    targets: tuple[int, ...] | None = Field(None, min_length=1)  # attack only: classes to reconstruct (default: all)
+    generator_epochs: Count | None = None  # attack only
+
+    @field_validator("sigma", "n", "alpha", "seed", mode="before")
+    @classmethod
+    def _grid_list(cls, items, info):
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"must be a list, got {type(items).__name__} {items!r}")
+        if not items:
+            raise ValueError("is an empty list; the grid would be empty")
+        whole = info.field_name in ("n", "seed")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or (whole and v != int(v)) for v in items):
+            raise ValueError(f"must list {'whole ' if whole else ''}numbers, got {list(items)!r}")
+        if len(set(items)) != len(items):
+            raise ValueError(f"lists a value twice: {list(items)!r}")
+        return tuple(int(v) if whole else float(v) for v in items)
+
+    @field_validator("sigma")
+    @classmethod
+    def _sigmas(cls, values):
+        return tuple(stats.check_sigma(v) for v in values)
+
+    @field_validator("alpha")
+    @classmethod
+    def _alphas(cls, values):
+        return tuple(stats.check_alpha(v) for v in values)
+
+    @field_validator("n")
+    @classmethod
+    def _ns(cls, values):
+        return tuple(stats.check_count(v, "n") for v in values)
+
+    @field_validator("seed")
+    @classmethod
+    def _seeds(cls, values):
+        if any(s < 0 or s >= 2**63 for s in values):
+            raise ValueError("must hold whole numbers in [0, 2^63)")
+        return values
+
+    @field_validator("analysis")
+    @classmethod
+    def _known_analysis(cls, name):
+        if name not in analyses.NAMES:
+            raise ValueError(f"must be one of {', '.join(analyses.NAMES)} in a sweep, got {name!r}")
+        return name
+
+    @model_validator(mode="after")
+    def _prefixes_and_feasibility(self):
+        bad = [n for n in self.n if n % self.block]
+        if bad:
+            raise ValueError(f"n: {bad[0]} is not a multiple of noise_block {self.block}, so it is no prefix of the "
+                             "shared noise stream")
+        for config in self.configs(self.sigma[0], self.seed[0]):
+            try:
+                config.validated()
+            except InputError as exc:
+                raise ValueError(f"n/alpha: {exc}") from None
+        return self
 
     @property
     def block(self) -> int:
@@ -86,82 +140,33 @@ class SweepSpec:
                                 self.batch_size, self.block) for n in self.n for alpha in self.alpha]
 
     def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_dump().items()}
 
 
 def parse_sweep(data, source: str = "sweep file") -> SweepSpec:
-    """Validate a parsed YAML mapping; every error names the offending key."""
+    """Validate a parsed YAML mapping; every error is one line that names the offending key."""
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(LIST_KEYS) - set(SCALAR_KEYS) - OTHER_LIST_KEYS)
+    unknown = sorted(set(data) - set(SweepSpec.model_fields))
     if unknown:
-        raise InputError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted({**LIST_KEYS, **SCALAR_KEYS}))})")
-    for key in REQUIRED:
+        raise InputError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(SweepSpec.model_fields))})")
+    for key in ("dataset", *(k for k, f in SweepSpec.model_fields.items() if f.is_required())):
         if data.get(key) is None:
             raise InputError(f"{source}: key {key!r} is required")
-    values: dict = {}
-    for key, kind in LIST_KEYS.items():
-        if key not in data:
-            continue
-        items = data[key]
-        if not isinstance(items, list):
-            raise InputError(f"{source}: key {key!r} must be a list, got {type(items).__name__} {items!r}")
-        if not items:
-            raise InputError(f"{source}: key {key!r} is an empty list; the grid would be empty")
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)) for v in items):
-            raise InputError(f"{source}: key {key!r} must list {'whole ' if kind is int else ''}numbers, got {items!r}")
-        if len(set(items)) != len(items):
-            raise InputError(f"{source}: key {key!r} lists a value twice: {items!r}")
-        values[key] = tuple(kind(v) for v in items)
-    for key, kind in SCALAR_KEYS.items():
-        if key in data and data[key] is not None:
-            value = data[key]
-            ok = isinstance(value, str) if kind is str else (
-                isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value)))
-            if not ok:
-                raise InputError(f"{source}: key {key!r} must be a {kind.__name__}, got {value!r}")
-            values[key] = kind(value)
-    if data.get("targets") is not None:
-        targets = data["targets"]
-        if not isinstance(targets, list) or not targets or any(isinstance(t, bool) or not isinstance(t, int) for t in targets):
-            raise InputError(f"{source}: key 'targets' must be a non-empty list of class numbers, got {targets!r}")
-        values["targets"] = tuple(targets)
-    spec = SweepSpec(**values)
-    _check_values(spec, source)
-    return spec
-
-
-def _check_values(spec: SweepSpec, source: str) -> None:
-    if spec.analysis not in ANALYSES:
-        raise InputError(f"{source}: key 'analysis' must be one of {', '.join(ANALYSES)} in a sweep, got "
-                         f"{spec.analysis!r}")
-    if spec.analysis == ATTACK and spec.release not in ("predict", "majority"):
-        raise InputError(f"{source}: key 'release' must be predict or majority, got {spec.release!r}")
-    if spec.grid_step <= 0 or spec.l1_non_sensitive < 0:
-        key = "grid_step" if spec.grid_step <= 0 else "l1_non_sensitive"
-        raise InputError(f"{source}: key {key!r} must be {'> 0' if key == 'grid_step' else '>= 0'}")
-    checks = {"sigma": stats.check_sigma, "alpha": stats.check_alpha, "n": lambda v: stats.check_count(v, "n")}
-    for key, check in checks.items():
-        for value in getattr(spec, key):
-            try:
-                check(value)
-            except InputError as exc:
-                raise InputError(f"{source}: key {key!r}: {exc}") from None
-    if any(s < 0 or s >= 2**63 for s in spec.seed):
-        raise InputError(f"{source}: key 'seed' must hold whole numbers in [0, 2^63)")
-    for key in ("n0", "batch_size", "noise_block", "limit", "query_budget", "restarts", "generator_epochs"):
-        value = getattr(spec, key)
-        if value is not None and value < 1:
-            raise InputError(f"{source}: key {key!r} must be >= 1, got {value}")
-    bad = [n for n in spec.n if n % spec.block]
-    if bad:
-        raise InputError(f"{source}: key 'n': {bad[0]} is not a multiple of noise_block {spec.block}, so it is no "
-                         "prefix of the shared noise stream")
-    for config in spec.configs(spec.sigma[0], spec.seed[0]):
-        try:
-            config.validated()
-        except InputError as exc:
-            raise InputError(f"{source}: key 'n'/'alpha': {exc}") from None
+    data = {k: tuple(v) if k == "targets" and isinstance(v, list) else v for k, v in data.items() if v is not None}
+    try:
+        return SweepSpec(**data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            key = str(error["loc"][0])
+        else:  # a check across keys: its message starts with the key it blames
+            key, _, message = message.partition(": ")
+        if error["type"] in ("int_type", "float_type", "string_type", "bool_type", "literal_error", "tuple_type",
+                             "int_from_float"):
+            message = f"{message}, got {error.get('input')!r}"
+        raise InputError(f"{source}: key {key!r}: {message}") from None
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -182,33 +187,29 @@ def partition_dir(sigma: float, n: int, alpha: float, seed: int) -> tuple[str, .
 
 
 _SWEEP_FILE = re.compile(r"/sigma=[^/]+/n=[^/]+/alpha=[^/]+/seed=[^/]+/chunk-\d+\.parquet$")
-_POINT_FILE = re.compile(r"/sigma=([^/]+)/n=([^/]+)/alpha=([^/]+)/seed=([^/]+)/(rap|attack)\.parquet$")
-
-
-@dataclass
-class SweepOutcome:
-    path: str
-    manifest: dict
-    summary: list[dict] = field(default_factory=list)
+_POINT_FILE = re.compile(r"/sigma=([^/]+)/n=([^/]+)/alpha=([^/]+)/seed=([^/]+)/(" + "|".join(
+    re.escape(a.final_file) for a in analyses.all_analyses() if a.per_point) + ")$")
 
 
 def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, workers: int | None = None,
               address: str | None = None, device: str | None = None, progress: bool = True,
-              on_unit: Callable | None = None) -> SweepOutcome:
+              on_unit: Callable | None = None) -> Outcome:
     """Run the whole grid, or resume it: chunks whose files all exist are skipped."""
     from rpdist.datasets.catalog import load_dataset
-    from rpdist.pipelines.run import RunSpec, resolve_model, versions
+    from rpdist.pipelines.run import RunSpec, resolve_model
 
     store = open_run(out, sweep_id)
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,
                         stream=True)
     config = {"sweep": spec.as_dict(), "dataset_sha256": data.sha256, "rows": len(data)}
     existing = store.claim(sweep_id, config)
-    manifest = existing or {"config": config, "status": "running", "versions": versions(),
-                            "started": dt.datetime.now(dt.timezone.utc).isoformat(), "models": {}}
+    manifest = existing or new_manifest(spec.analysis, config, dataset={"spec": spec.dataset, "split": spec.split,
+                                                                       "rows": len(data), "sha256": data.sha256},
+                                        timings={"started": dt.datetime.now(dt.timezone.utc).isoformat()})
     manifest["status"] = "running"
-    if spec.analysis in (RAP, ATTACK):
-        return _run_each_point(spec, store, sweep_id, manifest, workers, address, device, progress)
+    analysis = analyses.get(spec.analysis)
+    if analysis.per_point:
+        return _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address, device, progress)
     used = naive = 0
     for sigma in spec.sigma:
         for seed in spec.seed:
@@ -219,13 +220,15 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
             job = SmoothingJob(model_ref, data.X, data.y, config=largest, input_ids=data.input_ids,
                                workers=workers, address=address, device=device)
             manifest["models"][f"sigma={sigma!r}"] = {**model_info, "sha256": model_ref.sha256}
-            manifest["device"] = {"type": job.pool.device, "workers": job.pool.workers}
+            manifest["device"].update({"type": job.pool.device, "workers": job.pool.workers,
+                                       "batch_size": job.plan.batch_size})
             store.write_json(manifest, sweep_id, "manifest.json")
             configs = spec.configs(sigma, seed)
             dirs = [(sweep_id, *partition_dir(sigma, c.n, c.alpha, seed)) for c in configs]
             done = {c for c in range(job.plan.num_chunks)
                     if all(store.exists(*d, f"chunk-{c:06d}.parquet") for d in dirs)}
-            for chunk, counts in job.block_counts(skip=done, progress=progress, on_unit=on_unit):
+            meter = job.meter(done, enabled=progress)
+            for chunk, counts in job.block_counts(skip=done, meter=meter, on_unit=on_unit):
                 rows = job.plan.chunk_rows(chunk)
                 for config, directory in zip(configs, dirs):
                     table = job.table(rows, prefix_counts(counts, config.n, spec.block), config)
@@ -234,65 +237,42 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
             per_input = (spec.n0 if spec.analysis == CERTIFY else 0)
             used += len(data) * (per_input + max(spec.n))
             naive += len(data) * sum(per_input + n for n in spec.n) * len(spec.alpha)
-    manifest.update({
-        "status": "complete",
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "forward_samples": {"used": used, "naive_grid": naive, "saved_fraction": 1 - used / naive},
-    })
+    manifest["status"] = "complete"
+    manifest["timings"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
+    manifest["details"]["forward_samples"] = {"used": used, "naive_grid": naive, "saved_fraction": 1 - used / naive}
     store.write_json(manifest, sweep_id, "manifest.json")
-    table = read_sweep(Store(store.path(sweep_id), filesystem=store.fs))
-    return SweepOutcome(store.show(sweep_id), manifest, summarize_sweep(table.to_pandas(), spec.analysis))
+    return _outcome(analysis, store, sweep_id, manifest)
 
 
-def _run_each_point(spec, store, sweep_id, manifest, workers, address, device, progress) -> SweepOutcome:
-    """RAP or a model-inversion attack at every grid point, each a run of its own in its partition
-    directory; a point whose result file exists is done and skipped on resume.
+def _outcome(analysis, store: Store, sweep_id: str, manifest: dict) -> Outcome:
+    root = Store(store.path(sweep_id), filesystem=store.fs)
+    reader = lambda columns=None: read_sweep(root).to_pandas()[columns or slice(None)]  # noqa: E731
+    return Outcome(analysis.name, store.show(sweep_id), manifest, analysis.summarize(reader()), reader=reader)
+
+
+def _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address, device, progress) -> Outcome:
+    """A per-point analysis (RAP, a model-inversion attack) at every grid point, each a run of its own
+    in its partition directory; a point whose result file exists is done and skipped on resume.
 
     Both release PREDICT decisions at inputs that depend on the (σ, N, α) point, so no counts are
     shared between points.
     """
     store.write_json(manifest, sweep_id, "manifest.json")
-    final = "rap.parquet" if spec.analysis == RAP else "attack.parquet"
     for sigma in spec.sigma:
         for seed in spec.seed:
             for n in spec.n:
                 for alpha in spec.alpha:
                     *parent, leaf = (sweep_id, *partition_dir(sigma, n, alpha, seed))
-                    if store.exists(*parent, leaf, final):
+                    if store.exists(*parent, leaf, analysis.final_file):
                         continue
                     out = Store(store.path(*parent), filesystem=store.fs)
-                    options = dict(seed=seed, batch_size=spec.batch_size, workers=workers, address=address,
-                                   device=device, out=out, run_id=leaf)
-                    if spec.analysis == RAP:
-                        from rpdist.privacy.runner import RapSpec, run_rap
-
-                        run_rap(RapSpec(dataset=spec.dataset, attribute=spec.attribute, sigma=sigma, n=n, n0=spec.n0,
-                                        alpha=alpha, grid_step=spec.grid_step, train_sigma=spec.train_sigma,
-                                        l1_non_sensitive=spec.l1_non_sensitive, split=spec.split, limit=spec.limit,
-                                        **options), progress=progress)
-                    else:
-                        from rpdist.attacks.inversion import InversionSpec, run_inversion
-
-                        run_inversion(InversionSpec(dataset=spec.dataset, defense="rp", sigmas=[sigma], ns=[n],
-                                                    alpha=alpha, releases=[spec.release], restarts=spec.restarts,
-                                                    query_budget=spec.query_budget, generator_epochs=spec.generator_epochs,
-                                                    targets=list(spec.targets) if spec.targets else None, **options),
-                                      progress=progress)
-    manifest.update({"status": "complete", "finished": dt.datetime.now(dt.timezone.utc).isoformat()})
+                    point = {"sigma": sigma, "n": n, "alpha": alpha, "seed": seed}
+                    options = dict(workers=workers, address=address, device=device)
+                    analysis.run_point(spec, point, out, leaf, options, progress)
+    manifest["status"] = "complete"
+    manifest["timings"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
     store.write_json(manifest, sweep_id, "manifest.json")
-    table = read_sweep(Store(store.path(sweep_id), filesystem=store.fs)).to_pandas()
-    return SweepOutcome(store.show(sweep_id), manifest, _point_summary(table, spec.analysis))
-
-
-def _point_summary(table, analysis: str) -> list[dict]:
-    if analysis == RAP:
-        from rpdist.privacy.rap import summarize as summarize_rap
-
-        return summarize_rap(table).to_dict(orient="records")
-    grouped = table.groupby(["sigma", "n", "alpha", "seed", "release"], sort=True)
-    return [{"sigma": k[0], "n": k[1], "alpha": k[2], "seed": k[3], "release": k[4], "asr": float(g["success"].mean()),
-             "utility_accuracy": float(g["utility_accuracy"].mean()), "queries": int(g["queries"].sum()),
-             "forward_passes": int(g["forward_passes"].sum())} for k, g in grouped]
+    return _outcome(analysis, store, sweep_id, manifest)
 
 
 def prefix_counts(counts: dict[int, np.ndarray], n: int, block: int) -> dict[int, np.ndarray]:
@@ -334,13 +314,3 @@ def _concat_points(store: Store, files: list[str]) -> pa.Table:
     table = pa.concat_tables(tables, promote_options="default")
     keys = [name for name, _ in PARTITIONS] + [k for k in ("input_id", "target", "restart") if k in table.schema.names]
     return table.sort_by([(k, "ascending") for k in keys])
-
-
-def summarize_sweep(df, analysis: str) -> list[dict]:
-    from rpdist.reporting.summary import summarize
-
-    rows = []
-    for (sigma, n, alpha, seed), group in df.groupby(["sigma", "n", "alpha", "seed"], sort=True):
-        rows.append({"sigma": sigma, "n": n, "alpha": alpha, "seed": seed, **summarize(group, analysis, sigma)})
-    return rows
-

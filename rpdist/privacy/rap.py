@@ -320,9 +320,15 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             "accuracy": float(part["correct"].fillna(False).astype(bool).mean()),
             "abstain_rate": float((part["released_label"] == ABSTAIN).mean()),
             "certified_rate": float(part["certified_low"].notna().mean()) if record["release_model"] == SMOOTHED else float("nan"),
-            "median_radius_raw": float((part["radius"] * part["attribute_scale"]).median()) if record["release_model"] == SMOOTHED else float("nan"),
+            "median_certified_half_width": _median_half_width(part) if record["release_model"] == SMOOTHED else float("nan"),
             "containment": containment(part) if record["release_model"] == SMOOTHED else float("nan"),
             "advantage_bound": advantage_bound(float(part["alpha"].iloc[0])) if record["release_model"] == SMOOTHED else float("nan"),
         })
         out.append(record)
     return pd.DataFrame(out)
+
+
+def _median_half_width(part: pd.DataFrame) -> float:
+    """Median of radius × the attribute's scale over the certified rows (raw units of the attribute)."""
+    certified = part["certified_low"].notna()
+    return float((part["radius"] * part["attribute_scale"])[certified].median()) if certified.any() else float("nan")

@@ -7,20 +7,22 @@ always analysed when a penalty is given, because an honest audit shows both.
 from __future__ import annotations
 
 import datetime as dt
-import platform
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import pandas as pd
 import pyarrow as pa
 
+from rpdist.analyses import REGISTRY
+from rpdist.analyses.rap import RapAnalysis
+from rpdist.analyses.base import Outcome
 from rpdist.errors import InputError
-from rpdist.privacy.rap import (DEFAULT_GRID_BATCH, NEUTRAL, check_abstain_rule, rap_analysis, resolve_attribute,
-                                summarize)
+from rpdist.io.manifest import new_manifest
+from rpdist.privacy.rap import DEFAULT_GRID_BATCH, NEUTRAL, check_abstain_rule, rap_analysis, resolve_attribute
 from rpdist.io.rundir import RunDir
 
 DEFAULT_L1 = 0.01
+RAP = REGISTRY[RapAnalysis.name]
 
 
 @dataclass
@@ -49,15 +51,6 @@ class RapSpec:
     run_id: str | None = None
 
 
-@dataclass
-class RapOutcome:
-    path: str
-    table: pd.DataFrame
-    curve: pd.DataFrame
-    summary: pd.DataFrame
-    manifest: dict = field(default_factory=dict)
-
-
 def l1_values(l1) -> list[float]:
     """The unpenalised model always, plus one penalised model per distinct λ > 0 (a number or a list)."""
     values = list(l1) if isinstance(l1, (list, tuple)) else [l1]
@@ -67,7 +60,7 @@ def l1_values(l1) -> list[float]:
     return [0.0] + sorted({float(lam) for lam in values if lam > 0})
 
 
-def run_rap(spec: RapSpec, progress: bool = False) -> RapOutcome:
+def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
     """Run the RAP analysis for each model and write ``rap.parquet``, ``rap_curve.parquet``, a manifest."""
     from rpdist.smoothing import stats
     from rpdist.datasets.catalog import load_dataset
@@ -89,7 +82,7 @@ def run_rap(spec: RapSpec, progress: bool = False) -> RapOutcome:
     data = load_dataset(spec.dataset, split=spec.split, limit=spec.limit)
     run_id = spec.run_id or f"rap-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
     run_dir = RunDir(spec.out, run_id, "rap.parquet")
-    config = {"analysis": "rap", **asdict(spec), "run_id": run_id, "dataset_sha256": data.sha256}
+    config = {**asdict(spec), "run_id": run_id, "dataset_sha256": data.sha256}
     config.pop("out")
     run_dir.claim(config)
 
@@ -113,18 +106,19 @@ def run_rap(spec: RapSpec, progress: bool = False) -> RapOutcome:
     seconds = time.perf_counter() - started
     table = pd.concat(tables, ignore_index=True)
     curve = pd.concat(curves, ignore_index=True)
-    summary = summarize(table)
+    summary = RAP.summarize(table)
     run_dir.write_table(pa.Table.from_pandas(curve, preserve_index=False), "rap_curve.parquet")
     run_dir.write_table(pa.Table.from_pandas(table, preserve_index=False), run_dir.final_name)
-    manifest = {
-        "status": "complete", "config": config, "command": sys.argv, "models": models,
-        "dataset": {"spec": spec.dataset, "split": spec.split, "rows": len(data), "sha256": data.sha256},
-        "attribute": {"name": spec.attribute, "column": column, "mean": float(train.feature_mean[column]),
-                      "scale": float(train.feature_std[column]), "train_min": float(train_raw[:, column].min()),
-                      "train_max": float(train_raw[:, column].max())},
-        "timings": {"seconds": seconds, "finished": dt.datetime.now(dt.timezone.utc).isoformat()},
-        "platform": platform.platform(),
-        "summary": summary.to_dict(orient="records"),
-    }
+    manifest = new_manifest(
+        RAP.name, config, status="complete", models=models,
+        dataset={"spec": spec.dataset, "split": spec.split, "rows": len(data), "sha256": data.sha256},
+        device={"batch_size": spec.batch_size},
+        timings={"seconds": seconds, "finished": dt.datetime.now(dt.timezone.utc).isoformat()},
+        details={"attribute": {"name": spec.attribute, "column": column, "mean": float(train.feature_mean[column]),
+                               "scale": float(train.feature_std[column]),
+                               "train_min": float(train_raw[:, column].min()),
+                               "train_max": float(train_raw[:, column].max())},
+                 "summary": summary})
     run_dir.write_manifest(manifest)
-    return RapOutcome(run_dir.path, table, curve, summary, manifest)
+    reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731
+    return Outcome(RAP.name, run_dir.path, manifest, summary, reader=reader)

@@ -167,19 +167,25 @@ class SmoothingJob:
         batch = self.config.batch_size or default_batch_size(self.pool.device)
         self.plan = Plan(len(self.X), self.config.phases, self.config.noise_block, batch)
 
-    def block_counts(self, skip: Iterable[int] = (), progress: bool = False,
+    def meter(self, skip: Iterable[int] = (), enabled: bool = False) -> SampleProgress:
+        """A progress meter sized for the chunks not in ``skip``; pass it to :meth:`block_counts`."""
+        chunks = [c for c in range(self.plan.num_chunks) if c not in set(skip)]
+        return SampleProgress(self.plan.samples(chunks), f"{self.config.analysis} σ={self.config.sigma}", enabled)
+
+    def block_counts(self, skip: Iterable[int] = (), meter: SampleProgress | None = None,
                      on_unit: Callable | None = None) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
         """Yield (chunk, {phase: counts [inputs, noise blocks, classes]}) as chunks finish.
 
         Per-block counts are what make sample reuse possible: the first k blocks are exactly the
-        counts of a run with N = k·noise_block. ``skip`` lists chunks done in an earlier run.
+        counts of a run with N = k·noise_block. ``skip`` lists chunks done in an earlier run;
+        ``meter`` (from :meth:`meter`) counts the samples drawn, and is closed at the end.
         """
         skip = set(skip)
         chunks = [c for c in range(self.plan.num_chunks) if c not in skip]
-        self.progress = SampleProgress(self.plan.samples(chunks), f"{self.config.analysis} σ={self.config.sigma}", progress)
+        meter = meter or self.meter(skip)
 
         def advance(unit, samples):
-            self.progress.advance(samples)
+            meter.advance(samples)
             if on_unit is not None:
                 on_unit(unit, samples)
 
@@ -187,12 +193,12 @@ class SmoothingJob:
             yield from run_plan(self.pool, self.X, self.input_ids, self.plan, sigma=self.config.sigma,
                                 seed=self.config.seed, num_classes=self.num_classes, chunks=chunks, on_unit=advance)
         finally:
-            self.progress.close()
+            meter.close()
 
-    def tables(self, skip: Iterable[int] = (), progress: bool = False,
+    def tables(self, skip: Iterable[int] = (), meter: SampleProgress | None = None,
                on_unit: Callable | None = None) -> Iterator[tuple[int, pa.Table]]:
         """Yield (chunk index, certificate or prediction table) as chunks finish."""
-        for chunk, counts in self.block_counts(skip, progress, on_unit):
+        for chunk, counts in self.block_counts(skip, meter, on_unit):
             summed = {phase: c.sum(axis=1) for phase, c in counts.items()}
             yield chunk, self.table(self.plan.chunk_rows(chunk), summed, self.config)
 
@@ -206,7 +212,7 @@ class SmoothingJob:
         return prediction_table(self.input_ids[rows], labels, counts[Phase.PREDICT], config)
 
     def run(self, progress: bool = False) -> pd.DataFrame:
-        parts = sorted(self.tables(progress=progress), key=lambda item: item[0])
+        parts = sorted(self.tables(meter=self.meter(enabled=progress)), key=lambda item: item[0])
         schema = certificate_schema() if self.config.analysis == CERTIFY else prediction_schema()
         table = pa.concat_tables([t for _, t in parts]) if parts else schema.empty_table()
         return table.to_pandas()

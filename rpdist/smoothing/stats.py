@@ -84,6 +84,13 @@ def cp_lower(count: np.ndarray | int, n: np.ndarray | int, alpha: float) -> np.n
     return out
 
 
+def clopper_pearson(count: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Two-sided (1 − α) Clopper–Pearson interval for a binomial proportion (each tail α/2)."""
+    low = 0.0 if count == 0 else float(beta.ppf(alpha / 2, count, n - count + 1))
+    high = 1.0 if count == n else float(beta.ppf(1 - alpha / 2, count + 1, n - count))
+    return low, high
+
+
 def radius(pa_lower: np.ndarray | float, sigma: float) -> np.ndarray:
     """Certified ℓ2 radius σ·Φ⁻¹(p̲A), and 0 where p̲A ≤ 1/2 (abstain)."""
     pa_lower = np.asarray(pa_lower, dtype=np.float64)

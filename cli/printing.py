@@ -1,0 +1,38 @@
+"""How the CLI shows an outcome: the analysis' own summary rows and columns, one code path for all."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from rpdist import analyses
+
+
+def print_outcome(outcome, title: str | None = None) -> None:
+    """A metric/value table for a single summary row, else one row per summary row; then notes and the path."""
+    console = Console()
+    analysis = analyses.get(outcome.analysis)
+    columns = analysis.summary_columns
+    rows = outcome.summary
+    table = Table(title=title or f"{analysis.name} summary: {outcome.path.rsplit('/', 1)[-1]}")
+    if len(rows) == 1:
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for column in columns:
+            table.add_row(column.header, column.cell(rows[0]))
+        if rows[0].get("samples_per_second"):
+            table.add_row("samples/s", f"{rows[0]['samples_per_second']:,.0f}")
+        console.print(table)
+    else:  # plain lines, one per row: readable at any terminal width and easy to grep
+        console.print(table.title)
+        for row in rows:
+            keys = " ".join(f"{c.header}={c.cell(row)}" for c in columns if c.key)
+            console.print(f"  {keys} | " + " | ".join(f"{c.header} {c.cell(row)}" for c in columns if not c.key),
+                          soft_wrap=True, highlight=False)
+    samples = outcome.manifest.get("details", {}).get("forward_samples")
+    if samples:
+        console.print(f"forward samples: {samples['used']:,} used, {samples['naive_grid']:,} for a naive grid "
+                      f"({100 * samples['saved_fraction']:.0f}% saved)")
+    if outcome.resumed_chunks:
+        console.print(f"resumed: {outcome.resumed_chunks} chunk(s) were already done")
+    console.print(f"results: {outcome.path}")

@@ -1,0 +1,120 @@
+"""Label-only model inversion (``rpdist attack inversion``) as an analysis: ASR with intervals, report section.
+
+ASR is aggregated here and only here: the CLI, sweeps and the report all read :meth:`summarize`.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from rpdist.analyses.base import Analysis, Column, Outcome
+from rpdist.reporting.format import fmt, md_table, num, pct
+from rpdist.reporting.plots import figure, style
+from rpdist.smoothing.stats import clopper_pearson
+
+# A defense setting is identified by these columns (those present); sweeps add their partition values.
+SETTING = ("defense", "sigma", "n", "epsilon", "release", "noise", "repeat", "alpha", "seed")
+NAMES = {"defense": "defense", "sigma": "σ", "n": "N", "alpha": "α", "seed": "seed", "epsilon": "ε",
+         "release": "release", "noise": "noise", "repeat": "k"}
+
+
+def _knob(value) -> str:
+    return "—" if value is None or value != value else fmt(value)
+
+
+class AttackAnalysis(Analysis):
+    name = "attack"
+    final_file = "attack.parquet"
+    title = "Attack benchmark"
+    required_columns = ("defense", "success", "utility_accuracy")
+    summary_columns = (
+        Column("defense", lambda r: str(r["defense"]), key=True), Column("σ", lambda r: _knob(r.get("sigma")), key=True),
+        Column("N", lambda r: _knob(r.get("n")), key=True), Column("ε", lambda r: _knob(r.get("epsilon")), key=True),
+        Column("release", lambda r: str(r.get("release")), key=True), Column("noise", lambda r: str(r.get("noise", "—")), key=True),
+        Column("k", lambda r: _knob(r.get("repeat")), key=True),
+        Column("ASR [95% CI]", lambda r: f"{100 * r['asr']:.0f}% [{100 * r['asr_low']:.0f}–{100 * r['asr_high']:.0f}]"),
+        Column("start ASR", lambda r: "—" if r["start_asr"] != r["start_asr"] else f"{100 * r['start_asr']:.0f}%"),
+        Column("utility", lambda r: f"{100 * r['utility_accuracy']:.1f}%"),
+        Column("mean queries", lambda r: f"{r['mean_queries']:.0f}"),
+        Column("forward passes", lambda r: f"{r['forward_passes']:,}"),
+    )
+
+    def run(self, spec, progress: bool = False) -> Outcome:
+        from rpdist.attacks.inversion import run_inversion
+
+        return run_inversion(spec, progress=progress)
+
+    def run_point(self, sweep, point: dict, out, run_id: str, options: dict, progress: bool) -> None:
+        from rpdist.attacks.inversion import InversionSpec, run_inversion
+
+        run_inversion(InversionSpec(dataset=sweep.dataset, defense="rp", sigmas=[point["sigma"]], ns=[point["n"]],
+                                    alpha=point["alpha"], seed=point["seed"], releases=[sweep.release],
+                                    restarts=sweep.restarts, query_budget=sweep.query_budget,
+                                    generator_epochs=sweep.generator_epochs,
+                                    targets=list(sweep.targets) if sweep.targets else None,
+                                    batch_size=sweep.batch_size, out=out, run_id=run_id, **options),
+                      progress=progress)
+
+    def summarize(self, table: pd.DataFrame) -> list[dict]:
+        """Per defense setting: ASR with its 95% Clopper–Pearson interval over targets × restarts,
+        the starting points' ASR, utility, queries and forward passes."""
+        keys = [c for c in SETTING if c in table.columns]
+        rows = []
+        for key, part in table.groupby(keys, dropna=False, sort=True):
+            wins, total = int(part["success"].sum()), len(part)
+            low, high = clopper_pearson(wins, total, 0.05)
+            row = dict(zip(keys, key))
+            row.update({
+                "targets": total, "asr": wins / total, "asr_low": low, "asr_high": high,
+                "start_asr": float(part["start_success"].mean()) if "start_success" in part else float("nan"),
+                "found_rate": float(part["found"].mean()) if "found" in part else float("nan"),
+                "utility_accuracy": float(part["utility_accuracy"].mean()),
+                "eval_confidence": float(part["eval_confidence"].mean()) if "eval_confidence" in part else float("nan"),
+                "mean_queries": float(part["queries"].mean()) if "queries" in part else float("nan"),
+                "forward_passes": int(part["forward_passes"].sum()) if "forward_passes" in part else 0,
+            })
+            rows.append(row)
+        return rows
+
+    def report(self, w, source, slug: str) -> None:
+        summary = self.summarize(source.table)
+        g = pd.DataFrame(summary)
+        keys = [c for c in SETTING if c in g.columns and (c == "defense" or g[c].nunique(dropna=True) > 1
+                                                         or c in ("sigma", "n", "epsilon", "release"))]
+        w.add("### Summary", "")
+        header = [NAMES[k] for k in keys] + ["targets", "ASR [95% CI]", "start ASR", "utility accuracy",
+                                            "mean eval. confidence", "mean queries", "forward passes"]
+        rows = [[*(r[k] for k in keys), int(r["targets"]),
+                 f"{pct(r['asr'])} [{pct(r['asr_low'])}–{pct(r['asr_high'])}]", pct(r["start_asr"]),
+                 pct(r["utility_accuracy"]), num(r["eval_confidence"], 3), f"{r['mean_queries']:,.0f}",
+                 f"{r['forward_passes']:,}"] for r in summary]
+        w.add(*md_table(header, rows))
+        w.add("ASR (attack success rate): share of attacks (targets × restarts) whose reconstruction the independent "
+              "evaluation classifier labels as the target, with a 95% Clopper–Pearson interval. Start ASR: the same "
+              "verdict on the walk's starting points. Utility accuracy: the released model's accuracy.", "")
+        g["accuracy_pct"] = 100 * g["utility_accuracy"]
+        names = NAMES
+        w.add("### Plots", "")
+        fig = figure(7.2, 4.8)
+        ax = fig.add_subplot()
+        markers = ["o", "s", "^", "D", "v", "P", "X"]
+        # Each point names its defense's own knobs (σ, ε) and any other parameter that varies.
+        varying = [k for k in keys if k != "defense" and (k in ("sigma", "epsilon") or g[k].nunique(dropna=True) > 1)]
+        for i, (defense, part) in enumerate(g.groupby("defense", sort=True)):
+            part = part.sort_values("accuracy_pct")
+            ax.plot(part["accuracy_pct"], 100 * part["asr"], color=f"C{i}", marker=markers[i % len(markers)], ms=7,
+                    lw=1, ls="-" if len(part) > 1 else "none", label=str(defense))
+            for _, r in part.iterrows():
+                text = ", ".join(f"{names[k]}={fmt(r[k])}" for k in varying if pd.notna(r[k]))
+                if text:
+                    ax.annotate(text, (r["accuracy_pct"], 100 * r["asr"]), textcoords="offset points", xytext=(5, 5),
+                                fontsize=8, color=f"C{i}")
+        ax.set_ylim(-3, 103)
+        ax.margins(x=0.12)
+        style(ax, "Attack success rate vs utility accuracy", "utility accuracy (%)", "attack success rate (%)")
+        ax.legend(title="defense", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+        w.image(fig, f"{slug}attack-asr", "attack success rate against accuracy",
+                "Attack success rate against the released model's accuracy, one point per defense setting; lower "
+                "right is better (accurate and hard to attack).")
+
+

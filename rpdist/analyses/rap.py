@@ -1,0 +1,119 @@
+"""Robust Attribute Privacy (``rpdist rap``) as an analysis: summary, printed columns, report section."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from rpdist.analyses.base import Analysis, Column, Outcome
+from rpdist.reporting.format import fmt, md_table, num, pct
+from rpdist.reporting.plots import figure, style
+
+SMOOTHED = "smoothed"
+
+
+class RapAnalysis(Analysis):
+    name = "rap"
+    final_file = "rap.parquet"
+    title = "Robust attribute privacy (RAP)"
+    required_columns = ("release_model", "compatible_length", "abs_error", "correct", "released_label", "radius",
+                        "certified_low", "attribute_scale", "grid_step")
+    summary_columns = (
+        Column("λ", lambda r: f"{r['l1_non_sensitive']:g}", key=True), Column("σ", lambda r: f"{r['sigma']:g}", key=True),
+        Column("N", lambda r: f"{r['n']:,}", key=True), Column("α", lambda r: f"{r['alpha']:g}", key=True),
+        Column("release", lambda r: r["release_model"], key=True), Column("inputs", lambda r: f"{r['inputs']:,}"),
+        Column("median length", lambda r: f"{r['median_compatible_length']:.2f}"),
+        Column("adversary MAE", lambda r: f"{r['adversary_mae']:.2f}"),
+        Column("accuracy", lambda r: f"{100 * r['accuracy']:.1f}%"),
+        Column("abstain", lambda r: f"{100 * r['abstain_rate']:.1f}%"),
+        Column("certified", lambda r: f"{100 * r['certified_rate']:.1f}%" if r["release_model"] == SMOOTHED else "—"),
+    )
+
+    def spec(self, **options):
+        from rpdist.privacy.runner import RapSpec
+
+        return RapSpec(**options)
+
+    def run(self, spec, progress: bool = False) -> Outcome:
+        from rpdist.privacy.runner import run_rap
+
+        return run_rap(spec, progress=progress)
+
+    def summarize(self, table: pd.DataFrame) -> list[dict]:
+        from rpdist.privacy.rap import summarize
+
+        return summarize(table).to_dict(orient="records")
+
+    def report(self, writer, source, slug: str) -> None:
+        report_rap(writer, source, self.summarize(source.table), slug)
+
+    def run_point(self, sweep, point: dict, out, run_id: str, options: dict, progress: bool) -> None:
+        from rpdist.privacy.runner import RapSpec, run_rap
+
+        run_rap(RapSpec(dataset=sweep.dataset, attribute=sweep.attribute, sigma=point["sigma"], n=point["n"],
+                        n0=sweep.n0, alpha=point["alpha"], seed=point["seed"], grid_step=sweep.grid_step,
+                        train_sigma=sweep.train_sigma, l1_non_sensitive=sweep.l1_non_sensitive, split=sweep.split,
+                        limit=sweep.limit, batch_size=sweep.batch_size, out=out, run_id=run_id, **options),
+                progress=progress)
+
+
+def report_rap(w, source, summary: list[dict], slug: str) -> None:
+    df = source.table.copy()
+    attribute = str(df["attribute"].iloc[0]) if "attribute" in df.columns else "attribute"
+    by = [c for c in ("l1_non_sensitive", "sigma", "n", "alpha") if c in df.columns and df[c].nunique() > 1]
+    w.add("### Summary", "")
+    rows = [[*(r[c] for c in by), r["release_model"], r["inputs"], num(r["median_compatible_length"], 2),
+             num(r["mean_compatible_length"], 2), num(r["adversary_mae"], 2), pct(r["accuracy"]),
+             pct(r["abstain_rate"]), pct(r["certified_rate"]) if r["release_model"] == SMOOTHED else "—",
+             num(r["median_certified_half_width"], 2) if r["release_model"] == SMOOTHED else "—"]
+            for r in summary]
+    names = {"l1_non_sensitive": "ℓ1 penalty λ", "sigma": "σ", "n": "N", "alpha": "α"}
+    w.add(*md_table([*(names[c] for c in by), "release", "inputs", f"median compatible length ({attribute})",
+                   "mean compatible length", "adversary MAE", "accuracy", "abstain", "certified",
+                   "median certified half-width"], rows))
+    params = ", ".join(f"{names[c]} = {fmt(df[c].iloc[0])}" for c in ("sigma", "n", "alpha")
+                       if c in df.columns and c not in by)
+    in_params = f" ({params})" if params else ""
+    w.add(f"Lengths, adversary error and half-widths are in raw units of {attribute}{in_params}."
+          " The compatible set holds every value of the attribute whose release equals the release at the true "
+          "value; the adversary estimates the attribute from it (MAE: mean absolute error). Certified: share of "
+          "smoothed releases with a certificate; half-width: radius × the attribute's scale.", "")
+    w.add("### Plots", "")
+    from matplotlib.ticker import MaxNLocator
+
+    panels = list(df.groupby(by, sort=True)) if by else [((), df)]
+    # The grid's own span (low .. low + (G-1)·step) is the longest compatible set a grid point can give.
+    span = None
+    grid = ["grid_step", "grid_points"]
+    if set(grid) <= set(df.columns) and len(df[grid].drop_duplicates()) == 1:
+        span = float(df["grid_step"].iloc[0]) * (int(df["grid_points"].iloc[0]) - 1)
+    fig = figure(6.4 * min(len(panels), 3), 4.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    bins = np.histogram_bin_edges(df["compatible_length"].dropna(), bins=min(40, max(10, int(np.sqrt(len(df))))))
+    for ax, (key, part) in zip(axes, panels):
+        for i, release in enumerate(sorted(part["release_model"].unique())):
+            lengths = part.loc[part["release_model"] == release, "compatible_length"].dropna()
+            median = float(lengths.median())
+            ax.hist(lengths, bins=bins, color=f"C{i}", alpha=0.45, edgecolor=f"C{i}", linewidth=1.0,
+                    label=f"{release} (median {median:.2f})")
+            ax.axvline(median, color=f"C{i}", ls="--", lw=1.5)
+        if span:
+            ax.axvline(span, color="grey", ls=":", lw=1.5, label=f"whole grid range ({span:.2f})")
+        key = key if isinstance(key, tuple) else (key,)
+        sub = ", ".join(f"{names[c]} = {fmt(v)}" for c, v in zip(by, key))
+        style(ax, sub if len(panels) > 1 else f"Compatible lengths of {attribute}{in_params}",
+               f"compatible length ({attribute}, raw units)", "inputs")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(loc="best", fontsize=9)
+    if len(panels) > 1:
+        fig.suptitle(f"Compatible lengths of {attribute}{in_params}", fontsize=11)
+    caption = (f"Distribution of the compatible-set length of {attribute} per input, base model against the "
+               f"smoothed release{in_params}"
+               + (f", one panel per {', '.join(names[c] for c in by)}" if by else "") + "; dashed: medians"
+               + ("; dotted: the span of the attribute grid, the longest possible set" if span else "")
+               + ". Longer = the adversary pins the attribute down less precisely.")
+    w.image(fig, f"{slug}rap-lengths", "compatible lengths base against smoothed", caption)
+
+
+
+

@@ -1,0 +1,71 @@
+"""Markdown formatting shared by every report section: percentages, numbers, tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# What one unit of the ℓ2 radius means for the built-in datasets; anything else is "input units".
+UNITS = {"insurance": "standardised units", "digits": "input units, pixels in [0, 1]"}
+
+
+def pct(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+def num(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return f"{int(value):,}" if value.is_integer() and abs(value) >= 1000 else f"{value:g}"
+    return str(value)
+
+
+def md_cell(value) -> str:
+    return fmt(value).replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(md_cell(v) if not isinstance(v, str) else v.replace("|", "\\|") for v in row) + " |"
+              for row in rows]
+    return lines + [""]
+
+
+def flatten(data, prefix: str = ""):
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from flatten(value, f"{prefix}{key}.")
+    elif isinstance(data, list) and all(not isinstance(v, (dict, list)) for v in data):
+        yield prefix[:-1], ", ".join(fmt(v) for v in data)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from flatten(value, f"{prefix}{i}.")
+    else:
+        yield prefix[:-1], data
+
+
+def dataset_name(source) -> str | None:
+    config = (source.manifest or {}).get("config", {})
+    for candidate in (config.get("dataset"), (config.get("sweep") or {}).get("dataset")):
+        if isinstance(candidate, dict):
+            candidate = candidate.get("spec")
+        if isinstance(candidate, str):
+            return candidate
+    return None
+
+
+def radius_label(source) -> str:
+    return f"ℓ2 radius ({UNITS.get(dataset_name(source) or '', 'input units')})"
