@@ -26,8 +26,8 @@ import pyarrow as pa
 
 from rpdist.smoothing import stats
 from rpdist.errors import InputError
-from rpdist.smoothing.noise import DEFAULT_BLOCK, Phase
-from rpdist.io.store import Store, open_run
+from rpdist.smoothing.noise import DEFAULT_BLOCK, NOISE_SCHEME, Phase
+from rpdist.io.store import Store, describe_change, open_run
 from rpdist.smoothing.job import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
 
 PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()), ("seed", pa.int64()))
@@ -197,16 +197,17 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
               on_unit: Callable | None = None) -> SweepOutcome:
     """Run the whole grid, or resume it: chunks whose files all exist are skipped."""
     from rpdist.datasets.catalog import load_dataset
-    from rpdist.pipelines.run import RunSpec, resolve_model, versions
+    from rpdist.pipelines.run import RunSpec, engine_identity, resolve_model, versions
 
     store = open_run(out, sweep_id)
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,
                         stream=True)
-    config = {"sweep": spec.as_dict(), "dataset_sha256": data.sha256, "rows": len(data)}
-    existing = store.claim(sweep_id, config)
+    config = {"sweep": spec.as_dict(), "dataset_sha256": data.sha256, "rows": len(data), "noise": NOISE_SCHEME}
+    existing = store.claim(sweep_id, config, "--sweep-id")
     manifest = existing or {"config": config, "status": "running", "versions": versions(),
                             "started": dt.datetime.now(dt.timezone.utc).isoformat(), "models": {}}
     manifest["status"] = "running"
+    manifest.setdefault("resume", {})
     if spec.analysis in (RAP, ATTACK):
         return _run_each_point(spec, store, sweep_id, manifest, workers, address, device, progress)
     used = naive = 0
@@ -218,7 +219,11 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
             model_ref, model_info = resolve_model(run_spec, data.name, progress)
             job = SmoothingJob(model_ref, data.X, data.y, config=largest, input_ids=data.input_ids,
                                workers=workers, address=address, device=device)
-            manifest["models"][f"sigma={sigma!r}"] = {**model_info, "sha256": model_ref.sha256}
+            point = f"sigma={sigma!r}"
+            check_resume(store.show(sweep_id), manifest["resume"], point, {
+                "model": {"sha256": model_ref.sha256}, "batch_size": job.plan.batch_size,
+                "noise_block": job.plan.block_size, **engine_identity(job.pool)})
+            manifest["models"][point] = {**model_info, "sha256": model_ref.sha256}
             manifest["device"] = {"type": job.pool.device, "workers": job.pool.workers}
             store.write_json(manifest, sweep_id, "manifest.json")
             configs = spec.configs(sigma, seed)
@@ -242,6 +247,15 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
     store.write_json(manifest, sweep_id, "manifest.json")
     table = read_sweep(Store(store.path(sweep_id), filesystem=store.fs))
     return SweepOutcome(store.show(sweep_id), manifest, summarize_sweep(table.to_pandas(), spec.analysis))
+
+
+def check_resume(path: str, recorded: dict, point: str, key: dict) -> None:
+    """Resume a grid point only with the model, batch size, noise block and device type it was
+    started with: each changes the noise or the chunk boundaries, and a mix would be reported as one
+    sweep. A point not started before is recorded (the caller writes the manifest before any work)."""
+    if point in recorded and recorded[point] != key:
+        raise InputError(f"{path} was {describe_change(recorded[point], key, '--sweep-id', f' for {point}')}")
+    recorded[point] = key
 
 
 def _run_each_point(spec, store, sweep_id, manifest, workers, address, device, progress) -> SweepOutcome:

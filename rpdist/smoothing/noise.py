@@ -13,6 +13,7 @@ import struct
 from enum import IntEnum
 
 DEFAULT_BLOCK = 1000
+NOISE_SCHEME = 2  # recorded with every run: results of different schemes are never mixed on resume
 _MASK63 = (1 << 63) - 1
 
 
