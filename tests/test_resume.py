@@ -135,3 +135,33 @@ def test_run_with_explicit_batch_size_refuses_another_device_type(ray_session, t
     code, _, err = run_cli(args, capsys)
     assert code == 2 and err.count("\n") == 1
     assert "started with device type 'cpu', now 'cuda'; choose another --run-id or resume on a 'cpu' device" in err
+
+
+def test_sweep_forward_samples_count_what_was_computed_across_sessions(ray_session, tmp_path, monkeypatch):
+    from rpdist.distributed import plan as engine_plan
+    from rpdist.pipelines.sweep import parse_sweep, run_sweep
+
+    monkeypatch.setattr(engine_plan, "CHUNK_SAMPLES", 1)  # batch 512: 4 inputs per unit and per chunk, 5 chunks
+    spec = parse_sweep({"dataset": "insurance", "sigma": [0.5], "n": [500, 1000], "alpha": [0.01], "limit": 20,
+                        "batch_size": 512})
+    per_chunk = 4 * (100 + 1000)  # n0 + the largest N: smaller N reuse those samples
+    root = tmp_path / "s" / "sigma=0.5"
+
+    def interrupt(unit, samples):
+        if list(root.rglob("chunk-*.parquet")):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, out=tmp_path, sweep_id="s", progress=False, on_unit=interrupt)
+    first = sorted(p.name for p in (root / "n=1000" / "alpha=0.01" / "seed=0").glob("chunk-*.parquet"))
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert 1 <= len(first) < 5 and manifest["forward_samples"]["used"] == len(first) * per_chunk
+    # As if killed between the two files of a chunk: one is missing, so that chunk is computed again.
+    (root / "n=500" / "alpha=0.01" / "seed=0" / first[0]).unlink()
+
+    resumed = run_sweep(spec, out=tmp_path, sweep_id="s", progress=False).manifest["forward_samples"]
+    assert resumed["used_this_session"] == (5 - len(first) + 1) * per_chunk
+    assert resumed["used"] == 6 * per_chunk  # every chunk once, that chunk twice
+    assert resumed["naive_grid"] == 20 * ((100 + 500) + (100 + 1000))
+    again = run_sweep(spec, out=tmp_path, sweep_id="s", progress=False).manifest["forward_samples"]
+    assert again["used_this_session"] == 0 and again["used"] == resumed["used"]

@@ -210,7 +210,11 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
     manifest.setdefault("resume", {})
     if spec.analysis in (RAP, ATTACK):
         return _run_each_point(spec, store, sweep_id, manifest, workers, address, device, progress)
-    used = naive = 0
+    # Forward samples computed for this sweep, summed over its sessions: a chunk counts when its files
+    # are written, so chunks skipped on resume are not counted again and a chunk computed twice (its
+    # session killed between its files) counts twice. Work lost in flight at an interruption is not counted.
+    computed = manifest.setdefault("forward_samples", {}).setdefault("used", 0)
+    session = naive = 0
     for sigma in spec.sigma:
         for seed in spec.seed:
             largest = dataclasses.replace(spec.configs(sigma, seed)[0], n=max(spec.n), alpha=max(spec.alpha))
@@ -236,13 +240,17 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
                     table = job.table(rows, prefix_counts(counts, config.n, spec.block), config)
                     store.write_parquet(table.drop_columns([name for name, _ in PARTITIONS]),
                                         *directory, f"chunk-{chunk:06d}.parquet")
+                samples = job.plan.samples([chunk])
+                computed, session = computed + samples, session + samples
+                manifest["forward_samples"]["used"] = computed
+                store.write_json(manifest, sweep_id, "manifest.json")
             per_input = (spec.n0 if spec.analysis == CERTIFY else 0)
-            used += len(data) * (per_input + max(spec.n))
             naive += len(data) * sum(per_input + n for n in spec.n) * len(spec.alpha)
     manifest.update({
         "status": "complete",
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "forward_samples": {"used": used, "naive_grid": naive, "saved_fraction": 1 - used / naive},
+        "forward_samples": {"used": computed, "used_this_session": session, "naive_grid": naive,
+                            "saved_fraction": 1 - computed / naive},
     })
     store.write_json(manifest, sweep_id, "manifest.json")
     table = read_sweep(Store(store.path(sweep_id), filesystem=store.fs))
