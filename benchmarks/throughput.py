@@ -175,8 +175,8 @@ def naive_certify(model, X, n: int, batch_size: int) -> int:
 def stage_breakdown(counter: VoteCounter, X, ids, num_classes: int, rounds: int = 7) -> dict:
     """Thread-CPU ns per sample of each stage of ``VoteCounter.count`` on full packed batches.
 
-    Rebuilt from the same primitives (``block_seed`` + ``fill_block`` per block, per-block scale+add
-    and owner fill, the model's forward, argmax + ``bincount``) and timed in rotation, ``rounds``
+    Rebuilt from the same primitives (``block_seed`` + ``fill_block`` per block, one scale per batch, an
+    add per input's run of blocks and the owner vector, the model's forward, argmax + ``bincount``) and timed in rotation, ``rounds``
     times; the median of each stage is reported, and each stage's share of their sum.
     """
     per_batch = CPU_BATCH // DEFAULT_BLOCK
@@ -197,9 +197,16 @@ def stage_breakdown(counter: VoteCounter, X, ids, num_classes: int, rounds: int 
                        Phase.ESTIMATION, j)
 
     def shift(r):
-        for j in range(per_batch):
-            buffer[j * DEFAULT_BLOCK:(j + 1) * DEFAULT_BLOCK].mul_(SIGMA).add_(xs[r % len(xs)])
-            owner[j * DEFAULT_BLOCK:(j + 1) * DEFAULT_BLOCK] = j
+        # as VoteCounter._batch: one scale per batch, one add per run of an input's blocks (here the
+        # batch's blocks split over two inputs), one owner vector
+        samples_ = buffer[:samples]
+        samples_.mul_(SIGMA)
+        half = (per_batch // 2) * DEFAULT_BLOCK
+        samples_[:half].add_(xs[r % len(xs)])
+        samples_[half:].add_(xs[(r + 1) % len(xs)])
+        sizes = torch.full((per_batch,), DEFAULT_BLOCK)
+        owner[:samples] = torch.repeat_interleave(torch.arange(0, per_batch * num_classes, num_classes), sizes,
+                                                  output_size=samples)
 
     noise(0)
     logits = counter.model(buffer[:samples])
@@ -208,7 +215,7 @@ def stage_breakdown(counter: VoteCounter, X, ids, num_classes: int, rounds: int 
         counter.model(buffer[:samples])
 
     def count(r):
-        votes = owner[:samples] * num_classes + logits.argmax(dim=1)
+        votes = logits.argmax(dim=1).add_(owner[:samples])
         torch.bincount(votes, minlength=1)
 
     stages = {"noise_fill": noise, "of_which_seed_hash": seeds, "scale_add_owner": shift, "forward": forward,

@@ -22,9 +22,9 @@ class RunDir:
     def manifest(self) -> dict | None:
         return self.store.read_json(self.run_id, "manifest.json")
 
-    def claim(self, config: dict) -> dict | None:
+    def claim(self, config: dict, id_flag: str = "run id") -> dict | None:
         """Start or resume: returns the existing manifest, refusing a different configuration."""
-        return self.store.claim(self.run_id, config)
+        return self.store.claim(self.run_id, config, id_flag)
 
     @property
     def complete(self) -> bool:

@@ -139,14 +139,59 @@ class Store:
         except OSError as exc:
             raise InputError(f"cannot write results under {self.display}: {' '.join(str(exc).split())[:200]}") from None
 
-    def claim(self, run_id: str, config: dict) -> dict | None:
-        """A run directory may be resumed only by the configuration that started it."""
+    def claim(self, run_id: str, config: dict, id_flag: str = "run id") -> dict | None:
+        """A run directory may be resumed only by the configuration that started it; a refusal names
+        the first setting that changed (model, dataset, batch size, device type, noise generator...)."""
         existing = self.read_json(run_id, "manifest.json")
         if existing is not None and existing.get("config") != config:
-            raise InputError(f"{self.show(run_id)} holds a run with a different configuration; choose another run id")
+            raise InputError(f"{self.show(run_id)} holds a run with a different configuration: "
+                             f"it was {describe_change(existing.get('config'), config, id_flag)}")
         if existing is None and self.files(run_id, recursive=True):
             raise InputError(f"{self.show(run_id)} exists and is not an rpdist run; choose another run id")
         return existing
+
+
+_MISSING = object()
+
+
+def first_change(old, new, path: tuple = ()) -> tuple[tuple, object, object] | None:
+    """The first leaf ``(path, old value, new value)`` where two nested configurations differ; an
+    absent key reads as ``_MISSING``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in [*new, *(k for k in old if k not in new)]:
+            found = first_change(old.get(key, _MISSING), new.get(key, _MISSING), (*path, key))
+            if found is not None:
+                return found
+        return None
+    return None if old == new else (path, old, new)
+
+
+def _show_value(value) -> str:
+    if value is _MISSING:
+        return "nothing recorded"
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12] + "…"  # a sha256
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+_LABELS = {"sha256": "sha256", "batch_size": "batch size", "device": "device type", "noise": "noise generator",
+           "noise_block": "noise block"}
+_REMEDY = {"sha256": "restore the {what}", "batch_size": "set the batch size back to {old}",
+           "device": "resume on a {old} device", "noise": "rerun with the rpdist version that started it"}
+
+
+def describe_change(old, new, id_flag: str = "run id", where: str = "") -> str:
+    """One line: what changed between the configuration a run was started with and this one."""
+    found = first_change(old, new)
+    if found is None:
+        return f"no change; choose another {id_flag}"
+    path, before, after = found
+    key = path[-1] if path else "configuration"
+    owner = next((p for p in reversed(path[:-1]) if p in ("model", "dataset")), None)
+    what = f"{owner} sha256" if key == "sha256" and owner else _LABELS.get(key, ".".join(map(str, path)))
+    remedy = _REMEDY.get(key, "").format(what=owner or "input", old=_show_value(before))
+    return (f"started with {what} {_show_value(before)}{where}, now {_show_value(after)}; "
+            f"choose another {id_flag}" + (f" or {remedy}" if remedy else ""))
 
 
 def check_writable(out: Path) -> None:

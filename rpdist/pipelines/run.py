@@ -19,6 +19,7 @@ from rpdist.io.manifest import new_manifest
 from rpdist.io.rundir import RunDir
 from rpdist.io.schemas import certificate_schema, prediction_schema
 from rpdist.smoothing.job import CERTIFY, SmoothingConfig, SmoothingJob
+from rpdist.smoothing.noise import NOISE_SCHEME
 
 
 
@@ -76,6 +77,16 @@ def resolve_model(spec: RunSpec, dataset_name: str, progress: bool):
     return ref, {"source": str(spec.model), "arch": spec.arch}
 
 
+def device_type(pool) -> str:
+    """cpu or cuda: the generator, and so the noise, differs between device types."""
+    return str(pool.device).split(":")[0]
+
+
+def engine_identity(pool) -> dict:
+    """What decides the noise besides the smoothing config: the device type and the noise scheme."""
+    return {"device": device_type(pool), "noise": NOISE_SCHEME}
+
+
 def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = None) -> Outcome:
     """Run (or resume, or return a finished) certify/predict job and write its results atomically."""
     from rpdist.datasets.catalog import load_dataset
@@ -93,8 +104,9 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
         "dataset": {"spec": str(spec.dataset), "split": spec.split, "label_column": spec.label_column,
                     "limit": spec.limit, "sha256": data.sha256, "rows": len(data)},
         "model": {**model_info, "sha256": model_ref.sha256, "kind": model_ref.kind},
+        "engine": engine_identity(job.pool),
     }
-    existing = run_dir.claim(identity)
+    existing = run_dir.claim(identity, "--run-id")
     schema = certificate_schema() if config.analysis == CERTIFY else prediction_schema()
     if existing is not None and run_dir.complete:
         return _outcome(run_dir, existing)

@@ -27,10 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rpdist import analyses
 from rpdist.smoothing import stats
 from rpdist.errors import InputError
-from rpdist.smoothing.noise import DEFAULT_BLOCK, Phase
+from rpdist.smoothing.noise import DEFAULT_BLOCK, NOISE_SCHEME, Phase
 from rpdist.analyses.base import Outcome
 from rpdist.io.manifest import new_manifest
-from rpdist.io.store import Store, open_run
+from rpdist.io.store import Store, describe_change, open_run
 from rpdist.smoothing.job import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
 
 PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()), ("seed", pa.int64()))
@@ -196,21 +196,27 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
               on_unit: Callable | None = None) -> Outcome:
     """Run the whole grid, or resume it: chunks whose files all exist are skipped."""
     from rpdist.datasets.catalog import load_dataset
-    from rpdist.pipelines.run import RunSpec, resolve_model
+    from rpdist.pipelines.run import RunSpec, engine_identity, resolve_model
 
     store = open_run(out, sweep_id)
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,
                         stream=True)
-    config = {"sweep": spec.as_dict(), "dataset_sha256": data.sha256, "rows": len(data)}
-    existing = store.claim(sweep_id, config)
+    config = {"sweep": spec.as_dict(), "dataset_sha256": data.sha256, "rows": len(data), "noise": NOISE_SCHEME}
+    existing = store.claim(sweep_id, config, "--sweep-id")
     manifest = existing or new_manifest(spec.analysis, config, dataset={"spec": spec.dataset, "split": spec.split,
                                                                        "rows": len(data), "sha256": data.sha256},
                                         timings={"started": dt.datetime.now(dt.timezone.utc).isoformat()})
     manifest["status"] = "running"
+    resume = manifest["details"].setdefault("resume", {})
     analysis = analyses.get(spec.analysis)
     if analysis.per_point:
         return _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address, device, progress)
-    used = naive = 0
+    # Forward samples computed for this sweep, summed over its sessions: a chunk counts when its files
+    # are written, so chunks skipped on resume are not counted again and a chunk computed twice (its
+    # session killed between its files) counts twice. Work lost in flight at an interruption is not counted.
+    forward = manifest["details"].setdefault("forward_samples", {})
+    computed = forward.setdefault("used", 0)
+    session = naive = 0
     for sigma in spec.sigma:
         for seed in spec.seed:
             largest = dataclasses.replace(spec.configs(sigma, seed)[0], n=max(spec.n), alpha=max(spec.alpha))
@@ -219,7 +225,11 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
             model_ref, model_info = resolve_model(run_spec, data.name, progress)
             job = SmoothingJob(model_ref, data.X, data.y, config=largest, input_ids=data.input_ids,
                                workers=workers, address=address, device=device)
-            manifest["models"][f"sigma={sigma!r}"] = {**model_info, "sha256": model_ref.sha256}
+            point = f"sigma={sigma!r}"
+            check_resume(store.show(sweep_id), resume, point, {
+                "model": {"sha256": model_ref.sha256}, "batch_size": job.plan.batch_size,
+                "noise_block": job.plan.block_size, **engine_identity(job.pool)})
+            manifest["models"][point] = {**model_info, "sha256": model_ref.sha256}
             manifest["device"].update({"type": job.pool.device, "workers": job.pool.workers,
                                        "batch_size": job.plan.batch_size})
             store.write_json(manifest, sweep_id, "manifest.json")
@@ -234,12 +244,16 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
                     table = job.table(rows, prefix_counts(counts, config.n, spec.block), config)
                     store.write_parquet(table.drop_columns([name for name, _ in PARTITIONS]),
                                         *directory, f"chunk-{chunk:06d}.parquet")
+                samples = job.plan.samples([chunk])
+                computed, session = computed + samples, session + samples
+                forward["used"] = computed
+                store.write_json(manifest, sweep_id, "manifest.json")
             per_input = (spec.n0 if spec.analysis == CERTIFY else 0)
-            used += len(data) * (per_input + max(spec.n))
             naive += len(data) * sum(per_input + n for n in spec.n) * len(spec.alpha)
     manifest["status"] = "complete"
     manifest["timings"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
-    manifest["details"]["forward_samples"] = {"used": used, "naive_grid": naive, "saved_fraction": 1 - used / naive}
+    forward.update({"used": computed, "used_this_session": session, "naive_grid": naive,
+                    "saved_fraction": 1 - computed / naive})
     store.write_json(manifest, sweep_id, "manifest.json")
     return _outcome(analysis, store, sweep_id, manifest)
 
@@ -248,6 +262,15 @@ def _outcome(analysis, store: Store, sweep_id: str, manifest: dict) -> Outcome:
     root = Store(store.path(sweep_id), filesystem=store.fs)
     reader = lambda columns=None: read_sweep(root).to_pandas()[columns or slice(None)]  # noqa: E731
     return Outcome(analysis.name, store.show(sweep_id), manifest, analysis.summarize(reader()), reader=reader)
+
+
+def check_resume(path: str, recorded: dict, point: str, key: dict) -> None:
+    """Resume a grid point only with the model, batch size, noise block and device type it was
+    started with: each changes the noise or the chunk boundaries, and a mix would be reported as one
+    sweep. A point not started before is recorded (the caller writes the manifest before any work)."""
+    if point in recorded and recorded[point] != key:
+        raise InputError(f"{path} was {describe_change(recorded[point], key, '--sweep-id', f' for {point}')}")
+    recorded[point] = key
 
 
 def _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address, device, progress) -> Outcome:

@@ -22,7 +22,7 @@ from rpdist.distributed.progress import SampleProgress
 from rpdist.distributed.scheduler import run_plan
 from rpdist.errors import InputError
 from rpdist.models.refs import ModelRef, load_model_file
-from rpdist.smoothing.noise import DEFAULT_BLOCK, Phase
+from rpdist.smoothing.noise import DEFAULT_BLOCK, MAX_BLOCKS, Phase, num_blocks
 from rpdist.io.schemas import certificate_schema, prediction_schema
 
 CERTIFY, PREDICT = "certify", "predict"
@@ -57,6 +57,10 @@ class SmoothingConfig:
             stats.check_feasible(self.n, self.alpha)
         else:
             stats.check_predict_feasible(self.n, self.alpha)
+        for n in (self.n, self.n0 or 0):
+            if num_blocks(n, self.noise_block) > MAX_BLOCKS:
+                raise InputError(f"n = {n} needs more than {MAX_BLOCKS} noise blocks of {self.noise_block}; "
+                                 "use a larger --noise-block")
         return self
 
     @property

@@ -50,32 +50,55 @@ class VoteCounter:
         """
         xs = torch.tensor(np.ascontiguousarray(x), dtype=torch.float32, device=self.device)
         lengths = block_lengths(n, block_size, block_start, block_stop)
-        pairs = [(i, j) for i in range(len(xs)) for j in range(len(lengths))]
         capacity = max(batch_size, max(lengths))
         shape = tuple(xs.shape[1:])
         buffer = torch.empty((capacity, *shape), device=self.device)
-        owner = torch.empty(capacity, dtype=torch.int64, device=self.device)
-        counts = torch.zeros(len(pairs) * num_classes, dtype=torch.int64, device=self.device)
-
-        start_pair, filled = 0, 0
-        for p, (i, j) in enumerate(pairs):
-            length = lengths[j]
-            if filled + length > capacity:
-                self._flush(buffer, owner, filled, start_pair, counts, num_classes)
-                start_pair, filled = p, 0
-            piece = buffer[filled : filled + length]
-            fill_block(piece, self.generator, seed, int(input_ids[i]), phase, block_start + j)
-            piece.mul_(sigma).add_(xs[i])
-            owner[filled : filled + length] = p - start_pair
-            filled += length
-        if filled:
-            self._flush(buffer, owner, filled, start_pair, counts, num_classes)
+        counts = torch.zeros(len(xs) * len(lengths) * num_classes, dtype=torch.int64, device=self.device)
+        # Pairs (input i, block j) in order, cut into forward batches of whole blocks. Per batch: one
+        # noise draw per block into the buffer, one scale of the whole batch, one add per run of
+        # pairs of the same input (contiguous), one owner vector. Every step is elementwise and exactly
+        # rounded, so the packing cannot change a bit of any sample.
+        batch, filled = [], 0
+        for i in range(len(xs)):
+            for j, length in enumerate(lengths):
+                if filled + length > capacity:
+                    self._batch(buffer, batch, filled, xs, counts, sigma, seed, input_ids, phase, block_start,
+                                len(lengths), num_classes)
+                    batch, filled = [], 0
+                batch.append((i, j, length))
+                filled += length
+        if batch:
+            self._batch(buffer, batch, filled, xs, counts, sigma, seed, input_ids, phase, block_start, len(lengths),
+                        num_classes)
         return counts.view(len(xs), len(lengths), num_classes).cpu().numpy()
+
+    def _batch(self, buffer, batch, filled, xs, counts, sigma, seed, input_ids, phase, block_start, blocks,
+               num_classes):
+        """Draw, shift and count one packed batch of (input, block, length) pairs."""
+        offset = 0
+        for i, j, length in batch:
+            fill_block(buffer[offset : offset + length], self.generator, seed, int(input_ids[i]), phase,
+                       block_start + j)
+            offset += length
+        samples = buffer[:filled]
+        samples.mul_(sigma)
+        offset, run_start = 0, 0
+        for k, (i, _, length) in enumerate(batch):
+            if k + 1 == len(batch) or batch[k + 1][0] != i:
+                samples[run_start : offset + length].add_(xs[i])
+                run_start = offset + length
+            offset += length
+        first = batch[0][0] * blocks + batch[0][1]  # the batch's pairs are consecutive from this one
+        sizes = torch.tensor([length for _, _, length in batch], device=self.device)
+        # each sample's vote index is owner + predicted class, owner = its pair's place × classes
+        owner = torch.repeat_interleave(torch.arange(0, len(batch) * num_classes, num_classes, device=self.device),
+                                        sizes, output_size=filled)
+        self._flush(buffer, owner, filled, first, counts, num_classes)
 
     def _flush(self, buffer, owner, filled, start_pair, counts, num_classes):
         """One forward pass over the packed batch; votes are added to the pairs it holds."""
         logits = self.model(buffer[:filled])
-        votes = owner[:filled] * num_classes + logits.argmax(dim=1)
+        votes = logits.argmax(dim=1).add_(owner)
         batch_counts = torch.bincount(votes, minlength=1)
         offset = start_pair * num_classes
         counts[offset : offset + batch_counts.numel()] += batch_counts
