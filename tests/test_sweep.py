@@ -36,7 +36,10 @@ BASE = {"dataset": "insurance", "sigma": [0.5], "n": [1000]}
     ({"seed": ["a"]}, "seed", "numbers"),
     ({"analysis": "magic"}, "analysis", "must be one of"),
     ({"n0": 0}, "n0", ">= 1"),
-    ({"limit": "ten"}, "limit", "must be a int"),
+    ({"limit": "ten"}, "limit", "must be a whole number, got 'ten'"),
+    ({"limit": 2.5}, "limit", "must be a whole number, got 2.5"),
+    ({"train_sigma": "0.1"}, "train_sigma", "must be a number, got '0.1'"),
+    ({"model": 3}, "model", "must be a string, got 3"),
 ])
 def test_bad_sweep_files_name_the_key(change, key, fragment):
     with pytest.raises(InputError) as info:

@@ -38,6 +38,7 @@ SCALAR_KEYS = {"dataset": str, "analysis": str, "model": str, "arch": str, "spli
                "label_column": str, "n0": int, "train_sigma": float, "batch_size": int, "noise_block": int,
                "attribute": str, "grid_step": float, "l1_non_sensitive": float,
                "release": str, "query_budget": int, "restarts": int, "generator_epochs": int}
+KIND_NAMES = {int: "a whole number", float: "a number", str: "a string"}  # for messages
 OTHER_LIST_KEYS = {"targets"}  # lists that are options, not grid axes
 REQUIRED = ("dataset", "sigma", "n")
 
@@ -119,7 +120,7 @@ def parse_sweep(data, source: str = "sweep file") -> SweepSpec:
             ok = isinstance(value, str) if kind is str else (
                 isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value)))
             if not ok:
-                raise InputError(f"{source}: key {key!r} must be a {kind.__name__}, got {value!r}")
+                raise InputError(f"{source}: key {key!r} must be {KIND_NAMES[kind]}, got {value!r}")
             values[key] = kind(value)
     if data.get("targets") is not None:
         targets = data["targets"]
