@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Callable
+from collections.abc import Callable
 
 import pyarrow as pa
 

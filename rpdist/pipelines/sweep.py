@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
