@@ -80,6 +80,7 @@ def quick():
     return dict(targets=[0, 1], generator_epochs=40, points=8)
 
 
+@pytest.mark.slow
 def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp_path, quick, monkeypatch):
     from rpdist.attacks import inversion
     from rpdist.attacks.inversion import InversionSpec, run_inversion
@@ -119,6 +120,7 @@ def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp
     assert all(not np.array_equal(a.starting_point(), a.result()) for a in attacks)  # the walk moved
 
 
+@pytest.mark.slow
 def test_rp_inversion_goes_through_the_engine_with_both_releases(ray_session, tmp_path, quick):
     from rpdist.attacks.inversion import InversionSpec, run_inversion
 

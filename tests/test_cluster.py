@@ -431,6 +431,7 @@ def failing_submission(ray_head, tmp_path_factory):
         proc.communicate()
 
 
+@pytest.mark.slow
 def test_submit_runs_certify_on_a_real_head_with_staged_files(ray_head, failing_submission, tmp_path):
     import numpy as np
     import torch
@@ -469,6 +470,7 @@ def test_submit_runs_certify_on_a_real_head_with_staged_files(ray_head, failing_
     assert manifest["config"]["model"]["sha256"] == hashlib.sha256((inputs / "linear.pt").read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_a_failing_job_makes_submit_follow_exit_1(failing_submission):
     stdout, stderr = failing_submission.communicate(timeout=120)
     assert failing_submission.returncode == 1, stdout[-2000:] + stderr[-2000:]
