@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/rpdist certify --dataset insurance --sigma 0.5 --n 10000
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 benchmark: $(STAMP)

@@ -65,7 +65,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere in the checkout
     sys.path.insert(0, str(ROOT))
 
 from rpdist.datasets.catalog import load_dataset  # noqa: E402
-from rpdist.distributed.plan import PhaseSpec, Plan
+from rpdist.distributed.plan import PhaseSpec, Plan  # noqa: E402
 from rpdist.distributed.pool import CPU_BATCH  # noqa: E402
 from rpdist.models.zoo import default_model  # noqa: E402
 from rpdist.smoothing.noise import DEFAULT_BLOCK, Phase, block_seed, fill_block  # noqa: E402

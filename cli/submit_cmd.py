@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
             submit(address, list(rpdist_args or []), root_command(), follow=follow, wait=not no_wait, echo=click.echo)
         except JobFailedError as exc:
             click.echo(f"rpdist: {exc}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from exc
         except KeyboardInterrupt:
             click.echo("rpdist: stopped following; the job keeps running on the cluster", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None

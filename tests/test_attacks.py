@@ -5,17 +5,23 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from scipy.stats import binomtest
+import torch
 
 from rpdist.attacks import roles
 from rpdist.attacks.brep import BrepAttack, BrepConfig, majority, run_lockstep
+from rpdist.datasets.catalog import load_dataset
 
 
 def test_roles_split_is_disjoint_deterministic_and_covers_train():
     a, b = roles.roles_split(), roles.roles_split()
     assert np.array_equal(a["private"], b["private"])
     assert not set(a["private"]) & set(a["public"])
-    assert len(a["private"]) + len(a["public"]) == len(roles.role_data("private")[0]) + len(roles.role_data("public")[0])
+    train = load_dataset(roles.DATASET, split="train")
+    assert np.array_equal(np.sort(np.concatenate([a["private"], a["public"]])), np.arange(len(train)))
     assert abs(len(a["private"]) - len(a["public"])) <= 1
+    for role in ("private", "public"):  # role_data returns exactly those rows of the train split
+        X, y = roles.role_data(role)
+        assert np.array_equal(X, train.X[a[role]]) and np.array_equal(y, train.y[a[role]])
 
 
 def test_majority_counts_abstain_and_breaks_ties_low():
@@ -76,22 +82,44 @@ def quick():
     return dict(targets=[0, 1], generator_epochs=40, points=8)
 
 
-def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp_path, quick):
+@pytest.mark.slow
+def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp_path, quick, monkeypatch):
+    from rpdist.attacks import inversion
     from rpdist.attacks.inversion import InversionSpec, run_inversion
 
+    captured = []  # the attacks as the runner got them back, to judge their points independently
+    real_attack_release = inversion.attack_release
+
+    def recording(*args, **kwargs):
+        out = real_attack_release(*args, **kwargs)
+        captured.append(out[0])
+        return out
+
+    monkeypatch.setattr(inversion, "attack_release", recording)
+    # Class 4: the judge rejects the walk's start but accepts its end, so the verdicts below tell the two apart.
     outcome = run_inversion(InversionSpec(defense="none", query_budget=120, out=str(tmp_path), run_id="none",
-                                          **quick))
+                                          **{**quick, "targets": [0, 4]}))
     df = pq.read_table(tmp_path / "none" / "attack.parquet").to_pandas()
     for column in ("defense", "sigma", "n", "epsilon", "release", "target", "success", "eval_confidence", "queries",
                    "forward_passes", "utility_accuracy"):
         assert column in df.columns
-    assert sorted(df.target) == [0, 1]
+    assert sorted(df.target) == [0, 4]
     assert (df.queries <= 120).all() and (df.forward_passes == df.queries).all()
     assert df.found.all()
     assert df.utility_accuracy.iloc[0] > 0.9
     assert (tmp_path / "none" / "reconstructions.png").stat().st_size > 1000
     assert (df.success == (df.eval_prediction == df.target)).all()
-    assert (df.start_success <= df.found).all()  # a start is judged only where the walk had one
+    # eval_prediction and start_success are the judge's verdicts on the final and on the starting latent.
+    (attacks,) = captured
+    assert [(a.target, a.restart) for a in attacks] == list(zip(df.target, df["restart"]))
+    judge = roles.eval_model().load("cpu")
+    decode = inversion._decoder(roles.generator(epochs=quick["generator_epochs"]))
+    with torch.inference_mode():
+        final = judge(torch.from_numpy(decode(np.stack([a.result() for a in attacks])))).argmax(1).numpy()
+        start = judge(torch.from_numpy(decode(np.stack([a.starting_point() for a in attacks])))).argmax(1).numpy()
+    assert df.eval_prediction.tolist() == final.tolist()
+    assert df.start_success.tolist() == [bool(a.found and s == a.target) for a, s in zip(attacks, start)]
+    assert all(not np.array_equal(a.starting_point(), a.result()) for a in attacks)  # the walk moved
     pd.testing.assert_frame_equal(outcome.table(), df)
     (row,) = outcome.summary  # one defense setting: ASR and its Clopper–Pearson interval over the 2 targets
     assert row["asr"] == df.success.mean() and row["targets"] == 2
@@ -100,6 +128,7 @@ def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp
     assert (row["asr_low"], row["asr_high"]) == pytest.approx((exact.low, exact.high), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_rp_inversion_goes_through_the_engine_with_both_releases(ray_session, tmp_path, quick):
     from rpdist.attacks.inversion import InversionSpec, run_inversion
 
@@ -108,8 +137,20 @@ def test_rp_inversion_goes_through_the_engine_with_both_releases(ray_session, tm
     assert set(df.release) == {"predict", "majority"}
     assert (df.forward_passes == df.queries * 20).all()  # fresh noise: N evaluations per released label
     assert (df.queries <= 60).all()
+    # Utility is measured on the test split with query ids 0..len-1: both releases see the same votes;
+    # majority releases their top class, predict the same class where the vote is significant, else −1.
+    from rpdist.smoothing.job import predict
+
+    X, y = roles.role_data("test")
+    votes = predict(roles.target_model(), X, sigma=0.25, n=20, alpha=0.001, seed=0,
+                    input_ids=np.arange(len(X), dtype=np.int64), workers=1)
+    significant = votes.p_value.to_numpy() <= 0.001
+    assert 0 < significant.sum() < len(X)  # N=20 leaves some votes undecided, so the releases differ
+    assert np.array_equal(votes.prediction, np.where(significant, votes.top_class, -1))
     util = df.groupby("release").utility_accuracy.first()
-    assert util["predict"] <= util["majority"]  # abstentions count as wrong
+    assert util["majority"] == pytest.approx((votes.top_class.to_numpy() == y).mean())
+    assert util["predict"] == pytest.approx((votes.prediction.to_numpy() == y).mean())  # abstain = wrong
+    assert util["predict"] < util["majority"]
 
 
 def test_cli_refuses_unknown_defense(tmp_path):

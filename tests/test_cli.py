@@ -56,6 +56,7 @@ def test_certify_writes_parquet_manifest_and_summary(ray_session, tmp_path, caps
     assert "certified accuracy" in out and "abstain rate" in out and str(run) in out.replace("\n", "")
 
 
+@pytest.mark.slow
 def test_predict_writes_predictions(ray_session, tmp_path, capsys):
     code, _, err = run_cli(["predict", "--dataset", "digits", "--sigma", "0.25", "--n", "200", "--limit", "12",
                             "--out", str(tmp_path), "--run-id", "p", "--quiet"], capsys)
@@ -117,6 +118,7 @@ def test_bad_files_exit_2(ray_session, tmp_path, capsys):
         assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_duplicates(ray_session, tmp_path, monkeypatch, capsys):
     from rpdist.distributed import plan as engine_plan
     from rpdist.pipelines import run as runs
@@ -156,6 +158,7 @@ def test_interrupted_run_resumes_without_duplicates(ray_session, tmp_path, monke
     assert code == 2 and "different configuration" in err
 
 
+@pytest.mark.slow
 def test_console_script_entry_point(tmp_path):
     exe = Path(sys.executable).with_name("rpdist")
     assert exe.exists(), "the package must install the rpdist console command"

@@ -127,6 +127,7 @@ def test_recipe_contents():
     assert models.recipe("insurance", 0.5, 0) != rec
 
 
+@pytest.mark.slow
 def test_default_model_is_deterministic_and_cached(tmp_path, monkeypatch, shared_cache):
     first = models.default_model("insurance", train_sigma=0.25, cache_dir=shared_cache)
     path = models.cache_path("insurance", 0.25, 0, shared_cache)
@@ -154,12 +155,14 @@ def test_default_model_is_deterministic_and_cached(tmp_path, monkeypatch, shared
     assert again.sha256 == first.sha256 and path.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_default_model_uses_env_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("RPDIST_CACHE", str(tmp_path / "env"))
     models.default_model("insurance", train_sigma=0.0)
     assert [p.name for p in (tmp_path / "env").iterdir()] == [models.cache_path("insurance", 0.0).name]
 
 
+@pytest.mark.slow
 def test_train_sigma_and_seed_change_the_cache_file(shared_cache):
     p25 = models.cache_path("insurance", 0.25, 0, shared_cache)
     p50 = models.cache_path("insurance", 0.5, 0, shared_cache)
@@ -170,6 +173,7 @@ def test_train_sigma_and_seed_change_the_cache_file(shared_cache):
     assert ref50.sha256 != ref25.sha256
 
 
+@pytest.mark.slow
 def test_unreadable_cache_is_retrained_and_overwritten(tmp_path, shared_cache):
     good = models.default_model("insurance", train_sigma=0.25, cache_dir=shared_cache)
     path = models.cache_path("insurance", 0.25, 0, tmp_path)
@@ -208,6 +212,7 @@ def test_insurance_accuracy(shared_cache):
     assert _accuracy(ref, "insurance") >= 0.85
 
 
+@pytest.mark.slow
 def test_digits_accuracy(shared_cache):
     ref = models.default_model("digits", train_sigma=0.25, cache_dir=shared_cache)
     assert ref.arch == "cnn"

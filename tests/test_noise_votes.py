@@ -37,7 +37,10 @@ def test_block_seed_distinct_across_every_coordinate():
     grid = [block_seed(s, i, p, b) for s, i, p, b in itertools.product(range(3), range(20), range(3), range(20))]
     assert len(set(grid)) == len(grid)
     assert all(0 <= v < 2**32 for v in grid)  # what torch's CPU generator keeps, made explicit
-    assert block_seed(*base) == block_seed(*base)
+    # Pinned values: the seed is a fixed function of the coordinates, the same in every process,
+    # on every machine and in every release (a salted hash() or a changed packing would break resume).
+    assert block_seed(*base) == 2829032147
+    assert block_seed(0, 0, 0, 0) == 128274514
     assert block_seed(7, 11, Phase.ESTIMATION, 3) == block_seed(7, 11, 1, 3)
 
 

@@ -250,6 +250,7 @@ def test_units_are_raw_bmi(small_run):
     assert (certified["certified_low"] >= np.maximum(certified["attribute_value"] - half, low) - 1e-9).all()
 
 
+@pytest.mark.slow
 def test_tiny_grid_batch_streams_to_the_same_result(small_run):
     data, kwargs = small_run["data"], small_run["kwargs"]
     first = slice(0, 3)
@@ -274,6 +275,7 @@ def test_cli_writes_rap_parquet(ray_session, tmp_path, capsys):
     assert (tmp_path / "cli" / "manifest.json").is_file() and (tmp_path / "cli" / "rap_curve.parquet").is_file()
 
 
+@pytest.mark.slow
 def test_cli_takes_several_penalties(ray_session, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["rap", "--sigma", "1", "--n", "100", "--n0", "10", "--alpha", "0.01", "--limit", "2", "--grid-step", "10",
@@ -286,6 +288,7 @@ def test_cli_takes_several_penalties(ray_session, tmp_path, capsys):
     assert "λ=1 " in captured.out
 
 
+@pytest.mark.slow
 def test_run_rap_reports_both_models(ray_session, tmp_path, monkeypatch):
     calls = []
     real = models.default_model

@@ -32,7 +32,7 @@ def _stop_when_recorded(manifest_path, point: str):
     """An on_unit callback that interrupts the sweep as soon as ``point`` has been started."""
 
     def on_unit(unit, samples):
-        if point in json.loads(manifest_path.read_text()).get("resume", {}):
+        if point in json.loads(manifest_path.read_text())["details"].get("resume", {}):
             raise KeyboardInterrupt
 
     return on_unit

@@ -36,7 +36,10 @@ BASE = {"dataset": "insurance", "sigma": [0.5], "n": [1000]}
     ({"seed": ["a"]}, "seed", "numbers"),
     ({"analysis": "magic"}, "analysis", "must be one of"),
     ({"n0": 0}, "n0", "greater than or equal to 1"),
-    ({"limit": "ten"}, "limit", "valid integer, got 'ten'"),
+    ({"limit": "ten"}, "limit", "must be a whole number, got 'ten'"),
+    ({"limit": 2.5}, "limit", "must be a whole number, got 2.5"),
+    ({"train_sigma": "0.1"}, "train_sigma", "must be a number, got '0.1'"),
+    ({"model": 3}, "model", "must be a string, got 3"),
 ])
 def test_bad_sweep_files_name_the_key(change, key, fragment):
     with pytest.raises(InputError) as info:
@@ -106,6 +109,7 @@ def _sweep_command(path: Path, out: Path) -> list[str]:
     return [str(Path(sys.executable).with_name("rpdist")), "sweep", str(path), "--out", str(out), "--quiet"]
 
 
+@pytest.mark.slow
 def test_sweep_killed_by_sigkill_resumes_to_the_same_dataset(ray_session, tmp_path):
     sweep_file = tmp_path / "grid.yaml"
     sweep_file.write_text(yaml.safe_dump({"dataset": "insurance", "sigma": [0.25, 0.5, 1.0], "n": [1000, 2000],
@@ -146,6 +150,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+@pytest.mark.slow
 def test_rap_sweep_runs_each_point_and_resumes(ray_session, tmp_path):
     spec = parse_sweep({"dataset": "insurance", "analysis": "rap", "sigma": [0.5], "n": [100, 200], "n0": 20,
                         "alpha": [0.01], "limit": 2, "grid_step": 4.0, "l1_non_sensitive": 0.0})
@@ -166,6 +171,7 @@ def test_rap_keys_are_checked():
         parse_sweep({**BASE, "analysis": "rap", "grid_step": 0})
 
 
+@pytest.mark.slow
 def test_attack_sweep_runs_brep_against_each_rp_point(ray_session, tmp_path):
     spec = parse_sweep({"dataset": "digits", "analysis": "attack", "sigma": [0.1], "n": [20, 40], "alpha": [0.001],
                         "targets": [0, 1], "query_budget": 60, "generator_epochs": 40, "release": "majority"})

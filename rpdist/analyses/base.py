@@ -9,7 +9,7 @@ in :mod:`rpdist.analyses` and never test for a kind by name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 

@@ -9,7 +9,7 @@ inputs whose results are written together; the driver only ever holds the chunks
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 
 from rpdist.smoothing.noise import num_blocks
 

@@ -9,7 +9,7 @@ TorchScript-scriptable, so it can also be exported as a self-describing program.
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

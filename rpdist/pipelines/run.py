@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 
 from rpdist import analyses

@@ -18,7 +18,8 @@ import math
 import re
 from functools import reduce
 from pathlib import Path
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Literal
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +38,9 @@ PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()
 GRID = ("sigma", "n", "alpha", "seed")  # the list keys whose product is the grid
 
 Count = Annotated[int, Field(ge=1)]
+# pydantic's error types, said the way a sweep file's author thinks of the value
+KIND_NAMES = {"int_type": "must be a whole number", "int_from_float": "must be a whole number",
+              "float_type": "must be a number", "string_type": "must be a string", "bool_type": "must be true or false"}
 
 
 class SweepSpec(BaseModel):
@@ -163,8 +167,8 @@ def parse_sweep(data, source: str = "sweep file") -> SweepSpec:
             key = str(error["loc"][0])
         else:  # a check across keys: its message starts with the key it blames
             key, _, message = message.partition(": ")
-        if error["type"] in ("int_type", "float_type", "string_type", "bool_type", "literal_error", "tuple_type",
-                             "int_from_float"):
+        message = KIND_NAMES.get(error["type"], message)
+        if error["type"] in KIND_NAMES or error["type"] in ("literal_error", "tuple_type"):
             message = f"{message}, got {error.get('input')!r}"
         raise InputError(f"{source}: key {key!r}: {message}") from None
 
