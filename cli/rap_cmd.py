@@ -65,6 +65,6 @@ def print_summary(outcome, attribute: str) -> None:
                 f"accuracy {100 * row.accuracy:.1f}% (abstain = wrong) | abstain rate {100 * row.abstain_rate:.1f}%")
         if row.release_model == "smoothed":
             line += (f" | certified {100 * row.certified_rate:.1f}% | containment {100 * row.containment:.1f}%"
-                     f" | advantage <= alpha/2 = {row.advantage_bound:g}")
+                     f" | release advantage at the certified radius <= {row.median_release_advantage:.3f} (median)")
         typer.echo(line)
     typer.echo(f"results: {outcome.path}/rap.parquet")
