@@ -76,6 +76,7 @@ CASES = [  # (mechanism, σ, b/σ): N and α through the mechanism
     (Predict(1000, 0.001), 1.0, 0.32),
     (Predict(1000, 0.001), 2.0, 1.0),
     (Predict(10_000, 0.001), 1.0, 0.1),
+    (Predict(1000, 0.001), 1.0, -0.25),  # x on B's side: the worst x' moves B's output, not A's
     (Majority(100), 1.0, 0.2),
     (Majority(1000), 0.5, 0.05),
     (Certify(100, 1000, 0.001, sigma=1.0), 1.0, 0.5),
@@ -97,6 +98,19 @@ def test_bound_dominates_exact_advantage_on_linear_oracle(mech, sigma, b_over_si
                 assert got.certified == mech.certified and got.k == k
                 if cert.alpha == 0 and k == 1 and got.route == "lipschitz":
                     assert got.advantage <= exact + 1e-4  # tight when p_A(x) is known
+
+
+def test_lipschitz_route_dominates_a_dense_search_over_the_interval():
+    """Route 1 takes a supremum over every p_A(x) the certificate allows: it must not fall below a
+    brute-force maximum over a dense grid of them (a grid maximiser without interval arithmetic would)."""
+    for mech, cert, delta in ((Predict(10_000, 0.001), Certificate(0.52, 1.0, 0.001), 0.01),
+                              (Predict(1000, 0.001), Certificate(0.55, 0.7, 0.001), 0.02),
+                              (Majority(2000), Certificate(0.45, 0.6, 0.001), 0.005)):
+        u = np.linspace(norm.ppf(cert.lower), min(norm.ppf(cert.upper), 6.0), 20_001)
+        at = mech.probabilities(norm.cdf(u))
+        dense = max(np.abs(at - mech.probabilities(norm.cdf(u + s))).sum(-1).max() / 2 for s in (-delta, delta))
+        got = bounds.lipschitz_tv(mech, cert, delta, 1.0)
+        assert dense <= got <= dense + 2e-4
 
 
 def test_gaussian_route_is_used_and_sound_when_the_certificate_is_weak():
