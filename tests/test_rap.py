@@ -13,7 +13,7 @@ from rpdist.models import zoo as models
 from rpdist.cli.main import main
 from rpdist.datasets.catalog import load_dataset
 from rpdist.errors import InputError
-from rpdist.privacy.adversary import advantage_bound, restricted_mean
+from rpdist.privacy.adversary import restricted_mean
 from rpdist.privacy.rap import COLUMNS, attribute_grid, compatible_set, containment, rap_analysis, resolve_attribute
 from rpdist.privacy.runner import RapSpec, l1_values, run_rap
 from tests.oracle import LinearOracle
@@ -71,7 +71,6 @@ def test_adversary_estimate_on_known_distribution():
     # No prior mass in the set: uniform on the set instead.
     assert restricted_mean(np.array([0.1, 0.2]), edges, mask) == pytest.approx((3 * 2 + 7.5) / 3)
     assert np.isnan(restricted_mean(prior, edges, np.zeros(10, dtype=bool)))
-    assert advantage_bound(0.001) == 0.0005
 
 
 def test_l1_values_always_include_the_unpenalised_model():
@@ -303,3 +302,22 @@ def test_run_rap_reports_both_models(ray_session, tmp_path, monkeypatch):
     assert calls == [0.0, 0.05]
     assert sorted(outcome.table()["l1_non_sensitive"].unique()) == [0.0, 0.05]
     assert len(outcome.summary) == 4
+
+
+def test_summary_reports_a_sound_release_bound_not_alpha_over_two():
+    """No α/2 'advantage bound'; instead the median sound bound for PREDICT at each certified radius."""
+    from rpdist.privacy.bounds import Certificate, advantage_bound
+    from rpdist.privacy.mechanisms import Predict
+    from rpdist.privacy.rap import summarize
+
+    radii = [norm.ppf(float(beta.ppf(0.001, 626, 1000 - 626 + 1))), 0.05, 0.0]  # the issue's certificate, a small one, none
+    rows = pd.DataFrame({"release_model": "smoothed", "sigma": 1.0, "n": 1000, "alpha": 0.001, "radius": radii,
+                         "attribute_scale": 1.0, "compatible_length": 1.0, "abs_error": 0.0, "correct": True,
+                         "released_label": 1, "certified_low": [0.0, 0.0, np.nan], "certified_high": [1.0, 1.0, np.nan],
+                         "interval_low": 0.0, "interval_high": 1.0, "grid_step": 0.1})
+    summary = summarize(rows)
+    assert "advantage_bound" not in summary.columns
+    each = [advantage_bound(Predict(1000, 0.001), Certificate.from_radius(r, 1.0, 0.001), r, 1.0).advantage
+            for r in radii[:2]]
+    assert summary["median_release_advantage"].iloc[0] == pytest.approx(np.median(each), abs=1e-3)
+    assert summary["median_release_advantage"].iloc[0] > 0.287 / 2  # nowhere near α/2 = 0.0005

@@ -1,4 +1,6 @@
-"""The attribute-inference adversary of the RAP experiment, and the certificate's advantage bound.
+"""The attribute-inference adversary of the RAP experiment.
+
+Advantage bounds for the deployed release live in :mod:`rpdist.privacy.bounds` (α/2 is not one).
 
 The adversary knows every feature but the sensitive one and sees the release. Its best guess
 under the training-data prior is the prior's mean restricted to the values compatible with the
@@ -34,8 +36,3 @@ def restricted_mean(prior: np.ndarray, edges: np.ndarray, compatible: np.ndarray
     if widths.sum() <= 0:
         return float(centres.mean())
     return float(np.average(centres, weights=widths))
-
-
-def advantage_bound(alpha: float) -> float:
-    """The most a single-query adversary gains from an (R, α)-RP release against neighbours within R."""
-    return alpha / 2.0
