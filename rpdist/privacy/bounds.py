@@ -105,12 +105,12 @@ class Certificate:
             raise InputError(f"a certificate needs 0 <= lower <= upper <= 1 and 0 <= alpha < 1, got {self}")
 
     @classmethod
-    def from_radius(cls, radius: float, sigma: float, alpha: float) -> "Certificate":
+    def from_radius(cls, radius: float, sigma: float, alpha: float) -> Certificate:
         """CERTIFY's certificate as reported: p̲ = Φ(R/σ) at level α, no upper bound."""
         return cls(float(norm.cdf(radius / stats.check_sigma(sigma))), 1.0, stats.check_alpha(alpha))
 
     @classmethod
-    def from_counts(cls, count: int, n: int, alpha: float, two_sided: bool = True) -> "Certificate":
+    def from_counts(cls, count: int, n: int, alpha: float, two_sided: bool = True) -> Certificate:
         """From estimation counts: two-sided Clopper–Pearson at α/2 per side (total α), or
         CERTIFY's one-sided p̲ at α with upper bound 1."""
         alpha = stats.check_alpha(alpha)
@@ -119,7 +119,7 @@ class Certificate:
         return cls(float(stats.cp_lower(count, n, alpha / 2)), float(cp_upper(count, n, alpha / 2)), alpha)
 
     @classmethod
-    def exact(cls, p: float) -> "Certificate":
+    def exact(cls, p: float) -> Certificate:
         return cls(float(p), float(p), 0.0)
 
 
