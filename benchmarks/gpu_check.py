@@ -48,7 +48,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -81,11 +80,11 @@ Z_LIMIT = 4.0  # per-input z beyond which a CPU–device difference is not Monte
 GOAL_RAW, GOAL_NAIVE = 0.9, 10.0
 
 FULL = dict(models=("insurance", "digits"), agree_inputs=None, agree_n=10_000, batch_sizes=(4096, 16384, 32768),
-            ns=(1000, 10_000), repeats=3, target_samples=1 << 17, width=64, side=32, e2e=True,
+            ns=(1000, 10_000), repeats=3, target_samples=1 << 17, seconds=1.5, width=64, side=32, e2e=True,
             tests=("tests/test_on_device.py", "tests/test_noise_votes.py", "tests/test_engine.py"))
 # Quick: a width-4 ResNet-18 on 3×8×8 inputs, so that the whole path runs in seconds on one CPU core.
 QUICK = dict(models=("insurance",), agree_inputs=8, agree_n=1000, batch_sizes=(500, 1000), ns=(500,),
-             repeats=2, target_samples=500, width=4, side=8, e2e=False,
+             repeats=2, target_samples=500, seconds=None, width=4, side=8, e2e=False,
              tests=("tests/test_on_device.py", "tests/test_noise_votes.py"))
 
 
@@ -190,7 +189,7 @@ def run_tests(device: str, files, out: Path, timeout: float) -> dict:
     lines = [line for line in output.strip().splitlines() if line.strip()]
     last = next((line.strip("= ") for line in reversed(lines) if " in " in line and ("passed" in line or "failed"
                  in line or "error" in line or "skipped" in line)), lines[-1] if lines else "")
-    return {"command": " ".join(["RPDIST_TEST_DEVICE=" + device, *cmd[1:]]), "returncode": code,
+    return {"command": " ".join(["RPDIST_TEST_DEVICE=" + device, "python", *cmd[1:]]), "returncode": code,
             "summary_line": last, "passed": code == 0, "seconds": time.perf_counter() - started}
 
 
@@ -364,10 +363,16 @@ def run_throughput(device: str, sizes: dict, use_ray: bool, log) -> dict:
     shape = (3, sizes["side"], sizes["side"])
     counter = VoteCounter(ref, device)
     rng = np.random.default_rng(0)
-    target = sizes["target_samples"]
     per_batch = {}
     for batch in sizes["batch_sizes"]:
         packed = max(1, batch // DEFAULT_BLOCK) * DEFAULT_BLOCK  # VoteCounter packs whole noise blocks
+        target = sizes["target_samples"]
+        if sizes["seconds"]:  # size each measurement to about `seconds` at this device's raw forward rate
+            probe = rng.uniform(0, 1, size=(1, *shape)).astype(np.float32)
+            samples, seconds = counter.forward_throughput(probe, packed, 2)
+            target = int(min(max(packed, samples / seconds * sizes["seconds"]), 1 << 21))
+            log(f"throughput batch {batch}: raw forward ≈ {samples / seconds:,.0f} samples/s, "
+                f"{target:,} samples per measurement")
         raw_batches = max(1, round(target / packed))
         jobs = {}
         for n in sizes["ns"]:
@@ -410,17 +415,18 @@ def run_throughput(device: str, sizes: dict, use_ray: bool, log) -> dict:
         for n in sizes["ns"]:
             ratios[f"cert_vs_raw_n{n}"] = summary([c / r for c, r in zip(rates[f"cert_n{n}"], rates["raw"])])
             ratios[f"cert_vs_naive_n{n}"] = summary([c / v for c, v in zip(rates[f"cert_n{n}"], rates[f"naive_n{n}"])])
-        per_batch[batch] = {"packed_batch": packed, "samples_per_s": {k: summary(v) for k, v in rates.items()},
-                            "ratios": ratios}
+        per_batch[batch] = {"packed_batch": packed, "target_samples": target,
+                            "samples_per_s": {k: summary(v) for k, v in rates.items()}, "ratios": ratios}
     big_n = sizes["ns"][-1]
     best = max(per_batch, key=lambda b: per_batch[b]["samples_per_s"][f"cert_n{big_n}"]["median"])
     result = {"model": f"ResNet-18 (CIFAR stem, width {sizes['width']}, random weights), 3x{sizes['side']}x{sizes['side']}"
                        ", 10 classes",
-              "n0": N0, "ns": list(sizes["ns"]), "repeats": sizes["repeats"], "target_samples": target,
+              "n0": N0, "ns": list(sizes["ns"]), "repeats": sizes["repeats"],
               "batches": per_batch, "best_batch": best}
     if use_ray and sizes["e2e"]:
         try:
-            result["end_to_end"] = end_to_end(ref, shape, device, best, per_batch[best], big_n, target, log)
+            result["end_to_end"] = end_to_end(ref, shape, device, best, per_batch[best], big_n,
+                                              per_batch[best]["target_samples"], log)
         except Exception as exc:  # reported, not fatal: the kernel figures stand on their own
             result["end_to_end"] = {"error": f"{type(exc).__name__}: {exc}"}
     return result
