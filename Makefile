@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.rpdist-installed
 export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test venv clean-venv benchmark
+.PHONY: demo test venv clean-venv benchmark gpu-check
 
 venv: $(STAMP)
 
@@ -25,6 +25,11 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/throughput.py
+
+# Not tied to $(STAMP): a GPU machine may have no internet to build .venv; the script finds a
+# Python with a CUDA torch itself (see its header). ARGS="--device cpu --quick" for a CPU smoke run.
+gpu-check:
+	bash scripts/gpu_check.sh $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

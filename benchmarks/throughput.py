@@ -155,10 +155,10 @@ def run_units(counter: VoteCounter, plan: Plan, units, X, ids, num_classes: int)
 
 
 @torch.no_grad()
-def naive_certify(model, X, n: int, batch_size: int) -> int:
+def naive_certify(model, X, n: int, batch_size: int, device=None) -> int:
     """What a user writes: per input, repeat into batches, add noise, forward, Counter the labels."""
     for x in X:
-        x = torch.as_tensor(x)
+        x = torch.as_tensor(x, device=device)
         votes: Counter = Counter()
         remaining = n
         while remaining:

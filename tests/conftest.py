@@ -24,7 +24,7 @@ def model_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_session():
     """Start Ray once for the whole session; cold starts cost seconds each."""
-    import ray
+    ray = pytest.importorskip("ray")  # absent on some GPU images: the Ray tests skip, the rest run
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray
@@ -37,3 +37,17 @@ def linear_model():
     from tests.oracle import LinearOracle
 
     return LinearOracle(dim=5, seed=0)
+
+
+@pytest.fixture(scope="session")
+def engine_device():
+    """The device the device-sensitive tests run the engine on: ``$RPDIST_TEST_DEVICE``, default
+    ``cpu``. ``RPDIST_TEST_DEVICE=cuda`` (scripts/gpu_check.sh sets it) runs them on the GPU, and
+    fails them, rather than skipping, when torch sees no GPU: a skipped GPU check would look green."""
+    import torch
+
+    device = os.environ.get("RPDIST_TEST_DEVICE", "").strip() or "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        pytest.fail(f"RPDIST_TEST_DEVICE={device} but torch {torch.__version__} sees no CUDA device "
+                    f"(torch.version.cuda = {torch.version.cuda})", pytrace=False)
+    return device
