@@ -62,15 +62,6 @@ class Node:
         only the head also claims processes naming the temp dir)."""
         return _ours(self.proc.pid, self.temp_dir if self.is_head else f"/nonexistent-{self.proc.pid}")
 
-    def kill(self) -> None:
-        """Lose the node at once: SIGKILL every process of its session."""
-        for pid in self.processes():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(timeout=10)
-
     def stop(self) -> set[int]:
         """Stop gracefully (SIGTERM to `ray start`), then SIGKILL what is left; returns survivors."""
         if self.is_head:
@@ -130,7 +121,7 @@ def drive(argv: list[str]) -> None:
     kill_after = int(os.environ.get("RPMN_KILL_AFTER", 0))
     units = []
 
-    def on_unit(unit, samples):
+    def hook(unit, samples):
         units.append(unit)
         if len(units) == 1 and os.environ.get("RPMN_INFO"):
             head = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]]
@@ -140,7 +131,6 @@ def drive(argv: list[str]) -> None:
 
     execute = run.execute
     run.execute = lambda spec, progress=True, on_unit=None: execute(spec, progress, on_unit=hook)
-    hook = on_unit
     main(argv)
 
 

@@ -73,7 +73,7 @@ def _drive(args: list[str], cwd, timeout: float = 300, **env) -> subprocess.Comp
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def _certificates(path) -> "pd.DataFrame":
+def _certificates(path):
     return pq.read_table(path / "certificates.parquet").to_pandas()
 
 
