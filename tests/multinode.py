@@ -76,7 +76,7 @@ class Node:
         return self.log_path.read_text(errors="replace")[-3000:]
 
 
-def wait_for_nodes(head: Node, count: int, timeout: float = 90) -> None:
+def wait_for_nodes(head: Node, count: int, timeout: float = 180) -> None:
     """Until the job API answers and the cluster has ``count`` alive nodes."""
     deadline = time.monotonic() + timeout
     while True:

@@ -53,6 +53,7 @@ class Scheduler:
         self.suspect: dict[int, dict] = {}  # worker -> {"since": monotonic time, "probe": info() ref or None}
         self.retry: deque[Unit] = deque()  # units whose replica failed, sent again before new ones
         self.head_down_since: float | None = None
+        self.head_misses = 0  # consecutive unanswered questions to the head
         # Ties go to a random replica: callers that each send a single unit (Ray tasks sharing one
         # pool) would otherwise all pick replica 0. Counts never depend on which replica computes a unit.
         offset = int(np.random.default_rng().integers(pool.workers))
@@ -169,12 +170,13 @@ class Scheduler:
         asked = time.monotonic()
         try:
             info = ray._private.worker.global_worker.gcs_client.get_all_node_info(timeout=5)
-        except Exception:
+        except Exception:  # a busy head may miss one: lost is three misses over HEAD_GRACE seconds
             self.head_down_since = self.head_down_since or asked
-            if time.monotonic() - self.head_down_since > HEAD_GRACE:
+            self.head_misses += 1
+            if self.head_misses >= 3 and time.monotonic() - self.head_down_since > HEAD_GRACE:
                 raise ClusterLostError(f"lost the Ray cluster's head (no answer for {HEAD_GRACE:g} s); {RERUN}") from None
             return None
-        self.head_down_since = None
+        self.head_down_since, self.head_misses = None, 0
         return {node_id.hex() for node_id, node in info.items() if node.state == 0}  # 0: ALIVE
 
     def _send(self, unit: Unit, worker: int):
