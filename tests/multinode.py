@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -70,6 +71,8 @@ class Node:
             killed = _stop_head(self.proc, f"/nonexistent-{self.proc.pid}")
         self.log.close()
         time.sleep(0.3)
+        if self.is_head and not self.processes():
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
         return killed
 
     def tail(self) -> str:
