@@ -1,7 +1,9 @@
 """The ``rpdist`` command: a thin typer shell over the Python API.
 
 Bad input of any kind — an :class:`rpdist.InputError` or a usage error — becomes one line on
-stderr and exit status 2, with no traceback.
+stderr and exit status 2, with no traceback. A run that lost its Ray cluster's head, or every
+model replica (:class:`rpdist.errors.ClusterLostError`), is one line and exit status 3: the
+finished chunks are saved, and rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import sys
 import click
 import typer
 
-from rpdist.errors import InputError
+from rpdist.errors import ClusterLostError, InputError
+
+CLUSTER_LOST = 3  # exit status of a run that lost its cluster: rerun to resume
 
 app = typer.Typer(
     name="rpdist",
@@ -48,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         code = command.main(args=argv, prog_name="rpdist", standalone_mode=False)
     except InputError as exc:
         fail(str(exc).splitlines()[0] if str(exc) else "invalid input")
+    except ClusterLostError as exc:
+        click.echo(f"rpdist: error: {str(exc).splitlines()[0]}", err=True)
+        sys.exit(CLUSTER_LOST)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

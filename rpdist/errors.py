@@ -7,3 +7,11 @@ is a bug and keeps its traceback.
 
 class InputError(ValueError):
     """Bad input from the user: a parameter, a file, a dataset or a model."""
+
+
+class ClusterLostError(RuntimeError):
+    """The Ray cluster lost what a run needs: its head, or every model replica.
+
+    The finished chunks of a run directory are on disk; the CLI says so in one line, exits with
+    status 3, and rerunning the same command (against a working cluster) resumes the run.
+    """

@@ -49,6 +49,7 @@ class ReplicaPool:
     """A set of ``ModelReplica`` actors holding one model; on GPUs each takes a share of a device."""
 
     owned = True  # False for a pool attached from a SharedPool: its creator decides when it ends
+    lost = False  # True once a replica was dropped: the warm pool is then rebuilt on its next use
 
     def __init__(self, model_ref: ModelRef, workers: int | None = None, device: str | None = None):
         import ray
@@ -92,6 +93,20 @@ class ReplicaPool:
         pool.actors = list(shared.actors)
         return pool
 
+    def forget(self, actor) -> None:
+        """Drop a replica that was lost (its node died, or it stopped answering) for good; a warm
+        pool that lost one is rebuilt, for the cluster as it is then, on its next use."""
+        import ray
+
+        if actor in self.actors:
+            self.actors.remove(actor)
+            self.lost = True
+        if self.owned:
+            try:
+                ray.kill(actor, no_restart=True)  # a restart pending somewhere would take a CPU later
+            except Exception:
+                pass
+
     def shutdown(self) -> None:
         """Kill the replicas this pool created; an attached pool leaves them to their creator."""
         import ray
@@ -127,7 +142,7 @@ class WarmPool:
             if self.pool is not None and tuple(self.pool.actors) == shared.actors:
                 return self.pool  # the driver itself, or a task's second call
         key = (model_ref.sha256, workers, device) if shared is None else ("shared", shared.actors)
-        if key != self.key:
+        if key != self.key or (self.pool is not None and self.pool.lost):
             self.shutdown()
             self.pool = ReplicaPool(model_ref, workers, device) if shared is None else ReplicaPool.attach(shared)
             self.key = key
