@@ -393,14 +393,14 @@ def run_throughput(device: str, sizes: dict, use_ray: bool, log) -> dict:
             return samples / (time.perf_counter() - started)
 
         def raw():  # its own timing: forward_throughput runs an untimed warm-up forward first
-            samples, seconds = counter.forward_throughput(x_raw, packed, raw_batches)
+            samples, seconds = counter.forward_throughput(x_raw, packed, raw_batches)  # noqa: B023 (used within this iteration)
             return samples / seconds
 
         kinds = {"raw": raw}
         for n, (X, ids, plan, units, Xn) in jobs.items():
             kinds[f"cert_n{n}"] = lambda X=X, ids=ids, plan=plan, units=units: timed(
                 lambda: run_units(counter, plan, units, X, ids, 10))
-            kinds[f"naive_n{n}"] = lambda Xn=Xn, n=n: timed(lambda: naive_certify(counter.model, Xn, n, batch, device=device))
+            kinds[f"naive_n{n}"] = lambda Xn=Xn, n=n: timed(lambda: naive_certify(counter.model, Xn, n, batch, device=device))  # noqa: B023
         for fn in kinds.values():  # warm-up: allocator, cuDNN algorithm choice for these shapes
             fn()
         rates = {name: [] for name in kinds}
