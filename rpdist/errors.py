@@ -7,3 +7,10 @@ is a bug and keeps its traceback.
 
 class InputError(ValueError):
     """Bad input from the user: a parameter, a file, a dataset or a model."""
+
+
+class ModelError(InputError):
+    """The user's model raised while the engine ran it on a batch of noisy inputs.
+
+    Raised on the replica, re-raised as itself on the driver, so the CLI prints one line.
+    """
