@@ -88,6 +88,9 @@ def print_summary(outcome, analysis: str, sigma: float) -> None:
     if rate:
         table.add_row("samples/s", f"{rate:,.0f}")
     console.print(table)
+    if s.get("nonfinite_inputs"):
+        console.print(f"warning: the model gave NaN or inf logits on noisy samples of {s['nonfinite_inputs']} "
+                      f"input(s); they abstain (column nonfinite)", style="yellow", soft_wrap=True)
     if outcome.resumed_chunks:
         console.print(f"resumed: {outcome.resumed_chunks} chunk(s) were already done")
     console.print(f"results: {outcome.path}")

@@ -45,7 +45,7 @@ class RunSpec:
     run_id: str | None = None
 
 
-SUMMARY_COLUMNS = ["prediction", "radius", "correct"]
+SUMMARY_COLUMNS = ["prediction", "radius", "correct", "nonfinite"]
 
 
 @dataclass

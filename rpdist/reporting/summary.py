@@ -25,6 +25,8 @@ def summarize(df: pd.DataFrame, analysis: str, sigma: float) -> dict:
         "abstain_rate": float(abstain.mean()) if len(df) else float("nan"),
         "accuracy": float(df["correct"].fillna(False).mean()) if labelled else float("nan"),
     }
+    if "nonfinite" in df:  # inputs that abstain because the model gave NaN/inf logits on some sample
+        out["nonfinite_inputs"] = int((df["nonfinite"].to_numpy() > 0).sum())
     if analysis == "certify":
         radii = df["radius"].to_numpy()
         out["mean_radius"] = float(radii.mean()) if len(df) else float("nan")
