@@ -241,3 +241,24 @@ def test_a_model_that_raises_stops_the_run_with_one_line_and_keeps_finished_chun
     with pytest.raises(rpdist.ModelError, match=r"^the model raised ValueError on a batch of shape \[\d+, 4\]: "
                                                 r"feature 0 out of range$"):
         rpdist.certify(str(model), X[95:105], sigma=0.5, n0=100, n=1000, batch_size=512, workers=1)
+
+
+def test_the_console_prints_only_the_error_line_for_a_raising_model(tmp_path):
+    """In a process of its own (so Ray's own logging reaches stderr): one line, exit 2, no Ray
+    report of the other failed units left in flight."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    X = np.zeros((120, 4), dtype=np.float32)
+    X[60:, 0] = 100.0  # most units fail, several at once on two replicas
+    np.savez(tmp_path / "data.npz", X=X, y=np.zeros(120, dtype=np.int64))
+    torch.jit.save(torch.jit.script(RaisesFarOut(4)), str(tmp_path / "raises.pt"))
+    exe = Path(sys.executable).with_name("rpdist")
+    done = subprocess.run([str(exe), "certify", "--dataset", str(tmp_path / "data.npz"), "--split", "all", "--model",
+                           str(tmp_path / "raises.pt"), "--sigma", "0.5", "--n", "1000", "--workers", "2",
+                           "--out", str(tmp_path), "--run-id", "boom", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert re.fullmatch(r"rpdist: error: the model raised ValueError on a batch of shape \[\d+, 4\]: "
+                        r"feature 0 out of range\n", done.stderr), done.stderr
