@@ -210,7 +210,7 @@ def in_process_counts(ref: ModelRef, X, ids, phases, device: str, seed: int, num
             counts = counter.count(X[rows], ids[rows], phase=unit.phase, n=unit.n, block_start=unit.block_start,
                                    block_stop=unit.block_stop, sigma=SIGMA, seed=seed, block_size=plan.block_size,
                                    batch_size=plan.batch_size, num_classes=num_classes)
-            totals[unit.phase][rows] += counts.sum(axis=1)
+            totals[unit.phase][rows] += counts.sum(axis=1)[:, :num_classes]  # the last slot: non-finite logits
     return totals
 
 

@@ -29,6 +29,10 @@ def print_outcome(outcome, title: str | None = None) -> None:
             keys = " ".join(f"{c.header}={c.cell(row)}" for c in columns if c.key)
             console.print(f"  {keys} | " + " | ".join(f"{c.header} {c.cell(row)}" for c in columns if not c.key),
                           soft_wrap=True, highlight=False)
+    nonfinite = sum(row.get("nonfinite_inputs", 0) for row in rows)
+    if nonfinite:
+        console.print(f"warning: the model gave NaN or inf logits on noisy samples of {nonfinite} input(s); they "
+                      "abstain (column nonfinite)", style="yellow", soft_wrap=True)
     samples = outcome.manifest.get("details", {}).get("forward_samples")
     if samples:
         console.print(f"forward samples: {samples['used']:,} used, {samples['naive_grid']:,} for a naive grid "

@@ -5,7 +5,7 @@ The public API — :func:`certify` and :func:`predict` (CERTIFY / PREDICT of Coh
 and the torch-free modules (``rpdist.smoothing.stats``, ``rpdist.datasets.catalog``) stay light.
 """
 
-from rpdist.errors import InputError
+from rpdist.errors import InputError, ModelError
 
 __version__ = "0.1.0"
 
@@ -27,4 +27,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'rpdist' has no attribute {name!r}")
 
 
-__all__ = ["InputError", "__version__", *_LAZY]
+__all__ = ["InputError", "ModelError", "__version__", *_LAZY]

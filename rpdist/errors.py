@@ -15,3 +15,10 @@ class ClusterLostError(RuntimeError):
     The finished chunks of a run directory are on disk; the CLI says so in one line, exits with
     status 3, and rerunning the same command (against a working cluster) resumes the run.
     """
+
+
+class ModelError(InputError):
+    """The user's model raised while the engine ran it on a batch of noisy inputs.
+
+    Raised on the replica, re-raised as itself on the driver, so the CLI prints one line.
+    """

@@ -29,7 +29,7 @@ BATCH = 2000
 WORKERS = 2  # always the same, so that the pool of warm replicas is reused across tests
 
 DESIGN_COLUMNS = {"input_id", "label", "prediction", "top_class", "count_top", "counts", "selection_counts", "n",
-                  "n0", "alpha", "sigma", "seed", "pa_lower", "radius", "correct"}
+                  "n0", "alpha", "sigma", "seed", "pa_lower", "radius", "correct", "nonfinite"}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -166,7 +166,8 @@ def test_counts_shape_dtype_and_sum_to_block_lengths(linear_counter, oracle):
     x = oracle.inputs_at_distances(np.array([0.0, 0.2, -0.4, 1.0]))
     n, size = 2500, 1000
     counts = _count(linear_counter, x, [0, 1, 2, 3], n=n, block_size=size)
-    assert counts.shape == (4, 3, 2) and counts.dtype == np.int64
+    assert counts.shape == (4, 3, 3) and counts.dtype == np.int64  # 2 classes + the non-finite slot
+    assert not counts[..., 2].any()
     np.testing.assert_array_equal(counts.sum(axis=2), np.tile(block_lengths(n, size), (4, 1)))
     # Votes follow the oracle: P[class 1] = Φ(d/σ); 5 binomial standard errors at n = 2500 is < 0.05.
     share = counts.sum(axis=1)[:, 1] / n
@@ -252,7 +253,7 @@ def test_sigma_scales_the_noise(centre_counter):
     x, ids = _x_centre(1), np.arange(1)
     x[0, 0] = -1.0  # on the centre of class 0, whose region is x0 < −0.5
     tiny = _count(centre_counter, x, ids, sigma=1e-3, num_classes=3).sum(axis=1)
-    np.testing.assert_array_equal(tiny, [[5000, 0, 0]])
+    np.testing.assert_array_equal(tiny, [[5000, 0, 0, 0]])
     big = _count(centre_counter, x, ids, sigma=10.0, num_classes=3).sum(axis=1)
     # At σ = 10 class 0 keeps P[−1 + 10ε < −0.5] = Φ(0.05) ≈ 0.52, ≈2600 ± 35 of 5000 votes.
     assert 2300 < big[0, 0] < 2900

@@ -51,6 +51,8 @@ class SmoothingAnalysis(Analysis):
             "abstain_rate": float(abstain.mean()) if len(df) else float("nan"),
             "accuracy": float(df["correct"].fillna(False).mean()) if has_labels else float("nan"),
         }
+        if "nonfinite" in df:  # inputs that abstain because the model gave NaN/inf logits on some sample
+            out["nonfinite_inputs"] = int((df["nonfinite"].to_numpy() > 0).sum())
         if self.certifies:
             radii = df["radius"].to_numpy()
             out["mean_radius"] = float(radii.mean()) if len(df) else float("nan")

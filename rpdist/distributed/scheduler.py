@@ -21,7 +21,7 @@ import numpy as np
 
 from rpdist.distributed.plan import Plan, Unit
 from rpdist.distributed.pool import ReplicaPool
-from rpdist.errors import ClusterLostError
+from rpdist.errors import ClusterLostError, InputError
 from rpdist.smoothing.noise import num_blocks
 
 POLL = 5.0  # seconds without any answer before the replicas' and the head's health is checked
@@ -61,7 +61,8 @@ class Scheduler:
 
     def run(self, chunks: Iterable[int], on_unit: Callable[[Unit, int], None] | None = None
             ) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
-        """Yield (chunk, {phase: counts [inputs, blocks, classes]}) as each chunk's last unit returns."""
+        """Yield (chunk, {phase: counts [inputs, blocks, classes + 1]}) as each chunk's last unit returns;
+        the last slot counts samples with non-finite logits."""
         import ray
 
         pending: dict = {}  # ref -> (unit, worker)
@@ -99,7 +100,10 @@ class Scheduler:
             unit, worker = pending.pop(done[0])
             self.load[worker] -= 1
             try:
-                counts = ray.get(done[0])
+                counts = _result(done[0])
+            except InputError:
+                _drain(pending)
+                raise
             except ray.exceptions.RayActorError:
                 self.retry.appendleft(unit)  # the actor's error, not the model's: any replica gives the same counts
                 self._suspect(worker)
@@ -201,8 +205,8 @@ class Scheduler:
             start, stop = self.plan.chunk_rows(chunk)
             self.inputs[chunk] = np.ascontiguousarray(self.X[start:stop], dtype=np.float32)
             self.totals[chunk] = {
-                spec.phase: np.zeros((stop - start, num_blocks(spec.n, self.plan.block_size), self.num_classes),
-                                     dtype=np.int64)
+                spec.phase: np.zeros((stop - start, num_blocks(spec.n, self.plan.block_size), self.num_classes + 1),
+                                     dtype=np.int64)  # + 1: the replicas' slot for non-finite logits
                 for spec in self.plan.phases
             }
             units = self.plan.units(chunk)
@@ -220,6 +224,34 @@ def _actor_state(actor) -> tuple[str | None, str | None]:
         return None, None
     node = info.get("Address", {}).get("NodeID")
     return info.get("State"), (node if node and node.strip("0f") else None)
+
+
+def _result(ref) -> np.ndarray:
+    """A unit's counts; the user's model raising on a replica is re-raised here as its one-line
+    :class:`~rpdist.errors.ModelError`, not as a Ray traceback (Ray does not retry it: the actor
+    methods do not set ``retry_exceptions``)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, InputError):
+            raise exc.cause from None
+        raise
+
+
+def _drain(pending) -> None:
+    """Cancel the units still queued and collect every outstanding result, failed ones included, so
+    that Ray has no unretrieved errors left to print when the user's model has already failed."""
+    import ray
+
+    for ref in pending:
+        ray.cancel(ref)
+    for ref in pending:
+        try:
+            ray.get(ref)
+        except Exception:  # noqa: BLE001 - cancelled, or the same model error again
+            pass
 
 
 def run_plan(pool: ReplicaPool, X, input_ids: np.ndarray, plan: Plan, *, sigma: float, seed: int, num_classes: int,

@@ -18,6 +18,7 @@ def certificate_schema() -> pa.Schema:
     return pa.schema(_COMMON + [
         ("counts", pa.list_(pa.int64())),
         ("selection_counts", pa.list_(pa.int64())),
+        ("nonfinite", pa.int64()),
         ("n", pa.int64()),
         ("n0", pa.int64()),
         ("alpha", pa.float64()),
@@ -33,6 +34,7 @@ def prediction_schema() -> pa.Schema:
     return pa.schema(_COMMON + [
         ("count_second", pa.int64()),
         ("counts", pa.list_(pa.int64())),
+        ("nonfinite", pa.int64()),
         ("n", pa.int64()),
         ("alpha", pa.float64()),
         ("sigma", pa.float64()),

@@ -178,11 +178,12 @@ class SmoothingJob:
 
     def block_counts(self, skip: Iterable[int] = (), meter: SampleProgress | None = None,
                      on_unit: Callable | None = None) -> Iterator[tuple[int, dict[int, np.ndarray]]]:
-        """Yield (chunk, {phase: counts [inputs, noise blocks, classes]}) as chunks finish.
+        """Yield (chunk, {phase: counts [inputs, noise blocks, classes + 1]}) as chunks finish.
 
         Per-block counts are what make sample reuse possible: the first k blocks are exactly the
         counts of a run with N = k·noise_block. ``skip`` lists chunks done in an earlier run;
-        ``meter`` (from :meth:`meter`) counts the samples drawn, and is closed at the end.
+        ``meter`` (from :meth:`meter`) counts the samples drawn, and is closed at the end. The
+        last slot counts samples whose logits were not all finite; :meth:`table` strips it.
         """
         skip = set(skip)
         chunks = [c for c in range(self.plan.num_chunks) if c not in skip]
@@ -207,13 +208,16 @@ class SmoothingJob:
             yield chunk, self.table(self.plan.chunk_rows(chunk), summed, self.config)
 
     def table(self, rows: tuple[int, int], counts: dict[int, np.ndarray], config: SmoothingConfig) -> pa.Table:
-        """Decide rows [start, stop) from summed counts under ``config`` (its n must match the counts)."""
+        """Decide rows [start, stop) from summed counts [inputs, classes + 1] under ``config`` (its n
+        must match the counts); the last slot, non-finite samples over all phases, becomes ``nonfinite``."""
         rows = slice(*rows)
         labels = None if self.y is None else self.y[rows]
+        nonfinite = sum(c[:, -1] for c in counts.values())
+        counts = {phase: c[:, :-1] for phase, c in counts.items()}
         if config.analysis == CERTIFY:
             return certificate_table(self.input_ids[rows], labels, counts[Phase.SELECTION], counts[Phase.ESTIMATION],
-                                     config)
-        return prediction_table(self.input_ids[rows], labels, counts[Phase.PREDICT], config)
+                                     config, nonfinite)
+        return prediction_table(self.input_ids[rows], labels, counts[Phase.PREDICT], config, nonfinite)
 
     def run(self, progress: bool = False) -> pd.DataFrame:
         parts = sorted(self.tables(meter=self.meter(enabled=progress)), key=lambda item: item[0])
@@ -242,15 +246,26 @@ def _common_columns(input_ids, labels, prediction, config: SmoothingConfig) -> d
     }
 
 
-def certificate_table(input_ids, labels, selection_counts, counts, config: SmoothingConfig) -> pa.Table:
+def _abstain_where_nonfinite(nonfinite, k: int, prediction, *zeroed) -> tuple[np.ndarray, ...]:
+    """A model that gave non-finite logits on any noisy sample of an input says nothing reliable
+    about f near it: that input abstains (and its radius is 0), whatever its votes."""
+    nonfinite = np.zeros(k, dtype=np.int64) if nonfinite is None else np.asarray(nonfinite, dtype=np.int64)
+    bad = nonfinite > 0
+    return (nonfinite, np.where(bad, -1, prediction), *(np.where(bad, 0.0, z) for z in zeroed))
+
+
+def certificate_table(input_ids, labels, selection_counts, counts, config: SmoothingConfig,
+                      nonfinite=None) -> pa.Table:
     top, count_top, pa_lower, radius, prediction = stats.certify_decision(
         selection_counts, counts, config.n, config.alpha, config.sigma)
+    nonfinite, prediction, radius = _abstain_where_nonfinite(nonfinite, len(input_ids), prediction, radius)
     columns = _common_columns(input_ids, labels, prediction, config)
     columns.update({
         "top_class": pa.array(top, type=pa.int64()),
         "count_top": pa.array(count_top, type=pa.int64()),
         "counts": _count_lists(counts),
         "selection_counts": _count_lists(selection_counts),
+        "nonfinite": pa.array(nonfinite, type=pa.int64()),
         "n0": pa.array(np.full(len(input_ids), config.n0), type=pa.int64()),
         "pa_lower": pa.array(pa_lower, type=pa.float64()),
         "radius": pa.array(radius, type=pa.float64()),
@@ -259,14 +274,16 @@ def certificate_table(input_ids, labels, selection_counts, counts, config: Smoot
     return pa.table([columns[name] for name in schema.names], schema=schema)
 
 
-def prediction_table(input_ids, labels, counts, config: SmoothingConfig) -> pa.Table:
+def prediction_table(input_ids, labels, counts, config: SmoothingConfig, nonfinite=None) -> pa.Table:
     top, c1, c2, pvalues, prediction = stats.predict_decision(counts, config.alpha)
+    nonfinite, prediction = _abstain_where_nonfinite(nonfinite, len(input_ids), prediction)
     columns = _common_columns(input_ids, labels, prediction, config)
     columns.update({
         "top_class": pa.array(top, type=pa.int64()),
         "count_top": pa.array(c1, type=pa.int64()),
         "count_second": pa.array(c2, type=pa.int64()),
         "counts": _count_lists(counts),
+        "nonfinite": pa.array(nonfinite, type=pa.int64()),
         "p_value": pa.array(pvalues, type=pa.float64()),
     })
     schema = prediction_schema()

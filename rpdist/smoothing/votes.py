@@ -3,13 +3,19 @@
 Many (input, noise block) pairs are packed into each forward batch so that small models still
 fill the device; predictions are counted with one ``bincount`` per batch, on the device, and only
 the integer count matrix leaves it. This class knows nothing of Ray, so it is tested directly.
+
+A sample whose logits hold any NaN or inf casts no vote for a class: it is counted in one extra
+slot after the classes (index ``num_classes``), which the driver strips before any decision.
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
+from rpdist.errors import ModelError
 from rpdist.models.refs import ModelRef
 from rpdist.smoothing.noise import block_lengths, fill_block
 
@@ -46,14 +52,15 @@ class VoteCounter:
     ) -> np.ndarray:
         """Votes per (input, block, class) for blocks [block_start, block_stop) of an n-sample phase.
 
-        Returns int64 [len(x), block_stop - block_start, num_classes].
+        Returns int64 [len(x), block_stop - block_start, num_classes + 1]; the last slot counts the
+        samples whose logits were not all finite. Raises :class:`ModelError` if the model raises.
         """
         xs = torch.tensor(np.ascontiguousarray(x), dtype=torch.float32, device=self.device)
         lengths = block_lengths(n, block_size, block_start, block_stop)
         capacity = max(batch_size, max(lengths))
         shape = tuple(xs.shape[1:])
         buffer = torch.empty((capacity, *shape), device=self.device)
-        counts = torch.zeros(len(xs) * len(lengths) * num_classes, dtype=torch.int64, device=self.device)
+        counts = torch.zeros(len(xs) * len(lengths) * (num_classes + 1), dtype=torch.int64, device=self.device)
         # Pairs (input i, block j) in order, cut into forward batches of whole blocks. Per batch: one
         # noise draw per block into the buffer, one scale of the whole batch, one add per run of
         # pairs of the same input (contiguous), one owner vector. Every step is elementwise and exactly
@@ -70,7 +77,7 @@ class VoteCounter:
         if batch:
             self._batch(buffer, batch, filled, xs, counts, sigma, seed, input_ids, phase, block_start, len(lengths),
                         num_classes)
-        return counts.view(len(xs), len(lengths), num_classes).cpu().numpy()
+        return counts.view(len(xs), len(lengths), num_classes + 1).cpu().numpy()
 
     def _batch(self, buffer, batch, filled, xs, counts, sigma, seed, input_ids, phase, block_start, blocks,
                num_classes):
@@ -90,17 +97,26 @@ class VoteCounter:
             offset += length
         first = batch[0][0] * blocks + batch[0][1]  # the batch's pairs are consecutive from this one
         sizes = torch.tensor([length for _, _, length in batch], device=self.device)
-        # each sample's vote index is owner + predicted class, owner = its pair's place × classes
-        owner = torch.repeat_interleave(torch.arange(0, len(batch) * num_classes, num_classes, device=self.device),
+        # each sample's vote index is owner + predicted class, owner = its pair's place × slots
+        slots = num_classes + 1  # the classes and one slot for samples with non-finite logits
+        owner = torch.repeat_interleave(torch.arange(0, len(batch) * slots, slots, device=self.device),
                                         sizes, output_size=filled)
         self._flush(buffer, owner, filled, first, counts, num_classes)
 
     def _flush(self, buffer, owner, filled, start_pair, counts, num_classes):
-        """One forward pass over the packed batch; votes are added to the pairs it holds."""
-        logits = self.model(buffer[:filled])
-        votes = logits.argmax(dim=1).add_(owner)
+        """One forward pass over the packed batch; votes are added to the pairs it holds.
+
+        A row with any non-finite logit votes for slot ``num_classes``, never for a class (argmax
+        would send NaN rows to class 0). ``owner`` is each sample's pair place × (classes + 1).
+        """
+        try:
+            logits = self.model(buffer[:filled])
+        except Exception as exc:
+            raise model_error(exc, buffer[:filled].shape) from None
+        slots = num_classes + 1
+        votes = torch.where(torch.isfinite(logits).all(dim=1), logits.argmax(dim=1), num_classes).add_(owner)
         batch_counts = torch.bincount(votes, minlength=1)
-        offset = start_pair * num_classes
+        offset = start_pair * slots
         counts[offset : offset + batch_counts.numel()] += batch_counts
 
     @torch.inference_mode()
@@ -121,3 +137,22 @@ class VoteCounter:
     def _sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+_SCRIPT_ERROR = re.compile(r"^(?:[\w]+\.)*(\w+): (.*)$")
+
+
+def model_error(exc: BaseException, shape) -> ModelError:
+    """One line naming what the model raised and on which batch shape.
+
+    A TorchScript model's ``raise ValueError("…")`` arrives as ``torch.jit.Error`` whose message
+    is an interpreter traceback ending in ``builtins.ValueError: …``; that last line is the error.
+    """
+    name, lines = type(exc).__name__, [line.strip() for line in str(exc).splitlines() if line.strip()]
+    message = lines[0] if lines else ""
+    if isinstance(exc, torch.jit.Error) and lines:
+        match = _SCRIPT_ERROR.match(lines[-1])
+        if match:
+            name, message = match.groups()
+    text = f"the model raised {name} on a batch of shape {list(shape)}"
+    return ModelError(f"{text}: {message[:300]}" if message else text)
