@@ -125,7 +125,7 @@ def test_losing_a_worker_node_midway_finishes_on_the_head(cluster, undisturbed, 
     assert len(set(nodes)) == 2 and seen["head"][0] in nodes, seen
     assert worker.proc.poll() is not None and not worker.processes()
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["plan"]["chunks"] == 6
+    assert manifest["status"] == "complete" and manifest["details"]["plan"]["chunks"] == 6
     assert manifest["timings"]["samples_this_session"] == 24 * 10_100  # every unit counted once
     _assert_same(_certificates(tmp_path / "r"), _certificates(undisturbed[1]))
 
