@@ -300,6 +300,7 @@ def _predict_in_task(model_ref, X, ids, shared):
         [a for p in pools for a in p.actors]
 
 
+@pytest.mark.slow
 def test_ray_tasks_query_the_drivers_replicas(ray_session, model_ref, inputs):
     import ray
 

@@ -60,6 +60,7 @@ def test_run_seeds_differing_only_above_bit_32_give_different_noise():
     assert not torch.equal(_block(1, 3, Phase.PREDICT, 0), _block(1, 3 + 2**32, Phase.PREDICT, 0))
 
 
+@pytest.mark.slow
 def test_two_blocks_of_one_input_never_coincide():
     """The binomial model needs every block of an input (all phases) to be a fresh stream. Checked on
     the real generator: 3 phases × 40,000 blocks for each of three inputs, each block fingerprinted by

@@ -143,6 +143,7 @@ def test_an_all_nan_model_abstains_everywhere(ray_session):
     assert all(sum(c) == 0 for c in pred["counts"])
 
 
+@pytest.mark.slow
 def test_nan_on_a_half_space_abstains_only_where_it_was_sampled(ray_session, oracle, half_space_inputs):
     X = half_space_inputs
     y = oracle.label(X)
@@ -174,6 +175,7 @@ def test_nan_on_a_half_space_abstains_only_where_it_was_sampled(ray_session, ora
     np.testing.assert_array_equal(p_nan["counts"].map(sum) + p_nan["nonfinite"], N)
 
 
+@pytest.mark.slow
 def test_nonfinite_counts_are_bit_identical_across_workers_and_under_sample_reuse(ray_session, oracle,
                                                                                   half_space_inputs):
     X = half_space_inputs
@@ -210,6 +212,7 @@ def test_cli_all_nan_model_abstains_and_warns(ray_session, tmp_path, capsys):
     assert "warning: the model gave NaN or inf logits on noisy samples of 30 input(s)" in flat
 
 
+@pytest.mark.slow
 def test_a_model_that_raises_stops_the_run_with_one_line_and_keeps_finished_chunks(ray_session, tmp_path,
                                                                                    monkeypatch, capsys):
     from rpdist.distributed import plan as engine_plan
@@ -243,6 +246,7 @@ def test_a_model_that_raises_stops_the_run_with_one_line_and_keeps_finished_chun
         rpdist.certify(str(model), X[95:105], sigma=0.5, n0=100, n=1000, batch_size=512, workers=1)
 
 
+@pytest.mark.slow
 def test_the_console_prints_only_the_error_line_for_a_raising_model(tmp_path):
     """In a process of its own (so Ray's own logging reaches stderr): one line, exit 2, no Ray
     report of the other failed units left in flight."""

@@ -111,6 +111,7 @@ def _release_replicas():
     engine_pool.shutdown()
 
 
+@pytest.mark.slow
 def test_certify_end_to_end_on_device(ray_session, engine_device, _release_replicas):
     """certify() through Ray replicas on the device, against the linear oracle's exact geometry."""
     from rpdist.smoothing.job import certify

@@ -48,6 +48,7 @@ def test_describe_change_names_the_first_differing_setting():
     assert "noise generator nothing recorded, now 2" in describe_change({}, {"noise": 2})
 
 
+@pytest.mark.slow
 def test_resumed_sweep_refuses_a_replaced_model(ray_session, tmp_path, capsys):
     from rpdist.pipelines.sweep import load_sweep, run_sweep
 
@@ -76,6 +77,7 @@ def test_resumed_sweep_refuses_a_replaced_model(ray_session, tmp_path, capsys):
     assert outcome.manifest["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_resumed_sweep_refuses_another_default_batch_size(ray_session, tmp_path, monkeypatch):
     """The default batch size (4096 on CPU, 32768 on CUDA) moves the chunk boundaries: a sweep resumed
     with another one would duplicate or drop rows, so it is refused."""
