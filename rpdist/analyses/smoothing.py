@@ -20,7 +20,7 @@ PARAMETERS = ("sigma", "n", "alpha", "seed")
 
 def certified_accuracy(df: pd.DataFrame, radius: float) -> float:
     """Share of inputs that are correct and certified at ``radius`` (radius 0: smoothed accuracy)."""
-    if len(df) == 0 or df["correct"].isna().all():
+    if not labelled(df):
         return float("nan")
     correct = df["correct"].fillna(False).to_numpy(dtype=bool)
     return float(np.mean(correct & (df["radius"].to_numpy() >= radius)))
@@ -28,7 +28,6 @@ def certified_accuracy(df: pd.DataFrame, radius: float) -> float:
 
 def multiples_header(m: float) -> str:
     return "r = 0" if m == 0 else f"r ≥ {m:g}σ"
-
 
 
 class SmoothingAnalysis(Analysis):
@@ -45,11 +44,10 @@ class SmoothingAnalysis(Analysis):
 
     def _summarize_group(self, df: pd.DataFrame, sigma: float) -> dict:
         abstain = df["prediction"].to_numpy() == -1
-        has_labels = not df["correct"].isna().all() if len(df) else False
         out = {
             "inputs": int(len(df)),
             "abstain_rate": float(abstain.mean()) if len(df) else float("nan"),
-            "accuracy": float(df["correct"].fillna(False).mean()) if has_labels else float("nan"),
+            "accuracy": float(df["correct"].fillna(False).mean()) if labelled(df) else float("nan"),
         }
         if "nonfinite" in df:  # inputs that abstain because the model gave NaN/inf logits on some sample
             out["nonfinite_inputs"] = int((df["nonfinite"].to_numpy() > 0).sum())

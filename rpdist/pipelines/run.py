@@ -42,15 +42,11 @@ class RunSpec:
     run_id: str | None = None
 
 
-SUMMARY_COLUMNS = ["prediction", "radius", "correct", "sigma", "n", "alpha", "seed", "nonfinite"]
-
-
 def _outcome(run_dir: RunDir, manifest: dict, resumed_chunks: int = 0) -> Outcome:
     """The run's outcome; its summary reads only the columns it needs, so a large audit stays cheap."""
     analysis = analyses.get(manifest["analysis"])
     reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731
-    columns = [c for c in SUMMARY_COLUMNS if c in analysis.required_columns or c in ("seed", "nonfinite")]
-    summary = analysis.summarize(reader(columns))
+    summary = analysis.summarize(reader([*analysis.required_columns, "seed", "nonfinite"]))
     rate = manifest.get("timings", {}).get("samples_per_second")
     for row in summary:
         row["samples_per_second"] = rate

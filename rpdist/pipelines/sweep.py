@@ -154,7 +154,7 @@ def parse_sweep(data, source: str = "sweep file") -> SweepSpec:
     unknown = sorted(set(data) - set(SweepSpec.model_fields))
     if unknown:
         raise InputError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(SweepSpec.model_fields))})")
-    for key in ("dataset", *(k for k, f in SweepSpec.model_fields.items() if f.is_required())):
+    for key in (k for k, f in SweepSpec.model_fields.items() if f.is_required()):
         if data.get(key) is None:
             raise InputError(f"{source}: key {key!r} is required")
     data = {k: tuple(v) if k == "targets" and isinstance(v, list) else v for k, v in data.items() if v is not None}

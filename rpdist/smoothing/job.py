@@ -173,7 +173,8 @@ class SmoothingJob:
 
     def meter(self, skip: Iterable[int] = (), enabled: bool = False) -> SampleProgress:
         """A progress meter sized for the chunks not in ``skip``; pass it to :meth:`block_counts`."""
-        chunks = [c for c in range(self.plan.num_chunks) if c not in set(skip)]
+        skip = set(skip)
+        chunks = [c for c in range(self.plan.num_chunks) if c not in skip]
         return SampleProgress(self.plan.samples(chunks), f"{self.config.analysis} σ={self.config.sigma}", enabled)
 
     def block_counts(self, skip: Iterable[int] = (), meter: SampleProgress | None = None,
