@@ -8,7 +8,7 @@ import typer
 
 from rpdist.analyses.audit import AuditAnalysis
 from rpdist.cli.printing import print_outcome
-from rpdist.privacy.audit import DIRECTIONS, RELEASES
+from rpdist.privacy.audit import DIRECTIONS, RELEASES, SELECTIONS
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +39,9 @@ def register(app: typer.Typer) -> None:
         repeat: int = typer.Option(1, "--repeat", help="Releases per observation, each with fresh noise."),
         direction: str = typer.Option(DIRECTIONS[0], "--direction", help=f"{' or '.join(DIRECTIONS)}: how partners "
                                                                          "are placed."),
+        select: str = typer.Option(SELECTIONS[0], "--select", help="first: the first LIMIT inputs of the split; "
+                                                                   "boundary: the LIMIT certified inputs with the "
+                                                                   "smallest radius (chosen on separate noise)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the noise streams."),
         split: str = typer.Option("test", "--split", help="train, test or all."),
         limit: int = typer.Option(20, "--limit", help="Audit the first LIMIT inputs of the split."),
@@ -57,7 +60,7 @@ def register(app: typer.Typer) -> None:
 
         spec = audit_spec(dataset=dataset, model=model, arch=arch, train_sigma=train_sigma, sigma=sigma, n=tuple(n),
                           n0=n0, alpha=alpha, releases=tuple(release), distances=tuple(distances),
-                          radius_fractions=tuple(radius_fractions), trials=trials, repeat=repeat, direction=direction,
+                          radius_fractions=tuple(radius_fractions), trials=trials, repeat=repeat, direction=direction, select=select,
                           seed=seed, split=split, limit=limit, batch_size=batch_size, noise_block=noise_block,
                           workers=workers, address=address, device=device, out=out, run_id=run_id)
         print_outcome(run_audit(spec, progress=not quiet), title=f"distinguishing audit of {dataset}")

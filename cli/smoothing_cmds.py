@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rpdist.cli.printing import print_outcome
 from rpdist.smoothing.job import CERTIFY, PREDICT
+from rpdist.privacy.per_input import DEFAULT_ADVANTAGE, DEFAULT_QUERIES, DEFAULT_RELEASE
 from rpdist.smoothing.noise import DEFAULT_BLOCK
 
 DATASET = typer.Option(..., "--dataset", "-d", help="Built-in name (see `rpdist datasets`) or a .csv/.parquet/.npz file.")
@@ -29,6 +30,13 @@ RUN_ID = typer.Option(None, "--run-id", help="Run directory name. Rerunning an i
 NOISE_BLOCK = typer.Option(DEFAULT_BLOCK, "--noise-block", help="Samples per counter-based noise block.")
 DEVICE = typer.Option(None, "--device", help="cpu or cuda. Default: cuda when the cluster has GPUs.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+RELEASE = typer.Option(DEFAULT_RELEASE, "--release", help="The release you deploy (predict, majority or certify), "
+                                                          "at this N and α: its per-input privacy columns.")
+ADVANTAGE = typer.Option(list(DEFAULT_ADVANTAGE), "--advantage", help="τ: report the largest distance at which "
+                                                                      "the release's advantage bound is ≤ τ "
+                                                                      "(repeatable).")
+QUERIES = typer.Option(list(DEFAULT_QUERIES), "--queries", help="k: the same columns for k queries with fresh "
+                                                                "noise (repeatable).")
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +47,8 @@ def register(app: typer.Typer) -> None:
                     workers: Optional[int] = WORKERS, address: Optional[str] = ADDRESS, split: str = SPLIT,
                     limit: Optional[int] = LIMIT, label_column: str = LABEL, out: str = OUT,
                     run_id: Optional[str] = RUN_ID, noise_block: int = NOISE_BLOCK,
-                    device: Optional[str] = DEVICE, quiet: bool = QUIET) -> None:
+                    device: Optional[str] = DEVICE, release: str = RELEASE, advantage: List[float] = ADVANTAGE,
+                    queries: List[int] = QUERIES, quiet: bool = QUIET) -> None:
         """CERTIFY each input: smoothed prediction and certified ℓ2 radius (Cohen et al.)."""
         _run(CERTIFY, locals())
 
@@ -60,8 +69,10 @@ def _run(analysis: str, options: dict) -> None:
     from rpdist.smoothing.job import SmoothingConfig
 
     o = options
+    privacy = ({"release": o["release"], "advantage": tuple(o["advantage"]), "queries": tuple(o["queries"])}
+               if analysis == CERTIFY else {})
     config = SmoothingConfig(analysis, o["sigma"], o["n"], o["alpha"], o.get("n0"), o["seed"], o["batch_size"],
-                             o["noise_block"])
+                             o["noise_block"], **privacy)
     spec = RunSpec(config=config, dataset=o["dataset"], split=o["split"], label_column=o["label_column"],
                    limit=o["limit"], model=o["model"], arch=o["arch"], train_sigma=o["train_sigma"],
                    workers=o["workers"], address=o["address"], device=o["device"], out=str(o["out"]),

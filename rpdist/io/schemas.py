@@ -14,7 +14,9 @@ _COMMON = [
 ]
 
 
-def certificate_schema() -> pa.Schema:
+def certificate_schema(privacy_columns: list[str] | tuple[str, ...] = ()) -> pa.Schema:
+    """The certificate columns, then the per-input release-privacy columns the run asked for
+    (:mod:`rpdist.privacy.per_input`)."""
     return pa.schema(_COMMON + [
         ("counts", pa.list_(pa.int64())),
         ("selection_counts", pa.list_(pa.int64())),
@@ -27,7 +29,7 @@ def certificate_schema() -> pa.Schema:
         ("pa_lower", pa.float64()),
         ("radius", pa.float64()),
         ("correct", pa.bool_()),
-    ])
+    ] + [(name, pa.float64()) for name in privacy_columns])
 
 
 def prediction_schema() -> pa.Schema:

@@ -17,8 +17,7 @@ from rpdist.analyses.base import Outcome
 from rpdist.errors import InputError
 from rpdist.io.manifest import new_manifest
 from rpdist.io.rundir import RunDir
-from rpdist.io.schemas import certificate_schema, prediction_schema
-from rpdist.smoothing.job import CERTIFY, SmoothingConfig, SmoothingJob
+from rpdist.smoothing.job import SmoothingConfig, SmoothingJob
 from rpdist.smoothing.noise import NOISE_SCHEME
 
 
@@ -46,7 +45,9 @@ def _outcome(run_dir: RunDir, manifest: dict, resumed_chunks: int = 0) -> Outcom
     """The run's outcome; its summary reads only the columns it needs, so a large audit stays cheap."""
     analysis = analyses.get(manifest["analysis"])
     reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731
-    summary = analysis.summarize(reader([*analysis.required_columns, "seed", "nonfinite"]))
+    present = set(run_dir.final_columns())
+    wanted = [*analysis.required_columns, "seed", "nonfinite", *analysis.optional_columns]
+    summary = analysis.summarize(reader([c for c in wanted if c in present]))
     rate = manifest.get("timings", {}).get("samples_per_second")
     for row in summary:
         row["samples_per_second"] = rate
@@ -103,7 +104,7 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
         "engine": engine_identity(job.pool),
     }
     existing = run_dir.claim(identity, "--run-id")
-    schema = certificate_schema() if config.analysis == CERTIFY else prediction_schema()
+    schema = config.schema
     if existing is not None and run_dir.complete:
         return _outcome(run_dir, existing)
 

@@ -24,6 +24,7 @@ plus one certificate per input.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import math
@@ -44,6 +45,7 @@ from rpdist.smoothing.noise import DEFAULT_BLOCK, Phase
 
 RELEASES = (Predict.name, Majority.name, Certify.name)
 DIRECTIONS = ("gradient", "nearest")
+SELECTIONS = ("first", "boundary")
 GRADIENT_DRAWS = 256  # noise draws averaged for the direction; cheap next to the releases
 X_POINT = "x"
 
@@ -64,6 +66,7 @@ class AuditSpec(BaseModel):
     trials: int = 1000
     repeat: int = 1
     direction: str = DIRECTIONS[0]
+    select: str = SELECTIONS[0]  # boundary: the LIMIT certified inputs of the split with the smallest radius
     level: float = 0.95
     model: str | None = None
     arch: str | None = None
@@ -132,6 +135,13 @@ class AuditSpec(BaseModel):
     def _direction(cls, v):
         if v not in DIRECTIONS:
             raise ValueError(f"unknown direction {v!r}; one of {', '.join(DIRECTIONS)}")
+        return v
+
+    @field_validator("select")
+    @classmethod
+    def _select(cls, v):
+        if v not in SELECTIONS:
+            raise ValueError(f"unknown selection {v!r}; one of {', '.join(SELECTIONS)}")
         return v
 
     @field_validator("level")
@@ -278,10 +288,28 @@ def score_pairs(spec: AuditSpec, trials: pd.DataFrame, certificates: dict[int, p
                 "label_rate_x": float((at_x == a).mean()), "label_rate_other": float((at_other == a).mean()),
                 "abstain_rate_x": float((at_x < 0).mean()), "abstain_rate_other": float((at_other < 0).mean()),
                 "empirical_advantage": scored.advantage, "empirical_low": scored.low,
-                "empirical_high": scored.high, "bound": bound.advantage, "bound_route": bound.route,
+                "empirical_high": scored.high, "correct": scored.correct, "scored": scored.scored,
+                "bound": bound.advantage, "bound_route": bound.route,
                 "bound_alpha": bound.alpha, "alpha_half": spec.alpha / 2,
             })
     return pd.DataFrame(rows)
+
+
+def boundary_inputs(spec: AuditSpec, model_ref, engine: dict):
+    """The split's ``limit`` inputs with the smallest certified radius > 0 at the largest N (then the
+    abstaining ones), chosen on a noise stream of their own (seed + 1), so the certificates the audit
+    later uses for its bounds played no part in choosing the inputs."""
+    from rpdist.datasets.catalog import load_dataset
+    from rpdist.smoothing.job import certify
+
+    data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column)
+    certs = certify(model_ref, data.X, data.y, sigma=spec.sigma, n0=spec.n0, n=max(spec.n), alpha=spec.alpha,
+                    seed=spec.seed + 1, input_ids=data.input_ids, noise_block=spec.block, **engine)
+    radius = certs["radius"].to_numpy()
+    order = np.lexsort((radius, radius <= 0))  # certified first, smallest radius first
+    rows = np.sort(order[:spec.limit or len(order)])
+    return dataclasses.replace(data, X=data.X[rows], y=None if data.y is None else data.y[rows],
+                               input_ids=data.input_ids[rows])
 
 
 def release_rows(spec: AuditSpec, X: np.ndarray, input_ids: np.ndarray, certificate: pd.DataFrame,
@@ -323,6 +351,8 @@ def run_audit(spec: AuditSpec, progress: bool = False, on_unit=None):
                      model=spec.model, arch=spec.arch, train_sigma=spec.train_sigma)
     model_ref, model_info = resolve_model(choice, data.name, progress)
     engine = dict(batch_size=spec.batch_size, workers=spec.workers, address=spec.address, device=spec.device)
+    if spec.select == "boundary":
+        data = boundary_inputs(spec, model_ref, engine)
     certifies = Certify.name in spec.releases
 
     def job(n: int, X=None, keys=None):

@@ -39,6 +39,17 @@ class Distinguished:
     level: float
 
 
+def family_lower(correct, scored, pairs: int, level: float = 0.95) -> np.ndarray:
+    """Advantage lower bounds that hold for all ``pairs`` scored rules at once (Bonferroni, one-sided).
+
+    A run audits many pairs; with one 95% interval each, about 2.5% of them would lie above any
+    true value by chance alone. Comparing these family-wise bounds with the sound bound instead
+    makes "an interval above the bound" evidence against the bound at the stated level.
+    """
+    alpha = (1 - level) / max(int(pairs), 1)
+    return stats.cp_lower(np.asarray(correct), np.asarray(scored), alpha) - 0.5
+
+
 def observations(outputs: np.ndarray) -> np.ndarray:
     """Rows of k outputs → their multisets as sorted rows (the sufficient statistic of k i.i.d. releases)."""
     outputs = np.asarray(outputs)

@@ -7,7 +7,7 @@ independent by construction.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
 
@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from rpdist.privacy import per_input
+from rpdist.privacy.per_input import DEFAULT_ADVANTAGE, DEFAULT_QUERIES, DEFAULT_RELEASE
 from rpdist.smoothing import stats
 from rpdist.distributed.plan import PhaseSpec, Plan
 from rpdist.distributed.pool import default_batch_size, ensure_ray, get_pool
@@ -40,6 +42,9 @@ class SmoothingConfig:
     seed: int = 0
     batch_size: int | None = None
     noise_block: int = DEFAULT_BLOCK
+    release: str = DEFAULT_RELEASE  # CERTIFY only: the release whose per-input privacy is reported
+    advantage: tuple[float, ...] = DEFAULT_ADVANTAGE  # τ values of the privacy radius columns
+    queries: tuple[int, ...] = DEFAULT_QUERIES  # k values: k queries with fresh noise
 
     def validated(self) -> SmoothingConfig:
         if self.analysis not in (CERTIFY, PREDICT):
@@ -55,6 +60,9 @@ class SmoothingConfig:
         if self.analysis == CERTIFY:
             stats.check_count(self.n0, "n0")
             stats.check_feasible(self.n, self.alpha)
+            release, advantage, queries = per_input.check(self.release, self.advantage, self.queries)
+            if (release, advantage, queries) != (self.release, self.advantage, self.queries):
+                return replace(self, release=release, advantage=advantage, queries=queries).validated()
         else:
             stats.check_predict_feasible(self.n, self.alpha)
         for n in (self.n, self.n0 or 0):
@@ -70,7 +78,16 @@ class SmoothingConfig:
         return (PhaseSpec(Phase.PREDICT, self.n),)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """JSON-shaped (lists, not tuples), so a config read back from a manifest compares equal."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @property
+    def privacy_columns(self) -> list[str]:
+        return per_input.column_names(self.advantage, self.queries) if self.analysis == CERTIFY else []
+
+    @property
+    def schema(self) -> pa.Schema:
+        return certificate_schema(self.privacy_columns) if self.analysis == CERTIFY else prediction_schema()
 
 
 def as_model_ref(model, example: np.ndarray) -> ModelRef:
@@ -222,7 +239,7 @@ class SmoothingJob:
 
     def run(self, progress: bool = False) -> pd.DataFrame:
         parts = sorted(self.tables(meter=self.meter(enabled=progress)), key=lambda item: item[0])
-        schema = certificate_schema() if self.config.analysis == CERTIFY else prediction_schema()
+        schema = self.config.schema
         table = pa.concat_tables([t for _, t in parts]) if parts else schema.empty_table()
         return table.to_pandas()
 
@@ -271,7 +288,11 @@ def certificate_table(input_ids, labels, selection_counts, counts, config: Smoot
         "pa_lower": pa.array(pa_lower, type=pa.float64()),
         "radius": pa.array(radius, type=pa.float64()),
     })
-    schema = certificate_schema()
+    privacy = per_input.release_privacy(count_top, radius, n=config.n, alpha=config.alpha, sigma=config.sigma,
+                                        classes=counts.shape[1], release=config.release, advantage=config.advantage,
+                                        queries=config.queries, n0=config.n0)
+    columns.update({name: pa.array(values, type=pa.float64()) for name, values in privacy.items()})
+    schema = config.schema
     return pa.table([columns[name] for name in schema.names], schema=schema)
 
 
@@ -294,14 +315,19 @@ def prediction_table(input_ids, labels, counts, config: SmoothingConfig, nonfini
 def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
             seed: int = 0, batch_size: int | None = None, workers: int | None = None, address: str | None = None,
             input_ids=None, noise_block: int = DEFAULT_BLOCK, device: str | None = None,
-            progress: bool = False) -> pd.DataFrame:
+            progress: bool = False, release: str = DEFAULT_RELEASE, advantage=DEFAULT_ADVANTAGE,
+            queries=DEFAULT_QUERIES) -> pd.DataFrame:
     """CERTIFY every row of X: one row per input with the columns of DESIGN §3.
 
     ``prediction`` is −1 where the smoothed classifier abstains (then ``radius`` is 0). With
     probability ≥ 1−α per input, a non-abstaining prediction is the smoothed classifier's and is
-    constant on the ℓ2 ball of ``radius``.
+    constant on the ℓ2 ball of ``radius``. That is not a privacy statement about a release: the
+    columns ``advantage_at_radius`` and ``privacy_radius_tau…`` bound what the deployed ``release``
+    (at this N and α, k ∈ ``queries`` queries) lets an observer tell apart
+    (:mod:`rpdist.privacy.per_input`).
     """
-    config = SmoothingConfig(CERTIFY, sigma, n, alpha, n0, seed, batch_size, noise_block)
+    config = SmoothingConfig(CERTIFY, sigma, n, alpha, n0, seed, batch_size, noise_block, release, tuple(advantage),
+                             tuple(queries))
     job = SmoothingJob(model, X, y, config=config, input_ids=input_ids, workers=workers, address=address, device=device)
     return job.run(progress)
 
