@@ -115,7 +115,7 @@ def test_looks_are_geometric_block_boundaries():
     looks = seq.look_points(100_000, 32, seq.SEQUENTIAL)
     assert looks[0] == 32 and looks[-1] == 100_000
     assert all(b % 32 == 0 for b in looks[:-1]) and all(b > a for a, b in zip(looks, looks[1:]))
-    assert all(b / a <= 1.25 + 32 / a for a, b in zip(looks[:-1], looks[1:-1]))
+    assert all(b / a <= seq.LOOK_GROWTH + 32 / a for a, b in zip(looks[:-1], looks[1:-1]))
 
 
 @pytest.mark.parametrize("kwargs, fragment", [

@@ -43,7 +43,7 @@ class SequentialConfig:
     radius_tolerance: float | None = None
     against_label: bool = False
     first_look: int = 32
-    growth: float = 1.25
+    growth: float = seq.LOOK_GROWTH
 
     @classmethod
     def build(cls, **fields) -> SequentialConfig:

@@ -54,6 +54,7 @@ MODES = (SEQUENTIAL, ADAPTIVE, STAGED)
 CERTIFIED, NOT_CERTIFIED, UNDECIDED = "certified", "not_certified", "undecided"
 PRIOR = (0.5, 0.5)  # Jeffreys: the Krichevsky–Trofimov mixture
 _BISECT = 60  # halvings of the search interval: below 1e-17 in p
+LOOK_GROWTH = 1.1  # looks grow geometrically by this factor (rounded to whole noise blocks)
 
 
 def log_mixture(k, n, p, prior: tuple[float, float] = PRIOR) -> np.ndarray:
@@ -144,7 +145,7 @@ def pinned(lower, upper, sigma: float, tolerance: float) -> np.ndarray:
         return (upper <= 0.5) | (high - low <= tolerance)
 
 
-def look_points(max_n: int, block: int, mode: str, first: int = 32, growth: float = 1.25) -> list[int]:
+def look_points(max_n: int, block: int, mode: str, first: int = 32, growth: float = LOOK_GROWTH) -> list[int]:
     """Cumulative sample counts at which an input's bounds are checked, each at a block boundary.
 
     Sequential and adaptive: geometric from ``first`` (rounded up to whole blocks), factor ``growth``;
