@@ -78,8 +78,8 @@ def _run(analysis: str, options: dict) -> None:
     sequential = None if analysis != CERTIFY else sequential_config(
         target_radius=o["target_radius"] or None, max_n=o["max_n"], n=o["n"], mode=o["mode"],
         radius_tolerance=o["radius_tolerance"], against_label=o["against_label"])
-    n = sequential.max_n if sequential is not None else o["n"] or 100_000
-    block = o["noise_block"] or (DEFAULT_BLOCK if sequential is None else SEQUENTIAL_BLOCK)
+    n = sequential.max_n if sequential is not None else 100_000 if o["n"] is None else o["n"]
+    block = o["noise_block"] if o["noise_block"] is not None else DEFAULT_BLOCK if sequential is None else SEQUENTIAL_BLOCK
     config = SmoothingConfig(analysis, o["sigma"], n, o["alpha"], o.get("n0"), o["seed"], o["batch_size"], block)
     spec = RunSpec(config=config, dataset=o["dataset"], split=o["split"], label_column=o["label_column"],
                    limit=o["limit"], model=o["model"], arch=o["arch"], train_sigma=o["train_sigma"],

@@ -218,7 +218,7 @@ def test_cli_sequential_run_writes_table_and_manifest(ray_session, tmp_path, cap
     table = pq.read_table(tmp_path / "seq" / "sequential-certificates.parquet").to_pandas()
     manifest = json.loads((tmp_path / "seq" / "manifest.json").read_text())
     samples = manifest["details"]["samples"]
-    assert manifest["analysis"] == "sequential" and manifest["status"] == "complete"
+    assert manifest["analysis"] == "certify-sequential" and manifest["status"] == "complete"
     assert samples["used"] == table["samples_used"].sum() + 24 * 100
     assert samples["naive_at_max_n"] == 24 * (100 + 2000) and samples["waste"] == 0
     assert samples["forward_samples"] == samples["used"]

@@ -15,7 +15,7 @@ from rpdist.analyses.smoothing import CertifyAnalysis, labelled
 from rpdist.errors import InputError
 from rpdist.smoothing.sequential import CERTIFIED, UNDECIDED
 
-NAME = "sequential"
+NAME = "certify-sequential"
 
 
 class SequentialAnalysis(CertifyAnalysis):

@@ -311,8 +311,8 @@ def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int | None = No
 
     sequential = sequential_config(target_radius=target_radius, max_n=max_n, n=n, mode=mode,
                                    radius_tolerance=radius_tolerance, against_label=against_label)
-    block = noise_block or (DEFAULT_BLOCK if sequential is None else SEQUENTIAL_BLOCK)
-    n = (n or 100_000) if sequential is None else sequential.max_n
+    block = noise_block if noise_block is not None else DEFAULT_BLOCK if sequential is None else SEQUENTIAL_BLOCK
+    n = (100_000 if n is None else n) if sequential is None else sequential.max_n
     config = SmoothingConfig(CERTIFY, sigma, n, alpha, n0, seed, batch_size, block).validated()
     if sequential is not None:
         sequential.validated(sigma, alpha, block)
