@@ -44,3 +44,18 @@ def prediction_schema() -> pa.Schema:
         ("p_value", pa.float64()),
         ("correct", pa.bool_()),
     ])
+
+
+def sequential_schema() -> pa.Schema:
+    """Sequential CERTIFY: the certificate columns (``n`` is max N) plus how each input was decided."""
+    return pa.schema(list(certificate_schema()) + [
+        ("mode", pa.string()),
+        ("against_label", pa.bool_()),
+        ("samples_used", pa.int64()),
+        ("stop_block", pa.int64()),
+        ("decision", pa.string()),
+        ("target_radius", pa.list_(pa.float64())),
+        ("decisions", pa.list_(pa.string())),
+        ("radius_decided", pa.float64()),
+        ("pa_upper", pa.float64()),
+    ])

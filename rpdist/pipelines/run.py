@@ -19,6 +19,7 @@ from rpdist.io.manifest import new_manifest
 from rpdist.io.rundir import RunDir
 from rpdist.smoothing.job import SmoothingConfig, SmoothingJob
 from rpdist.smoothing.noise import NOISE_SCHEME
+from rpdist.smoothing.seqjob import SequentialConfig
 
 
 
@@ -39,6 +40,7 @@ class RunSpec:
     device: str | None = None
     out: str = "results"
     run_id: str | None = None
+    sequential: SequentialConfig | None = None  # set: decide each input sequentially (rpdist.pipelines.seqrun)
 
 
 def _outcome(run_dir: RunDir, manifest: dict, resumed_chunks: int = 0) -> Outcome:
@@ -88,6 +90,10 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
     """Run (or resume, or return a finished) certify/predict job and write its results atomically."""
     from rpdist.datasets.catalog import load_dataset
 
+    if spec.sequential is not None:
+        from rpdist.pipelines.seqrun import execute_sequential
+
+        return execute_sequential(spec, progress, on_unit)
     config = spec.config.validated()
     run_dir = RunDir(spec.out, spec.run_id or default_run_id(config.analysis), analyses.get(config.analysis).final_file)
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,

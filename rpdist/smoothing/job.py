@@ -312,23 +312,39 @@ def prediction_table(input_ids, labels, counts, config: SmoothingConfig, nonfini
     return pa.table([columns[name] for name in schema.names], schema=schema)
 
 
-def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
+def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int | None = None, alpha: float = 0.001,
             seed: int = 0, batch_size: int | None = None, workers: int | None = None, address: str | None = None,
-            input_ids=None, noise_block: int = DEFAULT_BLOCK, device: str | None = None,
+            input_ids=None, noise_block: int | None = None, device: str | None = None,
             progress: bool = False, release: str = DEFAULT_RELEASE, advantage=DEFAULT_ADVANTAGE,
-            queries=DEFAULT_QUERIES) -> pd.DataFrame:
+            queries=DEFAULT_QUERIES, target_radius=None, max_n: int | None = None, mode: str | None = None,
+            radius_tolerance: float | None = None, against_label: bool = False) -> pd.DataFrame:
     """CERTIFY every row of X: one row per input with the columns of DESIGN §3.
 
     ``prediction`` is −1 where the smoothed classifier abstains (then ``radius`` is 0). With
     probability ≥ 1−α per input, a non-abstaining prediction is the smoothed classifier's and is
-    constant on the ℓ2 ball of ``radius``. That is not a privacy statement about a release: the
-    columns ``advantage_at_radius`` and ``privacy_radius_tau…`` bound what the deployed ``release``
-    (at this N and α, k ∈ ``queries`` queries) lets an observer tell apart
+    constant on the ℓ2 ball of ``radius``. N defaults to 100,000. That is not a privacy statement
+    about a release: the columns ``advantage_at_radius`` and ``privacy_radius_tau…`` bound what the
+    deployed ``release`` (at this N and α, k ∈ ``queries`` queries) lets an observer tell apart
     (:mod:`rpdist.privacy.per_input`).
+
+    Sequential certification (:mod:`rpdist.smoothing.seqjob`): ``target_radius`` (one or several),
+    ``max_n``, ``mode`` (sequential, adaptive with ``radius_tolerance``, staged) or ``against_label``
+    draw estimation samples per input only until its anytime-valid test decides; the table gains
+    ``samples_used``, ``decision`` and the other sequential columns.
     """
-    config = SmoothingConfig(CERTIFY, sigma, n, alpha, n0, seed, batch_size, noise_block, release, tuple(advantage),
-                             tuple(queries))
+    from rpdist.smoothing.seqjob import SEQUENTIAL_BLOCK, SequentialRun, sequential_config
+
+    sequential = sequential_config(target_radius=target_radius, max_n=max_n, n=n, mode=mode,
+                                   radius_tolerance=radius_tolerance, against_label=against_label)
+    block = noise_block if noise_block is not None else DEFAULT_BLOCK if sequential is None else SEQUENTIAL_BLOCK
+    n = (100_000 if n is None else n) if sequential is None else sequential.max_n
+    config = SmoothingConfig(CERTIFY, sigma, n, alpha, n0, seed, batch_size, block, release, tuple(advantage),
+                             tuple(queries)).validated()
+    if sequential is not None:
+        sequential.validated(sigma, alpha, block)
     job = SmoothingJob(model, X, y, config=config, input_ids=input_ids, workers=workers, address=address, device=device)
+    if sequential is not None:
+        return SequentialRun(job, sequential).run().to_pandas()
     return job.run(progress)
 
 
