@@ -10,6 +10,7 @@ from __future__ import annotations
 from rpdist.analyses.attack import AttackAnalysis
 from rpdist.analyses.audit import AuditAnalysis
 from rpdist.analyses.base import Analysis, Column, Outcome
+from rpdist.analyses.extraction import ExtractionAnalysis
 from rpdist.analyses.rap import RapAnalysis
 from rpdist.analyses.sequential import SequentialAnalysis
 from rpdist.analyses.smoothing import CertifyAnalysis, PredictAnalysis
@@ -17,7 +18,7 @@ from rpdist.errors import InputError
 
 # SequentialAnalysis first: its tables also hold every certify column (of_table takes the first match).
 _ALL: tuple[Analysis, ...] = (SequentialAnalysis(), CertifyAnalysis(), PredictAnalysis(), RapAnalysis(), AttackAnalysis(),
-                              AuditAnalysis())
+                              AuditAnalysis(), ExtractionAnalysis())
 REGISTRY: dict[str, Analysis] = {analysis.name: analysis for analysis in _ALL}
 NAMES = tuple(REGISTRY)
 

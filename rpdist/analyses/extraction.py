@@ -1,0 +1,113 @@
+"""Model extraction (``rpdist attack extraction``) as an analysis: fidelity per budget, report section.
+
+Every figure (fidelity, student accuracy, utility, with 95% intervals over seeds) comes from
+:meth:`ExtractionAnalysis.summarize`; the CLI, the manifest and the report read it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import t as student_t
+
+from rpdist.analyses.base import Analysis, Column, Outcome
+from rpdist.reporting.format import fmt, md_table
+from rpdist.reporting.plots import figure, style
+
+SETTING = ("defense", "sigma", "n", "epsilon", "release", "query_source", "student")
+METRICS = ("fidelity_target", "fidelity_release", "student_accuracy", "utility_accuracy")
+
+
+def mean_interval(values) -> tuple[float, float, float]:
+    """Mean over seeds and its two-sided 95% Student-t interval, clipped to [0, 1] (NaNs dropped; one
+    value: no width)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, mean, mean
+    half = float(student_t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return mean, max(0.0, mean - half), min(1.0, mean + half)  # the metrics are shares: clip to [0, 1]
+
+
+def _knob(value) -> str:
+    return "—" if value is None or value != value else fmt(value)
+
+
+def _ci(r: dict, key: str) -> str:
+    return "—" if r[key] != r[key] else f"{r[key]:.3f} [{r[key + '_low']:.3f}, {r[key + '_high']:.3f}]"
+
+
+def setting_label(r: dict) -> str:
+    if r["defense"] == "rp":
+        tail = "" if r["certified_release"] else " (uncertified)"
+        return f"rp σ={fmt(r['sigma'])} N={fmt(r['n'])} {r['release']}{tail}"
+    if r["defense"] in ("dpsgd", "rr"):
+        return f"{r['defense']} ε={fmt(r['epsilon'])}"
+    return str(r["defense"])
+
+
+class ExtractionAnalysis(Analysis):
+    name = "extraction"
+    final_file = "extraction.parquet"
+    title = "Model extraction through the release"
+    required_columns = ("defense", "budget", "seed", "fidelity_target", "fidelity_release", "student_accuracy",
+                        "utility_accuracy")
+    summary_columns = (
+        Column("setting", setting_label, key=True), Column("queries", lambda r: f"{r['budget']:,}", key=True),
+        Column("seeds", lambda r: str(r["seeds"])),
+        Column("fidelity to target [95% CI]", lambda r: _ci(r, "fidelity_target")),
+        Column("fidelity to release", lambda r: _ci(r, "fidelity_release")),
+        Column("student accuracy", lambda r: _ci(r, "student_accuracy")),
+        Column("release utility", lambda r: _ci(r, "utility_accuracy")),
+        Column("abstained", lambda r: f"{100 * r['abstain_share']:.1f}%"),
+    )
+
+    def run(self, spec, progress: bool = False) -> Outcome:
+        from rpdist.attacks.extraction import run_extraction
+
+        return run_extraction(spec, progress=progress)
+
+    def summarize(self, table: pd.DataFrame) -> list[dict]:
+        """Per (defense setting, budget): each metric's mean over seeds with a 95% t-interval, the
+        share of queries that abstained and the forward passes of one seed's queries."""
+        keys = [c for c in SETTING if c in table.columns]
+        rows = []
+        for key, part in table.groupby([*keys, "budget"], dropna=False, sort=True):
+            row = dict(zip([*keys, "budget"], key))
+            row["certified_release"] = bool(part["certified_release"].iloc[0]) if "certified_release" in part else False
+            row["seeds"] = int(part["seed"].nunique())
+            for metric in METRICS:
+                row[metric], row[metric + "_low"], row[metric + "_high"] = mean_interval(part[metric])
+            row["abstain_share"] = float(part["abstained"].sum() / part["queries"].sum()) if "queries" in part else 0.0
+            row["forward_passes"] = int(part["forward_passes"].mean()) if "forward_passes" in part else 0
+            rows.append(row)
+        return rows
+
+    def report(self, w, source, slug: str) -> None:
+        summary = self.summarize(source.table)
+        w.add("### Summary", "")
+        w.add(*md_table([c.header for c in self.summary_columns], [[c.cell(r) for c in self.summary_columns]
+                                                                     for r in summary]))
+        w.add("A student trained on the release's answers to the attacker's queries (abstentions dropped) is "
+              "scored on the held-out test split: fidelity to target is its agreement with the undefended model "
+              "(the function the attacker wants), fidelity to release its agreement with the release where the "
+              "release answered. Means over seeds with 95% Student-t intervals.", "")
+        g = pd.DataFrame(summary)
+        fig = figure(11.0, 4.2)
+        axes = fig.subplots(1, 2)
+        for i, (label, part) in enumerate(g.assign(label=[setting_label(r) for r in summary]).groupby("label", sort=True)):
+            part = part.sort_values("budget")
+            for ax, metric in zip(axes, ("fidelity_target", "student_accuracy")):
+                ax.plot(part["budget"], part[metric], "o-", color=f"C{i % 10}", label=label)
+                ax.fill_between(part["budget"], part[metric + "_low"], part[metric + "_high"], color=f"C{i % 10}",
+                                alpha=0.15)
+        for ax, title in zip(axes, ("Fidelity to the undefended target", "Student test accuracy")):
+            ax.set_xscale("log")
+            style(ax, title, "queries (log scale)", title.split(" to ")[0].lower())
+        axes[0].legend(fontsize=8, loc="lower right")
+        w.image(fig, f"{slug}extraction-fidelity", "fidelity against query budget",
+                "Fidelity of the student to the undefended target and the student's test accuracy against the "
+                "number of queries, one curve per defense setting, with 95% intervals over seeds.")
