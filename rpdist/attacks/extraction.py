@@ -203,17 +203,24 @@ def query_pool(spec: ExtractionSpec, seed: int) -> np.ndarray:
     return (centres + spread * rng.standard_normal(centres.shape)).astype(np.float32)
 
 
+_SMOOTHED: dict[tuple, object] = {}  # engine answers of this run: predict and majority read the same counts
+
+
 def release_labels(spec: ExtractionSpec, setting: dict, ref, X: np.ndarray, ids: np.ndarray,
                    seed: int) -> tuple[np.ndarray, int]:
-    """The released labels (−1 = abstain) and the forward passes they cost."""
+    """The released labels (−1 = abstain) and the forward passes they cost (each release's own, even
+    when the majority reuses the PREDICT job that drew the same noise)."""
     from rpdist.defenses.releases import LabelRelease, RandomizedResponse
     from rpdist.smoothing.job import certify, predict
 
     engine = dict(batch_size=spec.batch_size, workers=spec.workers, address=spec.address, device=spec.device)
     if spec.defense == "rp":
         call = certify if setting["release"] == Certify.name else predict
-        df = call(ref, X, sigma=setting["sigma"], n=setting["n"], alpha=spec.alpha, seed=seed, input_ids=ids,
-                  **engine)
+        key = (call.__name__, ref.sha256, setting["sigma"], setting["n"], spec.alpha, seed, ids.tobytes())
+        if key not in _SMOOTHED:
+            _SMOOTHED[key] = call(ref, X, sigma=setting["sigma"], n=setting["n"], alpha=spec.alpha, seed=seed,
+                                  input_ids=ids, **engine)
+        df = _SMOOTHED[key]
         column = "top_class" if setting["release"] == Majority.name else "prediction"
         samples = setting["n"] + (100 if setting["release"] == Certify.name else 0)  # certify's n0
         return df[column].to_numpy(dtype=np.int64), len(X) * samples
@@ -320,6 +327,7 @@ def run_extraction(spec: ExtractionSpec, progress: bool = False):
     config = spec.model_dump(mode="json", exclude={"out", "run_id", "workers", "address", "device"})
     run_dir.claim(config, "--run-id")
     test = load_dataset(spec.dataset, split="test")
+    _SMOOTHED.clear()
     started = time.perf_counter()
     rows, models = [], {"target": {"sha256": plain.sha256}}
     for setting in configs:
