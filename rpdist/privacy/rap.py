@@ -42,6 +42,7 @@ import pandas as pd
 from rpdist.smoothing import stats
 from rpdist.errors import InputError
 from rpdist.privacy.adversary import restricted_mean
+from rpdist.privacy.posterior import DEFAULT_LEVEL, KdePrior, check_level, posterior_summary, predict_likelihood
 
 ABSTAIN = -1
 BASE, SMOOTHED = "base", "smoothed"
@@ -52,9 +53,11 @@ MAX_GRID_POINTS = 100_000_000  # per input: one int8 release each must fit in me
 COLUMNS = [
     "input_id", "release_model", "sigma", "n", "alpha", "attribute", "attribute_value", "attribute_scale",
     "released_label", "compatible_length", "interval_low", "interval_high", "radius", "certified_low",
-    "certified_high", "adversary_estimate", "abs_error",
+    "certified_high", "adversary_estimate", "abs_error", "posterior_hdi_length", "posterior_mean",
+    "posterior_abs_error", "posterior_true_ratio",
 ]
-EXTRA_COLUMNS = ["label", "correct", "certified_label", "n0", "seed", "grid_step", "grid_points", "abstain_rule"]
+EXTRA_COLUMNS = ["label", "correct", "certified_label", "n0", "seed", "grid_step", "grid_points", "abstain_rule",
+                 "posterior_level"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
                  grid_step: float = 0.1, seed: int = 0, batch_size: int | None = None,
                  workers: int | None = None, address: str | None = None, device: str | None = None,
                  grid_batch: int = DEFAULT_GRID_BATCH, abstain_rule: str = NEUTRAL,
-                 progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 posterior_level: float = DEFAULT_LEVEL, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RAP rows (one per input and release model) and the release-rate curve over the grid.
 
     ``X`` is what the model sees (standardised); ``column`` the attribute's index in the flattened
@@ -189,14 +192,19 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
     values of the attribute in raw units, which set the grid range and the adversary's prior.
     ``abstain_rule`` = ``distinct`` makes an abstain cell incompatible with a released label: the
     literal reading, with smaller compatible sets, under which certified segments may end short.
+    ``posterior_level`` is the credible level of the posterior's highest-density length
+    (:mod:`rpdist.privacy.posterior`; the posterior columns are NaN for models with more than two classes).
     """
+    from rpdist.privacy.mechanisms import Predict
     from rpdist.smoothing.job import as_model_ref, certify, check_inputs, predict
 
     X, y, input_ids = check_inputs(X, y, input_ids)
     check_abstain_rule(abstain_rule)
+    posterior_level = check_level(posterior_level)
     if isinstance(grid_batch, bool) or not isinstance(grid_batch, (int, np.integer)) or grid_batch < 1:
         raise InputError(f"grid batch must be a whole number >= 1, got {grid_batch!r}")
     prior = np.asarray(prior, dtype=np.float64)
+    posterior = _Posterior(KdePrior(prior), Predict(n, alpha), posterior_level)
     grid = attribute_grid(float(prior.min()), float(prior.max()), grid_step)
     G = len(grid)
     stride = G + 1
@@ -233,6 +241,7 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
         if not np.array_equal(pred["input_id"].to_numpy(), ids):
             pred = pred.set_index("input_id").loc[ids].reset_index()
         released[SMOOTHED] = pred["prediction"].to_numpy()
+        counts = np.stack(pred["counts"].to_numpy()).astype(np.int64)
         for model_name, values in released.items():
             g = k[on_grid]
             np.add.at(curve[model_name][:, 0], g, values[on_grid] == 1)
@@ -240,17 +249,21 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
             np.add.at(curve[model_name][:, 2], g, 1)
         for row in np.unique(i):
             sel = i == row
-            buf = buffers.setdefault(int(row), {m: np.full(stride, -2, dtype=np.int64) for m in (BASE, SMOOTHED)})
+            if int(row) not in buffers:
+                buffers[int(row)] = {m: np.full(stride, -2, dtype=np.int64) for m in (BASE, SMOOTHED)}
+                buffers[int(row)]["counts"] = np.zeros((stride, counts.shape[1]), dtype=np.int64)
+            buf = buffers[int(row)]
             for model_name, values in released.items():
                 buf[model_name][k[sel]] = values[sel]
+            buf["counts"][k[sel]] = counts[sel]
             if k[sel][-1] == stride - 1:  # slices run in order, so this input is complete
                 rows.extend(_input_rows(int(row), buffers.pop(int(row)), grid, true_raw, prior, certificate, y,
-                                         input_ids, scale, abstain_rule))
+                                         input_ids, scale, abstain_rule, posterior))
 
     table = pd.DataFrame(rows)
     params = {"sigma": float(sigma), "n": int(n), "alpha": float(alpha), "attribute": attribute,
               "attribute_scale": float(scale), "n0": int(n0), "seed": int(seed), "grid_step": float(grid_step),
-              "grid_points": int(G), "abstain_rule": abstain_rule}
+              "grid_points": int(G), "abstain_rule": abstain_rule, "posterior_level": posterior_level}
     for key, value in params.items():
         table[key] = value
     table = table[COLUMNS + EXTRA_COLUMNS]
@@ -275,7 +288,26 @@ class _ReleasedCertificate:
         return int(label[0]), float(radius[0])
 
 
-def _input_rows(row, releases, grid, true_raw, prior, certificate, y, input_ids, scale, abstain_rule) -> list[dict]:
+class _Posterior:
+    """The Bayes adversary's posterior for one input and release model (:mod:`rpdist.privacy.posterior`)."""
+
+    def __init__(self, prior: KdePrior, mechanism, level: float):
+        self.prior, self.mechanism, self.level = prior, mechanism, level
+
+    def __call__(self, values, releases, counts, model_name: str) -> dict:
+        true_index = len(values) - 1
+        label = int(releases[true_index])
+        if model_name == BASE:
+            likelihood = (releases == label).astype(np.float64)
+        elif counts.shape[1] == 2:
+            likelihood = predict_likelihood(self.mechanism, counts, label, ABSTAIN)
+        else:
+            return {key: float("nan") for key in ("hdi_length", "mean", "abs_error", "true_ratio")}
+        return posterior_summary(values, likelihood, true_index, self.prior, self.level)
+
+
+def _input_rows(row, releases, grid, true_raw, prior, certificate, y, input_ids, scale, abstain_rule,
+                posterior) -> list[dict]:
     """The base and smoothed rows of one input whose sweep is complete."""
     s = float(true_raw[row])
     values = np.append(grid, s)
@@ -295,6 +327,9 @@ def _input_rows(row, releases, grid, true_raw, prior, certificate, y, input_ids,
             "abs_error": abs(estimate - s), "label": None if y is None else int(y[row]),
             "correct": None if y is None else bool(label == int(y[row])),
         }
+        post = posterior(values, rel, releases["counts"], model_name)
+        record.update({"posterior_hdi_length": post["hdi_length"], "posterior_mean": post["mean"],
+                       "posterior_abs_error": post["abs_error"], "posterior_true_ratio": post["true_ratio"]})
         if model_name == SMOOTHED:
             record["certified_label"], record["radius"] = certificate(row, label)
             if record["certified_label"] != ABSTAIN:
