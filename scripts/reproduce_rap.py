@@ -73,7 +73,7 @@ def main() -> None:
 def markdown(summary: pd.DataFrame, log: list[dict]) -> str:
     """One line per (λ, σ, N, release model); inputs says how much of the test split each covers."""
     lines = ["| λ (l1) | σ | N | release | inputs | median compatible length (BMI) | adversary MAE (BMI) | "
-             "accuracy | abstain | certified | containment | release advantage at R (median bound) |",
+             "accuracy | abstain | certified | segment in interval (machinery check) | release advantage at R (median bound) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.sort_values(["l1_non_sensitive", "n", "sigma", "release_model"]).itertuples():
         smoothed = r.release_model == "smoothed"

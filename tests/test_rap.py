@@ -106,6 +106,10 @@ def test_grid_and_attribute_refusals():
     (["--grid-step", "0"], "grid step must be"),
     (["--grid-step", "-1"], "grid step must be"),
     (["--abstain-rule", "sometimes"], "--abstain-rule must be"),
+    (["--posterior-level", "1"], "posterior level must lie strictly between 0 and 1"),
+    (["--posterior-level", "0"], "posterior level must lie strictly between 0 and 1"),
+    (["--posterior-level", "-0.5"], "posterior level must lie strictly between 0 and 1"),
+    (["--dataset", "insurance-recommended"], "built-in dataset with a default model"),
 ])
 def test_cli_bad_input_exit_2_one_line(tmp_path, capsys, args, fragment):
     with pytest.raises(SystemExit) as info:
@@ -113,6 +117,38 @@ def test_cli_bad_input_exit_2_one_line(tmp_path, capsys, args, fragment):
     err = capsys.readouterr().err
     assert info.value.code == 2 and fragment in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_insurance_recommend_is_the_bmi_threshold_task():
+    plain, task = load_dataset("insurance", split="all"), load_dataset("insurance-recommend", split="all")
+    assert np.array_equal(plain.X, task.X) and task.feature_names == plain.feature_names
+    bmi = task.raw_features()[:, 1]
+    assert np.array_equal(task.y, (bmi >= 30 - 1e-4).astype(np.int64))  # float32 storage: 30.0 reads 29.99999…
+    assert (bmi.min(), bmi.max()) == pytest.approx((15.96, 53.13), abs=1e-5)  # the grid's range in run_rap
+    assert task.sha256 != plain.sha256  # another label: no run of one resumes as the other
+    assert "insurance-recommend" in models.DEFAULTS
+
+
+def test_summary_has_bootstrap_intervals_on_medians_and_maes():
+    from rpdist.privacy.rap import summarize
+    from rpdist.smoothing.stats import bootstrap_interval
+
+    rng = np.random.default_rng(4)
+    rows = pd.DataFrame({"release_model": "base", "sigma": 1.0, "n": 100, "alpha": 0.001, "radius": np.nan,
+                         "attribute_scale": 6.0, "compatible_length": rng.uniform(10, 30, 200),
+                         "abs_error": rng.exponential(3, 200), "posterior_hdi_length": rng.uniform(5, 15, 200),
+                         "posterior_abs_error": rng.exponential(2, 200), "posterior_true_ratio": 1.5,
+                         "correct": True, "released_label": 1, "certified_low": np.nan, "grid_step": 0.1})
+    record = summarize(rows).iloc[0]
+    for key, column, statistic in [("median_compatible_length", "compatible_length", np.median),
+                                   ("adversary_mae", "abs_error", np.mean),
+                                   ("median_hdi_length", "posterior_hdi_length", np.median),
+                                   ("posterior_mae", "posterior_abs_error", np.mean)]:
+        assert record[key] == pytest.approx(statistic(rows[column]))
+        low, high = bootstrap_interval(rows[column], statistic, resamples=2000, seed=0)
+        assert (record[f"{key}_low"], record[f"{key}_high"]) == (low, high)
+        assert low < record[key] < high
+    assert record["median_true_ratio"] == 1.5
 
 
 # --- the l1 penalty -----------------------------------------------------------------------------

@@ -184,12 +184,15 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
                  grid_step: float = 0.1, seed: int = 0, batch_size: int | None = None,
                  workers: int | None = None, address: str | None = None, device: str | None = None,
                  grid_batch: int = DEFAULT_GRID_BATCH, abstain_rule: str = NEUTRAL,
-                 posterior_level: float = DEFAULT_LEVEL, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 posterior_level: float = DEFAULT_LEVEL, grid_range: tuple[float, float] | None = None,
+                 progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RAP rows (one per input and release model) and the release-rate curve over the grid.
 
     ``X`` is what the model sees (standardised); ``column`` the attribute's index in the flattened
     features; ``mean``/``scale`` its standardisation (raw = X·scale + mean); ``prior`` the training
-    values of the attribute in raw units, which set the grid range and the adversary's prior.
+    values of the attribute in raw units, the adversary's prior; they also set the grid's range unless
+    ``grid_range`` = (low, high) in raw units is given (``run_rap`` passes the range observed in the
+    whole dataset).
     ``abstain_rule`` = ``distinct`` makes an abstain cell incompatible with a released label: the
     literal reading, with smaller compatible sets, under which certified segments may end short.
     ``posterior_level`` is the credible level of the posterior's highest-density length
@@ -205,7 +208,8 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
         raise InputError(f"grid batch must be a whole number >= 1, got {grid_batch!r}")
     prior = np.asarray(prior, dtype=np.float64)
     posterior = _Posterior(KdePrior(prior), Predict(n, alpha), posterior_level)
-    grid = attribute_grid(float(prior.min()), float(prior.max()), grid_step)
+    low, high = (float(prior.min()), float(prior.max())) if grid_range is None else map(float, grid_range)
+    grid = attribute_grid(low, high, grid_step)
     G = len(grid)
     stride = G + 1
     if int(input_ids.max()) >= (2**63 - 1) // stride - 1:
@@ -362,19 +366,46 @@ def release_advantage(rows: pd.DataFrame) -> float:
     return float(np.median(values))
 
 
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 2000, 0
+# summary key -> (row column, statistic): each gets a 95% percentile bootstrap interval over inputs
+_WITH_INTERVALS = {
+    "median_compatible_length": ("compatible_length", np.median),
+    "adversary_mae": ("abs_error", np.mean),
+    "median_hdi_length": ("posterior_hdi_length", np.median),
+    "posterior_mae": ("posterior_abs_error", np.mean),
+}
+
+
+def _with_interval(record: dict, part: pd.DataFrame, key: str) -> None:
+    column, statistic = _WITH_INTERVALS[key]
+    if column not in part.columns:  # rows written before the posterior existed
+        record[key] = record[f"{key}_low"] = record[f"{key}_high"] = float("nan")
+        return
+    values = part[column].to_numpy(dtype=np.float64)
+    values = values[~np.isnan(values)]
+    record[key] = float(statistic(values)) if values.size else float("nan")
+    record[f"{key}_low"], record[f"{key}_high"] = stats.bootstrap_interval(
+        values, statistic, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (l1 penalty, release model): median compatible length, adversary MAE, utility, containment,
-    and the median sound advantage bound of the smoothed release at its certified radius."""
-    keys = [c for c in ("l1_non_sensitive", "sigma", "n", "alpha", "grid_step", "abstain_rule")
+    """Per (l1 penalty, release model): median compatible length, adversary MAE, the posterior's median
+    HDI length and MAE (each with a seeded 95% percentile bootstrap interval over inputs), utility, the
+    median posterior/prior ratio of the true cell, and the median sound advantage bound of the smoothed
+    release at its certified radius. ``containment`` is a check of the certificate machinery (a
+    certified segment should lie in its interval), not a privacy measure."""
+    keys = [c for c in ("l1_non_sensitive", "sigma", "n", "alpha", "grid_step", "abstain_rule", "posterior_level")
             if c in df.columns] + ["release_model"]
     out = []
-    for key, part in df.groupby(keys, sort=True):
+    for key, part in df.groupby(keys, sort=True, dropna=False):
         record = dict(zip(keys, key))
+        record["inputs"] = int(len(part))
+        for name in _WITH_INTERVALS:
+            _with_interval(record, part, name)
         record.update({
-            "inputs": int(len(part)),
-            "median_compatible_length": float(part["compatible_length"].median()),
             "mean_compatible_length": float(part["compatible_length"].mean()),
-            "adversary_mae": float(part["abs_error"].mean()),
+            "median_true_ratio": float(part["posterior_true_ratio"].median())
+            if "posterior_true_ratio" in part.columns else float("nan"),
             "accuracy": float(part["correct"].fillna(False).astype(bool).mean()),
             "abstain_rate": float((part["released_label"] == ABSTAIN).mean()),
             "certified_rate": float(part["certified_low"].notna().mean()) if record["release_model"] == SMOOTHED else float("nan"),
