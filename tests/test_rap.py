@@ -443,5 +443,11 @@ def test_posterior_matches_a_linear_models_exact_posterior(ray_session):
             far_neutral.append(widths[far & (counts[got["order"], 0] + counts[got["order"], 1] > 0)
                                       & (pred["prediction"].to_numpy()[got["order"]] == -1)].sum())
     assert np.abs(checks).max() <= 4, np.round(checks, 2)
+    # The plotting helper recomputes an input's per-cell posterior with the run's own noise.
+    from rpdist.privacy.rap import input_posterior
+
+    one = input_posterior(oracle.module, X[3], 3, prior=sample, column=0, mean=mean, scale=scale, grid=grid,
+                          sigma=sigma, n=n, alpha=alpha, seed=2)
+    assert one["posterior"] @ one["centres"] == pytest.approx(smoothed.loc[3, "posterior_mean"], rel=1e-12)
     assert (smoothed["released_label"] == -1).sum() >= 5  # the boundary inputs: abstain has its own posterior
     assert np.median(far_neutral) > 0 and max(far_neutral) >= 2 * step  # the artifact the posterior removes

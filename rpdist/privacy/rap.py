@@ -1,15 +1,20 @@
-"""Robust Attribute Privacy: compatible sets of a sensitive attribute, base model against smoothed.
+"""Robust Attribute Privacy: how well a sensitive attribute can be inferred, base model against smoothed.
 
 For each input x with sensitive attribute s, every other feature is held fixed and s is swept over
-a grid in raw units spanning its range in the training data, plus the true value itself. The
-*compatible set* is every swept value whose release equals the release at the true value: the
-base model's argmax label, or the smoothed model's PREDICT. Abstain (−1) is a release value of its
-own, and it is not evidence against any label: PREDICT abstains where it cannot tell the smoothed
-classifier's label at N samples, which is exactly where an observed label cannot rule the value
-out. So an abstain cell is compatible with a released label, while an abstain release is
-compatible with abstain cells only. Without this rule the interval of a certified label stops at
-the first abstention inside its certified segment, which happens near the segment's edge however
-large N is (there the smoothed margin is O(1/√N), the same order as PREDICT's abstain band).
+a grid in raw units (by default the range of the training data; ``run_rap`` uses the whole
+dataset's), plus the true value itself. The headline measure is the Bayes adversary's posterior
+over the grid (:mod:`rpdist.privacy.posterior`): prior times the release's probability at each
+cell, abstain being a release like any other.
+
+The *compatible set*, kept as a reference column, is every swept value whose release equals the
+release at the true value: the base model's argmax label, or the smoothed model's PREDICT. Under
+the ``neutral`` rule an abstain cell counts as compatible with a released label (an abstain release
+is compatible with abstain cells only). That overstates the adversary's uncertainty: beyond the
+boundary PREDICT returns the label with probability ≤ α/2, so an observer can all but rule those
+cells out; the posterior weighs them by exactly that probability. Without the rule the interval of
+a certified label stops at the first abstention inside its certified segment, which happens near
+the segment's edge however large N is; whether the segment lies inside the interval is therefore
+a check of the certificate machinery, not a privacy measure.
 
 A CERTIFY radius R (standardised units) at x guarantees, with probability ≥ 1−α, that the
 smoothed classifier is constant on [s − R·scale_s, s + R·scale_s] in raw units.
@@ -280,6 +285,39 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
     return table, pd.concat(curves, ignore_index=True)
 
 
+def input_posterior(model, x: np.ndarray, input_id: int, *, prior: np.ndarray, column: int, mean: float,
+                    scale: float, grid: np.ndarray, sigma: float, n: int, alpha: float, seed: int = 0,
+                    release_model: str = SMOOTHED, batch_size: int | None = None) -> dict:
+    """The per-cell posterior of one input of a run, recomputed (for plots): same grid, same ids, so the
+    smoothed release sees the run's own noise. Returns :func:`rpdist.privacy.posterior.cell_posterior`'s
+    dict plus ``released`` and ``true_value``."""
+    from rpdist.privacy.mechanisms import Predict
+    from rpdist.privacy.posterior import cell_posterior
+    from rpdist.smoothing.job import as_model_ref, predict
+
+    x = np.asarray(x, dtype=np.float32)
+    shape = x.shape
+    flat = x.reshape(1, -1)
+    G = len(grid)
+    values = np.append(grid, float(flat[0, column]) * scale + mean)
+    points = np.repeat(flat, G + 1, axis=0)
+    points[:, column] = ((values - mean) / scale).astype(np.float32)
+    points = points.reshape(G + 1, *shape)
+    ref = as_model_ref(model, points)
+    if release_model == BASE:
+        releases = _BaseReleases(ref, shape)(points)
+        likelihood = (releases == releases[-1]).astype(np.float64)
+    else:
+        pred = predict(ref, points, sigma=sigma, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
+                       input_ids=int(input_id) * (G + 1) + np.arange(G + 1, dtype=np.int64))
+        releases = pred["prediction"].to_numpy()
+        likelihood = predict_likelihood(Predict(n, alpha), np.stack(pred["counts"].to_numpy()), int(releases[-1]),
+                                        ABSTAIN)
+    out = cell_posterior(values, likelihood, KdePrior(prior))
+    out.update({"released": int(releases[-1]), "true_value": float(values[-1])})
+    return out
+
+
 class _ReleasedCertificate:
     """Radius of the label released at each true value, from CERTIFY's estimation counts."""
 
@@ -394,7 +432,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     median posterior/prior ratio of the true cell, and the median sound advantage bound of the smoothed
     release at its certified radius. ``containment`` is a check of the certificate machinery (a
     certified segment should lie in its interval), not a privacy measure."""
-    keys = [c for c in ("l1_non_sensitive", "sigma", "n", "alpha", "grid_step", "abstain_rule", "posterior_level")
+    keys = [c for c in ("dataset", "l1_non_sensitive", "sigma", "n", "alpha", "grid_step", "abstain_rule",
+                        "posterior_level")
             if c in df.columns] + ["release_model"]
     out = []
     for key, part in df.groupby(keys, sort=True, dropna=False):
