@@ -40,6 +40,9 @@ def register(app: typer.Typer) -> None:
         abstain_rule: str = typer.Option(NEUTRAL, "--abstain-rule",
                                          help="neutral: a grid point where PREDICT abstains rules no label out; "
                                               "distinct: abstain is one more label (smaller compatible sets)."),
+        posterior_level: float = typer.Option(0.9, "--posterior-level",
+                                              help="Credible level of the adversary posterior's highest-density "
+                                                   "length, in (0, 1)."),
         out: str = typer.Option("results", "--out", "-o", help="Output root (a directory or a pyarrow URI such as s3://bucket/x); writes OUT/RUN_ID/rap.parquet."),
         run_id: Optional[str] = typer.Option(None, "--run-id", help="Run directory name."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -50,5 +53,6 @@ def register(app: typer.Typer) -> None:
         spec = RapSpec(dataset=dataset, attribute=attribute, sigma=sigma, n=n, n0=n0, alpha=alpha,
                        grid_step=grid_step, l1_non_sensitive=list(l1_non_sensitive), train_sigma=train_sigma, seed=seed,
                        split=split, limit=limit, batch_size=batch_size, workers=workers, address=address,
-                       device=device, grid_batch=grid_batch, abstain_rule=abstain_rule, out=str(out), run_id=run_id)
+                       device=device, grid_batch=grid_batch, abstain_rule=abstain_rule, out=str(out), run_id=run_id,
+                       posterior_level=posterior_level)
         print_outcome(run_rap(spec, progress=not quiet), title=f"RAP of {attribute!r}")

@@ -15,7 +15,6 @@ from rpdist.privacy.audit import audit_spec, directions, release_key, run_audit
 from rpdist.privacy.bounds import exact_tv
 from rpdist.privacy.distinguish import family_lower, fit_and_score
 from rpdist.privacy.mechanisms import mechanism
-from rpdist.smoothing.stats import bootstrap_interval
 
 SIGMA = 0.5
 
@@ -44,13 +43,6 @@ def test_fitted_distinguisher_recovers_tv_over_two_for_known_laws():
     # k = 2: observations are multisets; the exact 2-fold TV of i.i.d. pairs is larger
     pairs = fit_and_score(rng.choice(3, (4000, 2), p=p), rng.choice(3, (4000, 2), p=q))
     assert pairs.advantage > scored.advantage
-
-
-def test_bootstrap_interval_matches_the_median_and_covers_it():
-    values = np.random.default_rng(2).normal(size=301)
-    median, low, high = bootstrap_interval(values)
-    assert median == np.median(values) and low < median < high
-    assert high - low == pytest.approx(2 * 1.96 * 1.2533 / np.sqrt(301), rel=0.35)  # √(π/2)·σ/√n
 
 
 def test_release_keys_depend_on_every_part_and_nothing_else():

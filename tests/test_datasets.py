@@ -160,7 +160,7 @@ def test_digits():
 
 def test_list_datasets_matches_loaders():
     entries = {d["name"]: d for d in list_datasets()}
-    assert set(entries) == {"insurance", "digits"}
+    assert set(entries) == {"insurance", "insurance-recommend", "digits"}
     for name, entry in entries.items():
         ds = load_dataset(name, split="all")
         assert entry["rows"] == len(ds.X)

@@ -197,7 +197,7 @@ def test_training_leaves_global_rng_alone(tmp_path):
 
 
 def test_default_model_refusals(tmp_path):
-    with pytest.raises(InputError, match="no built-in model for dataset 'mnist'.*insurance, digits"):
+    with pytest.raises(InputError, match="no built-in model for dataset 'mnist'.*insurance, insurance-recommend, digits"):
         models.default_model("mnist", train_sigma=0.25, cache_dir=tmp_path)
     for sigma in (-0.1, float("nan"), float("inf"), "0.5"):
         with pytest.raises(InputError, match="train_sigma"):

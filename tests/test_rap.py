@@ -106,6 +106,10 @@ def test_grid_and_attribute_refusals():
     (["--grid-step", "0"], "grid step must be"),
     (["--grid-step", "-1"], "grid step must be"),
     (["--abstain-rule", "sometimes"], "--abstain-rule must be"),
+    (["--posterior-level", "1"], "posterior level must lie strictly between 0 and 1"),
+    (["--posterior-level", "0"], "posterior level must lie strictly between 0 and 1"),
+    (["--posterior-level", "-0.5"], "posterior level must lie strictly between 0 and 1"),
+    (["--dataset", "insurance-recommended"], "built-in dataset with a default model"),
 ])
 def test_cli_bad_input_exit_2_one_line(tmp_path, capsys, args, fragment):
     with pytest.raises(SystemExit) as info:
@@ -113,6 +117,38 @@ def test_cli_bad_input_exit_2_one_line(tmp_path, capsys, args, fragment):
     err = capsys.readouterr().err
     assert info.value.code == 2 and fragment in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_insurance_recommend_is_the_bmi_threshold_task():
+    plain, task = load_dataset("insurance", split="all"), load_dataset("insurance-recommend", split="all")
+    assert np.array_equal(plain.X, task.X) and task.feature_names == plain.feature_names
+    bmi = task.raw_features()[:, 1]
+    assert np.array_equal(task.y, (bmi >= 30 - 1e-4).astype(np.int64))  # float32 storage: 30.0 reads 29.99999…
+    assert (bmi.min(), bmi.max()) == pytest.approx((15.96, 53.13), abs=1e-5)  # the grid's range in run_rap
+    assert task.sha256 != plain.sha256  # another label: no run of one resumes as the other
+    assert "insurance-recommend" in models.DEFAULTS
+
+
+def test_summary_has_bootstrap_intervals_on_medians_and_maes():
+    from rpdist.privacy.rap import summarize
+    from rpdist.smoothing.stats import bootstrap_interval
+
+    rng = np.random.default_rng(4)
+    rows = pd.DataFrame({"release_model": "base", "sigma": 1.0, "n": 100, "alpha": 0.001, "radius": np.nan,
+                         "attribute_scale": 6.0, "compatible_length": rng.uniform(10, 30, 200),
+                         "abs_error": rng.exponential(3, 200), "posterior_hdi_length": rng.uniform(5, 15, 200),
+                         "posterior_abs_error": rng.exponential(2, 200), "posterior_true_ratio": 1.5,
+                         "correct": True, "released_label": 1, "certified_low": np.nan, "grid_step": 0.1})
+    record = summarize(rows).iloc[0]
+    for key, column, statistic in [("median_compatible_length", "compatible_length", np.median),
+                                   ("adversary_mae", "abs_error", np.mean),
+                                   ("median_hdi_length", "posterior_hdi_length", np.median),
+                                   ("posterior_mae", "posterior_abs_error", np.mean)]:
+        assert record[key] == pytest.approx(statistic(rows[column]))
+        low, high = bootstrap_interval(rows[column], statistic, resamples=2000, seed=0)
+        assert (record[f"{key}_low"], record[f"{key}_high"]) == (low, high)
+        assert low < record[key] < high
+    assert record["median_true_ratio"] == 1.5
 
 
 # --- the l1 penalty -----------------------------------------------------------------------------
@@ -321,3 +357,97 @@ def test_summary_reports_a_sound_release_bound_not_alpha_over_two():
             for r in radii[:2]]
     assert summary["median_release_advantage"].iloc[0] == pytest.approx(np.median(each), abs=1e-3)
     assert summary["median_release_advantage"].iloc[0] > 0.287 / 2  # nowhere near α/2 = 0.0005
+
+
+# --- the adversary's posterior against a linear model's exact one ------------------------------------
+
+
+def _delta_budget(a, prior, exact_lik, bias, var):
+    """First-order (delta-method) mean shift and sd of R̂ = Σπ·a·L̂ / Σπ·L̂ around R = Σπ·a·L / Σπ·L
+    when each cell's L̂ has the given bias and variance, independently across cells."""
+    evidence = (prior * exact_lik).sum()
+    r = (prior * a * exact_lik).sum() / evidence
+    gradient = prior * (a - r) / evidence
+    return r, float(gradient @ bias), float(np.sqrt(gradient**2 @ var))
+
+
+def test_posterior_matches_a_linear_models_exact_posterior(ray_session):
+    """Along the attribute a linear model's smoothed class probability is exactly Φ(d/σ), so PREDICT's
+    output probability, and with it the posterior, is known at every cell.
+
+    Error budget: the posterior uses the plug-in P(k/N) with k ~ Bin(N, p) independently per cell.
+    Its exact mean and variance per cell are sums over the binomial, and the delta method carries
+    them to each statistic R (posterior mean, far-side mass): R̂ − R should lie within its
+    first-order bias ± 4 sd (|z| > 4 has probability 6e-5 per check under the normal approximation,
+    about 0.005 over the 72 checks here). Measured with this seed: max |z| = 2.6, the z's look
+    standard normal, so the neglected second-order terms are small. Far-side cells (where the
+    smoothed label is the other class) have an exact likelihood ≤ α/2, and their estimated posterior
+    mass is held to the exact one by the same budget: the `neutral` artifact is gone. Mutations: the
+    neutral likelihood (abstain counted with the label) gives z = 649; a plug-in p̂ shifted by 0.02, z = 13.7.
+    """
+    from rpdist import predict
+    from rpdist.privacy.mechanisms import Predict
+    from rpdist.privacy.posterior import KdePrior, cell_posterior, predict_likelihood
+    from scipy.stats import binom
+
+    oracle = LinearOracle(weights=[2.0, 0.3, -0.2, 0.1], bias=0.1)
+    mean, scale, step, sigma, n, alpha = 30.0, 6.0, 0.25, 0.5, 1000, 0.001
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(36, 4)).astype(np.float32)
+    rest = X[:, 1:].astype(np.float64) @ oracle.w[1:] + oracle.b
+    X[-6:, 0] = (-rest[-6:] / oracle.w[0]).astype(np.float32)  # six inputs on the boundary: PREDICT abstains
+    X[:, 0] = np.clip(X[:, 0], -2.2, 2.8)
+    sample = np.random.default_rng(8).normal(31.0, 6.0, size=1200)
+    sample = sample[(sample > 17) & (sample < 48)]
+    ids = np.arange(len(X))
+    table, _ = rap_analysis(oracle.module, X, oracle.label(X), ids, prior=sample, column=0, attribute="a", mean=mean,
+                            scale=scale, sigma=sigma, n=n, n0=100, alpha=alpha, grid_step=step, seed=2)
+    smoothed = table[table["release_model"] == "smoothed"].set_index("input_id")
+    grid = attribute_grid(float(sample.min()), float(sample.max()), step)
+    G, mech, prior = len(grid), Predict(n, alpha), KdePrior(sample)
+    k = np.arange(n + 1)
+    outputs = mech.probabilities(k / n)  # the plug-in likelihood as a function of the count k0
+    checks, far_neutral = [], []
+    # The run's own grid points (same ids, so the same noise), PREDICTed again here to see their counts.
+    values_all = np.concatenate([np.append(grid, mean + scale * float(X[i, 0])) for i in ids])
+    points_all = np.repeat(X, G + 1, axis=0)
+    points_all[:, 0] = ((values_all - mean) / scale).astype(np.float32)
+    pred_all = predict(oracle.module, points_all, sigma=sigma, n=n, alpha=alpha, seed=2,
+                       input_ids=np.arange(len(ids) * (G + 1)))
+    for i in ids:
+        part = slice(i * (G + 1), (i + 1) * (G + 1))
+        values, points, pred = values_all[part], points_all[part], pred_all.iloc[part]
+        released = int(pred["prediction"].iloc[-1])
+        assert released == smoothed.loc[i, "released_label"]
+        column = 2 if released == -1 else released
+        counts = np.stack(pred["counts"].to_numpy())
+        got = cell_posterior(values, predict_likelihood(mech, counts, released), prior)
+        # The run's column is this posterior's mean (the wiring), and its mass sums to one.
+        assert smoothed.loc[i, "posterior_mean"] == pytest.approx(got["posterior"] @ got["centres"], rel=1e-12)
+        p1 = norm.cdf(oracle.signed_distance(points) / sigma)[got["order"]]
+        p0 = 1 - p1
+        exact_lik = mech.probabilities(p0)[:, column]
+        pmf = binom.pmf(k[None, :], n, p0[:, None])
+        mean_lik = pmf @ outputs[:, column]
+        var_lik = np.clip(pmf @ outputs[:, column] ** 2 - mean_lik**2, 0, None)
+        far = (p1 < 0.5) if released == 1 else (p1 > 0.5) if released == 0 else np.abs(p1 - 0.5) > 0.45
+        for a, slack, estimate in [(got["centres"], 1e-6, got["posterior"] @ got["centres"]),  # slack: rounding
+                                   (far.astype(float), 1e-9, got["posterior"][far].sum())]:
+            r, bias, sd = _delta_budget(a, got["prior"], exact_lik, mean_lik - exact_lik, var_lik)
+            checks.append((estimate - r - bias) / max(sd, 1e-12) if abs(estimate - r - bias) > slack else 0.0)
+        if released >= 0:
+            # The far side's exact likelihood is at most α/2 (PREDICT's error rate at p_L ≤ 1/2) ...
+            assert exact_lik[far].max() <= alpha / 2
+            # ... while the neutral compatible set counts the far side's abstain cells as compatible.
+            widths = np.diff(got["edges"])
+            far_neutral.append(widths[far & (counts[got["order"], 0] + counts[got["order"], 1] > 0)
+                                      & (pred["prediction"].to_numpy()[got["order"]] == -1)].sum())
+    assert np.abs(checks).max() <= 4, np.round(checks, 2)
+    # The plotting helper recomputes an input's per-cell posterior with the run's own noise.
+    from rpdist.privacy.rap import input_posterior
+
+    one = input_posterior(oracle.module, X[3], 3, prior=sample, column=0, mean=mean, scale=scale, grid=grid,
+                          sigma=sigma, n=n, alpha=alpha, seed=2)
+    assert one["posterior"] @ one["centres"] == pytest.approx(smoothed.loc[3, "posterior_mean"], rel=1e-12)
+    assert (smoothed["released_label"] == -1).sum() >= 5  # the boundary inputs: abstain has its own posterior
+    assert np.median(far_neutral) > 0 and max(far_neutral) >= 2 * step  # the artifact the posterior removes

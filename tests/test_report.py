@@ -205,7 +205,7 @@ def test_rap_and_attack_sections_appear_with_their_files(tmp_path):
     assert sorted(p.name for p in pngs_of(report)) == ["report-certified-accuracy.png", "report-rap-lengths.png"]
     for release in ("base", "smoothed"):
         median = rap.loc[rap["release_model"] == release, "compatible_length"].median()
-        assert re.search(rf"\| {release} \| 30 \| {median:.2f} \|", text), release
+        assert re.search(rf"\| {release} \| 30 \| [^\n]*\| {median:.2f} \[[0-9.]+, [0-9.]+\] \|", text), release
     smoothed = rap[rap["release_model"] == "smoothed"]
     assert f"| {100 * smoothed['certified_low'].notna().mean():.1f}% |" in text
 

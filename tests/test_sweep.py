@@ -159,6 +159,8 @@ def test_rap_sweep_runs_each_point_and_resumes(ray_session, tmp_path):
     assert sorted(set(table["n"])) == [100, 200] and (table["sigma"] == 0.5).all()
     assert len(table) == 2 * 2 * 2  # (input, release model) rows at each of the two N
     assert {row["release_model"] for row in outcome.summary} == {"base", "smoothed"}
+    assert all(row["median_hdi_length_low"] <= row["median_hdi_length"] <= row["median_hdi_length_high"]
+               for row in outcome.summary)  # the one summarize, intervals included
     first = tmp_path / "rap" / "sigma=0.5" / "n=100" / "alpha=0.01" / "seed=0" / "rap.parquet"
     stamp = first.stat().st_mtime_ns
     again = run_sweep(spec, out=tmp_path, sweep_id="rap", progress=False)
@@ -169,6 +171,10 @@ def test_rap_sweep_runs_each_point_and_resumes(ray_session, tmp_path):
 def test_rap_keys_are_checked():
     with pytest.raises(InputError, match="'grid_step'"):
         parse_sweep({**BASE, "analysis": "rap", "grid_step": 0})
+    for level in (0, 1, 1.5):
+        with pytest.raises(InputError, match="'posterior_level'"):
+            parse_sweep({**BASE, "analysis": "rap", "posterior_level": level})
+    assert parse_sweep({**BASE, "analysis": "rap", "posterior_level": 0.5}).posterior_level == 0.5
 
 
 @pytest.mark.slow

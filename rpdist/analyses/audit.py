@@ -67,7 +67,9 @@ class AuditAnalysis(Analysis):
         for key, part in table.groupby(list(KEYS), sort=True):
             edge = part[part["point"] == AT_RADIUS]
             worst = part.loc[part["empirical_advantage"].idxmax()]
-            median, low, high = bootstrap_interval(edge["empirical_advantage"].to_numpy(), np.median)
+            advantages = edge["empirical_advantage"].to_numpy()
+            median = float(np.median(advantages)) if len(advantages) else float("nan")
+            low, high = bootstrap_interval(advantages)
             rows.append({
                 **dict(zip(KEYS, (str(key[0]), int(key[1]), int(key[2])))),
                 "certified_release": bool(part["certified_release"].iloc[0]),

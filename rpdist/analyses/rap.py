@@ -12,6 +12,16 @@ from rpdist.reporting.plots import figure, style
 SMOOTHED = "smoothed"
 
 
+def _ci(record: dict, key: str, digits: int = 2) -> str:
+    """A summary value with its 95% bootstrap interval: ``12.30 [11.90, 12.80]``."""
+    value, low, high = record.get(key), record.get(f"{key}_low"), record.get(f"{key}_high")
+    if value is None or value != value:
+        return "—"
+    if low is None or low != low:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 class RapAnalysis(Analysis):
     name = "rap"
     final_file = "rap.parquet"
@@ -22,8 +32,10 @@ class RapAnalysis(Analysis):
         Column("λ", lambda r: f"{r['l1_non_sensitive']:g}", key=True), Column("σ", lambda r: f"{r['sigma']:g}", key=True),
         Column("N", lambda r: f"{r['n']:,}", key=True), Column("α", lambda r: f"{r['alpha']:g}", key=True),
         Column("release", lambda r: r["release_model"], key=True), Column("inputs", lambda r: f"{r['inputs']:,}"),
-        Column("median length", lambda r: f"{r['median_compatible_length']:.2f}"),
-        Column("adversary MAE", lambda r: f"{r['adversary_mae']:.2f}"),
+        Column("median HDI length", lambda r: _ci(r, "median_hdi_length")),
+        Column("posterior MAE", lambda r: _ci(r, "posterior_mae")),
+        Column("median compatible length", lambda r: _ci(r, "median_compatible_length")),
+        Column("compatible-set MAE", lambda r: _ci(r, "adversary_mae")),
         Column("accuracy", lambda r: f"{100 * r['accuracy']:.1f}%"),
         Column("abstain", lambda r: f"{100 * r['abstain_rate']:.1f}%"),
         Column("certified", lambda r: f"{100 * r['certified_rate']:.1f}%" if r["release_model"] == SMOOTHED else "—"),
@@ -55,31 +67,46 @@ class RapAnalysis(Analysis):
         run_rap(RapSpec(dataset=sweep.dataset, attribute=sweep.attribute, sigma=point["sigma"], n=point["n"],
                         n0=sweep.n0, alpha=point["alpha"], seed=point["seed"], grid_step=sweep.grid_step,
                         train_sigma=sweep.train_sigma, l1_non_sensitive=sweep.l1_non_sensitive, split=sweep.split,
+                        posterior_level=sweep.posterior_level,
                         limit=sweep.limit, batch_size=sweep.batch_size, out=out, run_id=run_id, **options),
                 progress=progress)
 
 
 def report_rap(w, source, summary: list[dict], slug: str) -> None:
+    from rpdist.privacy.rap import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
     df = source.table.copy()
     attribute = str(df["attribute"].iloc[0]) if "attribute" in df.columns else "attribute"
     by = [c for c in ("l1_non_sensitive", "sigma", "n", "alpha") if c in df.columns and df[c].nunique() > 1]
     w.add("### Summary", "")
-    rows = [[*(r[c] for c in by), r["release_model"], r["inputs"], num(r["median_compatible_length"], 2),
-             num(r["mean_compatible_length"], 2), num(r["adversary_mae"], 2), pct(r["accuracy"]),
+    rows = [[*(r[c] for c in by), r["release_model"], r["inputs"], _ci(r, "median_hdi_length"), _ci(r, "posterior_mae"),
+             num(r.get("median_true_ratio", float("nan")), 2), _ci(r, "median_compatible_length"),
+             num(r["mean_compatible_length"], 2), _ci(r, "adversary_mae"), pct(r["accuracy"]),
              pct(r["abstain_rate"]), pct(r["certified_rate"]) if r["release_model"] == SMOOTHED else "—",
              num(r["median_certified_half_width"], 2) if r["release_model"] == SMOOTHED else "—",
              num(r["median_release_advantage"], 3) if r["release_model"] == SMOOTHED else "—"]
             for r in summary]
     names = {"l1_non_sensitive": "ℓ1 penalty λ", "sigma": "σ", "n": "N", "alpha": "α"}
-    w.add(*md_table([*(names[c] for c in by), "release", "inputs", f"median compatible length ({attribute})",
-                   "mean compatible length", "adversary MAE", "accuracy", "abstain", "certified",
+    level = df["posterior_level"].iloc[0] if "posterior_level" in df.columns else 0.9
+    w.add(*md_table([*(names[c] for c in by), "release", "inputs",
+                   f"median {100 * level:g}% HDI length ({attribute})", "posterior MAE",
+                   "median posterior/prior of the true cell", "median compatible length",
+                   "mean compatible length", "compatible-set MAE", "accuracy", "abstain", "certified",
                    "median certified half-width", "PREDICT's advantage at R ≤ (median)"], rows))
     params = ", ".join(f"{names[c]} = {fmt(df[c].iloc[0])}" for c in ("sigma", "n", "alpha")
                        if c in df.columns and c not in by)
     in_params = f" ({params})" if params else ""
-    w.add(f"Lengths, adversary error and half-widths are in raw units of {attribute}{in_params}."
-          " The compatible set holds every value of the attribute whose release equals the release at the true "
-          "value; the adversary estimates the attribute from it (MAE: mean absolute error). Certified: share of "
+    w.add(f"Lengths, errors and half-widths are in raw units of {attribute}{in_params}; brackets: 95% percentile "
+          f"bootstrap intervals over inputs ({BOOTSTRAP_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED})."
+          " The posterior is the Bayes adversary's, who knows every other feature and the release mechanism: "
+          "a kernel-density prior from the training values times the release's probability at each value "
+          "(the indicator for the base model; PREDICT's exact output probability at each grid cell's plug-in "
+          "class probability for the smoothed one, abstain included). HDI length: the total length of its "
+          "highest-density region; MAE: mean absolute error of its mean; posterior/prior of the true cell: "
+          "above 1, the release makes the true value more likely. The compatible set (every value whose "
+          "release equals the release at the true value, with the run's abstain rule) and the error of the "
+          "training mean inside it are kept for reference; under the neutral rule it also counts abstain "
+          "cells beyond the boundary that an observer of the label can all but rule out. Certified: share of "
           "smoothed releases with a certificate; half-width: radius × the attribute's scale. PREDICT's advantage: "
           "the median over certified inputs of a sound bound (rpdist.privacy.bounds, each with confidence 1 − α) on "
           "a one-query distinguisher's advantage between the input and any point within its certified radius; it "

@@ -116,6 +116,9 @@ def _insurance_source() -> tuple[pd.DataFrame, str]:
     return frame, hashlib.sha256(payload).hexdigest()
 
 
+OBESITY_BMI = 30.0  # WHO obesity threshold, kg/m²
+
+
 def _load_insurance() -> tuple[dict, tuple]:
     """Insurance with a binary label: 1 = recommend the high-cost care plan.
 
@@ -124,6 +127,26 @@ def _load_insurance() -> tuple[dict, tuple]:
     with train-split mean and std (ddof=0) so that test rows never leak into the scaling;
     ``sex``, ``smoker`` and ``region`` are one-hot 0/1 columns and are left unscaled.
     """
+    return _insurance_features("insurance")
+
+
+def _load_insurance_recommend() -> tuple[dict, tuple]:
+    """The RP paper's kind of task on the same features: recommend (1) when BMI ≥ 30.
+
+    The paper's motivating recommendation depends on BMI through a threshold; its attribute-privacy
+    experiment needs a decision driven by the sensitive attribute, which ``insurance`` (charges,
+    decided by age and smoking) is not. BMI stays a feature, so the label is a function of it.
+    """
+    meta, (X, _) = _insurance_features("insurance-recommend")
+    frame, _ = _insurance_source()
+    y = (frame["bmi"].to_numpy(dtype=np.float64) >= OBESITY_BMI).astype(np.int64)
+    meta["label_description"] = f"1 = recommend (BMI >= {OBESITY_BMI:g}, the WHO obesity threshold), 0 = do not"
+    # The same file with another label: the digest names both, so no run of one resumes as the other.
+    meta["sha256"] = hashlib.sha256(f"{meta['sha256']}:bmi>={OBESITY_BMI:g}".encode()).hexdigest()
+    return meta, (X, y)
+
+
+def _insurance_features(name: str) -> tuple[dict, tuple]:
     frame, digest = _insurance_source()
     train = split_indices(len(frame))["train"]
 
@@ -142,7 +165,7 @@ def _load_insurance() -> tuple[dict, tuple]:
 
     n_onehot = X.shape[1] - len(INSURANCE_NUMERIC)
     meta = dict(
-        name="insurance",
+        name=name,
         feature_names=INSURANCE_FEATURES,
         num_classes=2,
         sha256=digest,
@@ -195,6 +218,14 @@ BUILTINS = {
         input_shape=(11,),
         num_classes=2,
         label="1 = recommend the high-cost care plan (charges above the train-split median)",
+    ),
+    "insurance-recommend": dict(
+        loader=_load_insurance_recommend,
+        description="the insurance features with the RP paper's kind of label: a BMI-threshold recommendation",
+        rows=1338,
+        input_shape=(11,),
+        num_classes=2,
+        label=f"1 = recommend (BMI >= {OBESITY_BMI:g}, the WHO obesity threshold)",
     ),
     "digits": dict(
         loader=_load_digits,
@@ -397,7 +428,8 @@ def load_dataset(
     """Load a built-in dataset by name, or a ``.csv`` / ``.parquet`` / ``.npz`` file.
 
     Built-ins: ``insurance`` (binary label: recommend the high-cost care plan, i.e. charges
-    above the train-split median) and ``digits``. Files are used exactly as given (no scaling);
+    above the train-split median), ``insurance-recommend`` (the same features, label BMI ≥ 30) and
+    ``digits``. Files are used exactly as given (no scaling);
     ``split`` ``"train"``/``"test"`` applies the same fixed seeded 80/20 split as the built-ins
     and ``"all"`` keeps every row. ``limit`` keeps the first ``limit`` rows of the split;
     ``input_ids`` are always row numbers of the full source. Every bad input raises

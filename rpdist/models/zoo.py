@@ -43,6 +43,13 @@ DEFAULTS: dict[str, dict] = {
         lr=3e-3,
         batch_size=64,
     ),
+    "insurance-recommend": dict(  # the same MLP and schedule as insurance
+        arch="mlp",
+        arch_kwargs={"in_features": 11, "num_classes": 2, "hidden": [64, 64]},
+        epochs=60,
+        lr=3e-3,
+        batch_size=64,
+    ),
     "digits": dict(
         arch="cnn",
         arch_kwargs={"num_classes": 10, "channels": 1, "side": 8},

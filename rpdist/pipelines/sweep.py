@@ -66,6 +66,7 @@ class SweepSpec(BaseModel):
     attribute: str = "bmi"  # rap only
     grid_step: float = Field(0.1, gt=0)  # rap only
     l1_non_sensitive: float = Field(0.01, ge=0)  # rap only
+    posterior_level: float = Field(0.9, gt=0, lt=1)  # rap only: credible level of the posterior's HDI length
     release: Literal["predict", "majority"] = "majority"  # attack only: the smoothed release the attacker queries
     query_budget: Count = 400  # attack only
     restarts: Count = 1  # attack only

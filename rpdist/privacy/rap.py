@@ -1,15 +1,20 @@
-"""Robust Attribute Privacy: compatible sets of a sensitive attribute, base model against smoothed.
+"""Robust Attribute Privacy: how well a sensitive attribute can be inferred, base model against smoothed.
 
 For each input x with sensitive attribute s, every other feature is held fixed and s is swept over
-a grid in raw units spanning its range in the training data, plus the true value itself. The
-*compatible set* is every swept value whose release equals the release at the true value: the
-base model's argmax label, or the smoothed model's PREDICT. Abstain (−1) is a release value of its
-own, and it is not evidence against any label: PREDICT abstains where it cannot tell the smoothed
-classifier's label at N samples, which is exactly where an observed label cannot rule the value
-out. So an abstain cell is compatible with a released label, while an abstain release is
-compatible with abstain cells only. Without this rule the interval of a certified label stops at
-the first abstention inside its certified segment, which happens near the segment's edge however
-large N is (there the smoothed margin is O(1/√N), the same order as PREDICT's abstain band).
+a grid in raw units (by default the range of the training data; ``run_rap`` uses the whole
+dataset's), plus the true value itself. The headline measure is the Bayes adversary's posterior
+over the grid (:mod:`rpdist.privacy.posterior`): prior times the release's probability at each
+cell, abstain being a release like any other.
+
+The *compatible set*, kept as a reference column, is every swept value whose release equals the
+release at the true value: the base model's argmax label, or the smoothed model's PREDICT. Under
+the ``neutral`` rule an abstain cell counts as compatible with a released label (an abstain release
+is compatible with abstain cells only). That overstates the adversary's uncertainty: beyond the
+boundary PREDICT returns the label with probability ≤ α/2, so an observer can all but rule those
+cells out; the posterior weighs them by exactly that probability. Without the rule the interval of
+a certified label stops at the first abstention inside its certified segment, which happens near
+the segment's edge however large N is; whether the segment lies inside the interval is therefore
+a check of the certificate machinery, not a privacy measure.
 
 A CERTIFY radius R (standardised units) at x guarantees, with probability ≥ 1−α, that the
 smoothed classifier is constant on [s − R·scale_s, s + R·scale_s] in raw units.
@@ -42,6 +47,7 @@ import pandas as pd
 from rpdist.smoothing import stats
 from rpdist.errors import InputError
 from rpdist.privacy.adversary import restricted_mean
+from rpdist.privacy.posterior import DEFAULT_LEVEL, KdePrior, check_level, posterior_summary, predict_likelihood
 
 ABSTAIN = -1
 BASE, SMOOTHED = "base", "smoothed"
@@ -52,9 +58,11 @@ MAX_GRID_POINTS = 100_000_000  # per input: one int8 release each must fit in me
 COLUMNS = [
     "input_id", "release_model", "sigma", "n", "alpha", "attribute", "attribute_value", "attribute_scale",
     "released_label", "compatible_length", "interval_low", "interval_high", "radius", "certified_low",
-    "certified_high", "adversary_estimate", "abs_error",
+    "certified_high", "adversary_estimate", "abs_error", "posterior_hdi_length", "posterior_mean",
+    "posterior_abs_error", "posterior_true_ratio",
 ]
-EXTRA_COLUMNS = ["label", "correct", "certified_label", "n0", "seed", "grid_step", "grid_points", "abstain_rule"]
+EXTRA_COLUMNS = ["label", "correct", "certified_label", "n0", "seed", "grid_step", "grid_points", "abstain_rule",
+                 "posterior_level"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,23 +189,32 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
                  grid_step: float = 0.1, seed: int = 0, batch_size: int | None = None,
                  workers: int | None = None, address: str | None = None, device: str | None = None,
                  grid_batch: int = DEFAULT_GRID_BATCH, abstain_rule: str = NEUTRAL,
+                 posterior_level: float = DEFAULT_LEVEL, grid_range: tuple[float, float] | None = None,
                  progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RAP rows (one per input and release model) and the release-rate curve over the grid.
 
     ``X`` is what the model sees (standardised); ``column`` the attribute's index in the flattened
     features; ``mean``/``scale`` its standardisation (raw = X·scale + mean); ``prior`` the training
-    values of the attribute in raw units, which set the grid range and the adversary's prior.
+    values of the attribute in raw units, the adversary's prior; they also set the grid's range unless
+    ``grid_range`` = (low, high) in raw units is given (``run_rap`` passes the range observed in the
+    whole dataset).
     ``abstain_rule`` = ``distinct`` makes an abstain cell incompatible with a released label: the
     literal reading, with smaller compatible sets, under which certified segments may end short.
+    ``posterior_level`` is the credible level of the posterior's highest-density length
+    (:mod:`rpdist.privacy.posterior`; the posterior columns are NaN for models with more than two classes).
     """
+    from rpdist.privacy.mechanisms import Predict
     from rpdist.smoothing.job import as_model_ref, certify, check_inputs, predict
 
     X, y, input_ids = check_inputs(X, y, input_ids)
     check_abstain_rule(abstain_rule)
+    posterior_level = check_level(posterior_level)
     if isinstance(grid_batch, bool) or not isinstance(grid_batch, (int, np.integer)) or grid_batch < 1:
         raise InputError(f"grid batch must be a whole number >= 1, got {grid_batch!r}")
     prior = np.asarray(prior, dtype=np.float64)
-    grid = attribute_grid(float(prior.min()), float(prior.max()), grid_step)
+    posterior = _Posterior(KdePrior(prior), Predict(n, alpha), posterior_level)
+    low, high = (float(prior.min()), float(prior.max())) if grid_range is None else map(float, grid_range)
+    grid = attribute_grid(low, high, grid_step)
     G = len(grid)
     stride = G + 1
     if int(input_ids.max()) >= (2**63 - 1) // stride - 1:
@@ -233,6 +250,7 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
         if not np.array_equal(pred["input_id"].to_numpy(), ids):
             pred = pred.set_index("input_id").loc[ids].reset_index()
         released[SMOOTHED] = pred["prediction"].to_numpy()
+        counts = np.stack(pred["counts"].to_numpy()).astype(np.int64)
         for model_name, values in released.items():
             g = k[on_grid]
             np.add.at(curve[model_name][:, 0], g, values[on_grid] == 1)
@@ -240,17 +258,21 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
             np.add.at(curve[model_name][:, 2], g, 1)
         for row in np.unique(i):
             sel = i == row
-            buf = buffers.setdefault(int(row), {m: np.full(stride, -2, dtype=np.int64) for m in (BASE, SMOOTHED)})
+            if int(row) not in buffers:
+                buffers[int(row)] = {m: np.full(stride, -2, dtype=np.int64) for m in (BASE, SMOOTHED)}
+                buffers[int(row)]["counts"] = np.zeros((stride, counts.shape[1]), dtype=np.int64)
+            buf = buffers[int(row)]
             for model_name, values in released.items():
                 buf[model_name][k[sel]] = values[sel]
+            buf["counts"][k[sel]] = counts[sel]
             if k[sel][-1] == stride - 1:  # slices run in order, so this input is complete
                 rows.extend(_input_rows(int(row), buffers.pop(int(row)), grid, true_raw, prior, certificate, y,
-                                         input_ids, scale, abstain_rule))
+                                         input_ids, scale, abstain_rule, posterior))
 
     table = pd.DataFrame(rows)
     params = {"sigma": float(sigma), "n": int(n), "alpha": float(alpha), "attribute": attribute,
               "attribute_scale": float(scale), "n0": int(n0), "seed": int(seed), "grid_step": float(grid_step),
-              "grid_points": int(G), "abstain_rule": abstain_rule}
+              "grid_points": int(G), "abstain_rule": abstain_rule, "posterior_level": posterior_level}
     for key, value in params.items():
         table[key] = value
     table = table[COLUMNS + EXTRA_COLUMNS]
@@ -261,6 +283,39 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
             "abstain_rate": c[:, 1] / np.maximum(c[:, 2], 1), "inputs": c[:, 2], "sigma": float(sigma),
             "n": int(n), "alpha": float(alpha), "attribute": attribute}))
     return table, pd.concat(curves, ignore_index=True)
+
+
+def input_posterior(model, x: np.ndarray, input_id: int, *, prior: np.ndarray, column: int, mean: float,
+                    scale: float, grid: np.ndarray, sigma: float, n: int, alpha: float, seed: int = 0,
+                    release_model: str = SMOOTHED, batch_size: int | None = None) -> dict:
+    """The per-cell posterior of one input of a run, recomputed (for plots): same grid, same ids, so the
+    smoothed release sees the run's own noise. Returns :func:`rpdist.privacy.posterior.cell_posterior`'s
+    dict plus ``released`` and ``true_value``."""
+    from rpdist.privacy.mechanisms import Predict
+    from rpdist.privacy.posterior import cell_posterior
+    from rpdist.smoothing.job import as_model_ref, predict
+
+    x = np.asarray(x, dtype=np.float32)
+    shape = x.shape
+    flat = x.reshape(1, -1)
+    G = len(grid)
+    values = np.append(grid, float(flat[0, column]) * scale + mean)
+    points = np.repeat(flat, G + 1, axis=0)
+    points[:, column] = ((values - mean) / scale).astype(np.float32)
+    points = points.reshape(G + 1, *shape)
+    ref = as_model_ref(model, points)
+    if release_model == BASE:
+        releases = _BaseReleases(ref, shape)(points)
+        likelihood = (releases == releases[-1]).astype(np.float64)
+    else:
+        pred = predict(ref, points, sigma=sigma, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
+                       input_ids=int(input_id) * (G + 1) + np.arange(G + 1, dtype=np.int64))
+        releases = pred["prediction"].to_numpy()
+        likelihood = predict_likelihood(Predict(n, alpha), np.stack(pred["counts"].to_numpy()), int(releases[-1]),
+                                        ABSTAIN)
+    out = cell_posterior(values, likelihood, KdePrior(prior))
+    out.update({"released": int(releases[-1]), "true_value": float(values[-1])})
+    return out
 
 
 class _ReleasedCertificate:
@@ -275,7 +330,26 @@ class _ReleasedCertificate:
         return int(label[0]), float(radius[0])
 
 
-def _input_rows(row, releases, grid, true_raw, prior, certificate, y, input_ids, scale, abstain_rule) -> list[dict]:
+class _Posterior:
+    """The Bayes adversary's posterior for one input and release model (:mod:`rpdist.privacy.posterior`)."""
+
+    def __init__(self, prior: KdePrior, mechanism, level: float):
+        self.prior, self.mechanism, self.level = prior, mechanism, level
+
+    def __call__(self, values, releases, counts, model_name: str) -> dict:
+        true_index = len(values) - 1
+        label = int(releases[true_index])
+        if model_name == BASE:
+            likelihood = (releases == label).astype(np.float64)
+        elif counts.shape[1] == 2:
+            likelihood = predict_likelihood(self.mechanism, counts, label, ABSTAIN)
+        else:
+            return {key: float("nan") for key in ("hdi_length", "mean", "abs_error", "true_ratio")}
+        return posterior_summary(values, likelihood, true_index, self.prior, self.level)
+
+
+def _input_rows(row, releases, grid, true_raw, prior, certificate, y, input_ids, scale, abstain_rule,
+                posterior) -> list[dict]:
     """The base and smoothed rows of one input whose sweep is complete."""
     s = float(true_raw[row])
     values = np.append(grid, s)
@@ -295,6 +369,9 @@ def _input_rows(row, releases, grid, true_raw, prior, certificate, y, input_ids,
             "abs_error": abs(estimate - s), "label": None if y is None else int(y[row]),
             "correct": None if y is None else bool(label == int(y[row])),
         }
+        post = posterior(values, rel, releases["counts"], model_name)
+        record.update({"posterior_hdi_length": post["hdi_length"], "posterior_mean": post["mean"],
+                       "posterior_abs_error": post["abs_error"], "posterior_true_ratio": post["true_ratio"]})
         if model_name == SMOOTHED:
             record["certified_label"], record["radius"] = certificate(row, label)
             if record["certified_label"] != ABSTAIN:
@@ -327,19 +404,47 @@ def release_advantage(rows: pd.DataFrame) -> float:
     return float(np.median(values))
 
 
+BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 2000, 0
+# summary key -> (row column, statistic): each gets a 95% percentile bootstrap interval over inputs
+_WITH_INTERVALS = {
+    "median_compatible_length": ("compatible_length", np.median),
+    "adversary_mae": ("abs_error", np.mean),
+    "median_hdi_length": ("posterior_hdi_length", np.median),
+    "posterior_mae": ("posterior_abs_error", np.mean),
+}
+
+
+def _with_interval(record: dict, part: pd.DataFrame, key: str) -> None:
+    column, statistic = _WITH_INTERVALS[key]
+    if column not in part.columns:  # rows written before the posterior existed
+        record[key] = record[f"{key}_low"] = record[f"{key}_high"] = float("nan")
+        return
+    values = part[column].to_numpy(dtype=np.float64)
+    values = values[~np.isnan(values)]
+    record[key] = float(statistic(values)) if values.size else float("nan")
+    record[f"{key}_low"], record[f"{key}_high"] = stats.bootstrap_interval(
+        values, statistic, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (l1 penalty, release model): median compatible length, adversary MAE, utility, containment,
-    and the median sound advantage bound of the smoothed release at its certified radius."""
-    keys = [c for c in ("l1_non_sensitive", "sigma", "n", "alpha", "grid_step", "abstain_rule")
+    """Per (l1 penalty, release model): median compatible length, adversary MAE, the posterior's median
+    HDI length and MAE (each with a seeded 95% percentile bootstrap interval over inputs), utility, the
+    median posterior/prior ratio of the true cell, and the median sound advantage bound of the smoothed
+    release at its certified radius. ``containment`` is a check of the certificate machinery (a
+    certified segment should lie in its interval), not a privacy measure."""
+    keys = [c for c in ("dataset", "l1_non_sensitive", "sigma", "n", "alpha", "grid_step", "abstain_rule",
+                        "posterior_level")
             if c in df.columns] + ["release_model"]
     out = []
-    for key, part in df.groupby(keys, sort=True):
+    for key, part in df.groupby(keys, sort=True, dropna=False):
         record = dict(zip(keys, key))
+        record["inputs"] = int(len(part))
+        for name in _WITH_INTERVALS:
+            _with_interval(record, part, name)
         record.update({
-            "inputs": int(len(part)),
-            "median_compatible_length": float(part["compatible_length"].median()),
             "mean_compatible_length": float(part["compatible_length"].mean()),
-            "adversary_mae": float(part["abs_error"].mean()),
+            "median_true_ratio": float(part["posterior_true_ratio"].median())
+            if "posterior_true_ratio" in part.columns else float("nan"),
             "accuracy": float(part["correct"].fillna(False).astype(bool).mean()),
             "abstain_rate": float((part["released_label"] == ABSTAIN).mean()),
             "certified_rate": float(part["certified_low"].notna().mean()) if record["release_model"] == SMOOTHED else float("nan"),

@@ -20,6 +20,7 @@ from rpdist.errors import InputError
 from rpdist.io.manifest import new_manifest
 from rpdist.privacy.rap import DEFAULT_GRID_BATCH, NEUTRAL, check_abstain_rule, rap_analysis, resolve_attribute
 from rpdist.io.rundir import RunDir
+from rpdist.privacy.posterior import DEFAULT_LEVEL, LIKELIHOOD_KIND, PRIOR_KIND, KdePrior, check_level
 
 DEFAULT_L1 = 0.01
 RAP = REGISTRY[RapAnalysis.name]
@@ -49,6 +50,7 @@ class RapSpec:
     abstain_rule: str = NEUTRAL  # or "distinct": an abstain cell rules a released label out
     out: str = "results"
     run_id: str | None = None
+    posterior_level: float = DEFAULT_LEVEL  # credible level of the adversary posterior's HDI length, in (0, 1)
 
 
 def l1_values(l1) -> list[float]:
@@ -71,6 +73,7 @@ def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
     stats.check_feasible(spec.n, spec.alpha)
     lambdas = l1_values(spec.l1_non_sensitive)
     check_abstain_rule(spec.abstain_rule)
+    check_level(spec.posterior_level)
     if spec.dataset not in DEFAULTS:
         raise InputError(f"rap needs a built-in dataset with a default model ({', '.join(DEFAULTS)}), got {spec.dataset!r}")
     train = load_dataset(spec.dataset, split="train")
@@ -78,7 +81,9 @@ def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
     column = resolve_attribute(train.feature_names, train_raw, spec.attribute)
     from rpdist.privacy.rap import attribute_grid
 
-    attribute_grid(float(train_raw[:, column].min()), float(train_raw[:, column].max()), spec.grid_step)
+    observed = load_dataset(spec.dataset, split="all").raw_features()[:, column]  # the grid spans all of it
+    grid_range = (float(observed.min()), float(observed.max()))
+    attribute_grid(*grid_range, spec.grid_step)
     data = load_dataset(spec.dataset, split=spec.split, limit=spec.limit)
     run_id = spec.run_id or f"rap-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
     run_dir = RunDir(spec.out, run_id, "rap.parquet")
@@ -98,7 +103,8 @@ def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
             mean=float(train.feature_mean[column]), scale=float(train.feature_std[column]), sigma=spec.sigma,
             n=spec.n, alpha=spec.alpha, n0=spec.n0, grid_step=spec.grid_step, seed=spec.seed,
             batch_size=spec.batch_size, workers=spec.workers, address=spec.address, device=spec.device,
-            grid_batch=spec.grid_batch, abstain_rule=spec.abstain_rule, progress=progress)
+            grid_batch=spec.grid_batch, abstain_rule=spec.abstain_rule, posterior_level=spec.posterior_level,
+            grid_range=grid_range, progress=progress)
         table.insert(len(table.columns), "l1_non_sensitive", lam)
         curve["l1_non_sensitive"] = lam
         tables.append(table)
@@ -117,7 +123,10 @@ def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
         details={"attribute": {"name": spec.attribute, "column": column, "mean": float(train.feature_mean[column]),
                                "scale": float(train.feature_std[column]),
                                "train_min": float(train_raw[:, column].min()),
-                               "train_max": float(train_raw[:, column].max())},
+                               "train_max": float(train_raw[:, column].max()),
+                               "grid_min": grid_range[0], "grid_max": grid_range[1]},
+                 "posterior": {"prior": PRIOR_KIND, "bandwidth": KdePrior(train_raw[:, column]).bandwidth,
+                               "likelihood": LIKELIHOOD_KIND, "level": spec.posterior_level},
                  "summary": summary})
     run_dir.write_manifest(manifest)
     reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731

@@ -162,18 +162,26 @@ def predict_decision(counts: np.ndarray, alpha: float):
     return top, c1, c2, pvalues, prediction
 
 
-def bootstrap_interval(values, statistic=np.median, level: float = 0.95, resamples: int = 2000,
-                       seed: int = 0) -> tuple[float, float, float]:
-    """(statistic, low, high): the statistic of ``values`` and its percentile-bootstrap interval.
+def bootstrap_interval(values, statistic=np.median, *, level: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over the rows of ``values`` (NaNs dropped).
 
-    Resampling inputs with replacement, ``resamples`` times with a fixed seed, so a summary's
-    interval is reproducible. Empty input gives NaNs; a single value gives a zero-width interval.
+    ``resamples`` resamples with replacement, drawn from ``numpy.random.default_rng(seed)`` so a
+    summary is reproducible; ``statistic`` must accept an ``axis=1`` keyword (np.median, np.mean).
+    Returns (NaN, NaN) for an empty sample.
     """
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return float("nan"), float("nan"), float("nan")
+    check_alpha(1 - level)
+    resamples = check_count(resamples, "resamples")
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    draws = values[rng.integers(0, len(values), size=(resamples, len(values)))]
-    stats_ = statistic(draws, axis=1)
-    tail = 100 * (1 - level) / 2
-    return float(statistic(values)), float(np.percentile(stats_, tail)), float(np.percentile(stats_, 100 - tail))
+    stats_ = np.empty(resamples, dtype=np.float64)
+    chunk = max(1, 2_000_000 // values.size)  # bounded memory: chunk × n indices at a time
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        stats_[start:start + size] = statistic(values[rng.integers(0, values.size, size=(size, values.size))], axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(stats_, [tail, 1 - tail])
+    return float(low), float(high)
