@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rpdist import analyses
 from rpdist.smoothing import stats
 from rpdist.errors import InputError
+from rpdist.specs import input_error
 from rpdist.smoothing.noise import DEFAULT_BLOCK, NOISE_SCHEME, Phase
 from rpdist.analyses.base import Outcome
 from rpdist.io.manifest import new_manifest
@@ -38,9 +39,6 @@ PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()
 GRID = ("sigma", "n", "alpha", "seed")  # the list keys whose product is the grid
 
 Count = Annotated[int, Field(ge=1)]
-# pydantic's error types, said the way a sweep file's author thinks of the value
-KIND_NAMES = {"int_type": "must be a whole number", "int_from_float": "must be a whole number",
-              "float_type": "must be a number", "string_type": "must be a string", "bool_type": "must be true or false"}
 
 
 class SweepSpec(BaseModel):
@@ -121,11 +119,10 @@ class SweepSpec(BaseModel):
         if bad:
             raise ValueError(f"n: {bad[0]} is not a multiple of noise_block {self.block}, so it is no prefix of the "
                              "shared noise stream")
-        for config in self.configs(self.sigma[0], self.seed[0]):
-            try:
-                config.validated()
-            except InputError as exc:
-                raise ValueError(f"n/alpha: {exc}") from None
+        try:
+            self.configs(self.sigma[0], self.seed[0])  # each is validated when built
+        except InputError as exc:
+            raise ValueError(f"n/alpha: {exc}") from None
         return self
 
     @property
@@ -151,26 +148,12 @@ def parse_sweep(data, source: str = "sweep file") -> SweepSpec:
     """Validate a parsed YAML mapping; every error is one line that names the offending key."""
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(SweepSpec.model_fields))
-    if unknown:
-        raise InputError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(SweepSpec.model_fields))})")
-    for key in (k for k, f in SweepSpec.model_fields.items() if f.is_required()):
-        if data.get(key) is None:
-            raise InputError(f"{source}: key {key!r} is required")
+    # An empty YAML value means the default; a list of targets is held as a tuple (the spec is frozen).
     data = {k: tuple(v) if k == "targets" and isinstance(v, list) else v for k, v in data.items() if v is not None}
     try:
         return SweepSpec(**data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["loc"]:
-            key = str(error["loc"][0])
-        else:  # a check across keys: its message starts with the key it blames
-            key, _, message = message.partition(": ")
-        message = KIND_NAMES.get(error["type"], message)
-        if error["type"] in KIND_NAMES or error["type"] in ("literal_error", "tuple_type"):
-            message = f"{message}, got {error.get('input')!r}"
-        raise InputError(f"{source}: key {key!r}: {message}") from None
+        raise input_error(exc, SweepSpec, source) from None
 
 
 def load_sweep(path: str | Path) -> SweepSpec:

@@ -7,13 +7,15 @@ independent by construction.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pydantic import model_validator
 
 from rpdist.smoothing import stats
 from rpdist.distributed.plan import PhaseSpec, Plan
@@ -24,34 +26,28 @@ from rpdist.errors import InputError
 from rpdist.models.refs import ModelRef, load_model_file
 from rpdist.smoothing.noise import DEFAULT_BLOCK, MAX_BLOCKS, Phase, num_blocks
 from rpdist.io.schemas import certificate_schema, prediction_schema
+from rpdist.specs import Alpha, Count, Must, Seed, Sigma, spec
 
 CERTIFY, PREDICT = "certify", "predict"
 
 
-@dataclass(frozen=True)
+@spec(frozen=True)
 class SmoothingConfig:
-    """Every parameter that determines the counts and the decisions of a run."""
+    """Every parameter that determines the counts and the decisions of a run; validated when built."""
 
-    analysis: str
-    sigma: float
-    n: int
-    alpha: float
-    n0: int | None = None
-    seed: int = 0
-    batch_size: int | None = None
-    noise_block: int = DEFAULT_BLOCK
+    analysis: Annotated[Literal[CERTIFY, PREDICT], Must(f"must be {CERTIFY} or {PREDICT}")]
+    sigma: Sigma
+    n: Count
+    alpha: Alpha
+    n0: Count | None = None
+    seed: Seed = 0
+    batch_size: Annotated[Count | None, Must(name="batch size")] = None
+    noise_block: Annotated[Count, Must(name="noise block")] = DEFAULT_BLOCK
 
-    def validated(self) -> SmoothingConfig:
-        if self.analysis not in (CERTIFY, PREDICT):
-            raise InputError(f"unknown analysis {self.analysis!r}")
-        stats.check_sigma(self.sigma)
-        stats.check_alpha(self.alpha)
-        stats.check_count(self.n, "n")
-        stats.check_count(self.noise_block, "noise block")
-        if self.batch_size is not None:
-            stats.check_count(self.batch_size, "batch size")
-        if not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
-            raise InputError(f"seed must be a whole number in [0, 2^63), got {self.seed!r}")
+    @model_validator(mode="after")
+    def _decidable(self):
+        """CERTIFY needs selection samples; an (n, α) that can never decide, or more noise blocks than
+        a stream has, is refused before any work."""
         if self.analysis == CERTIFY:
             stats.check_count(self.n0, "n0")
             stats.check_feasible(self.n, self.alpha)
@@ -158,7 +154,7 @@ class SmoothingJob:
 
     def __init__(self, model, X, y=None, *, config: SmoothingConfig, input_ids=None, workers=None,
                  address=None, device=None, shared_pool=None):
-        self.config = config.validated()
+        self.config = config
         self.X, self.y, self.input_ids = check_inputs(X, y, input_ids)
         self.model_ref = as_model_ref(model, self.X)
         self.num_classes = probe_model(self.model_ref, self.X)
