@@ -91,7 +91,11 @@ def input_error(exc: ValidationError, cls, source: str | None = None) -> InputEr
     misspelt required key is named as the typo.
     """
     fields = getattr(cls, "__pydantic_fields__", None) or cls.model_fields
-    error = min(exc.errors(), key=lambda e: _FIRST.get(e["type"], 2))
+    errors = exc.errors()
+    error = min(errors, key=lambda e: _FIRST.get(e["type"], 2))
+    # Of one key's errors, the deepest names the offending item (a list element, a union's member).
+    error = max((e for e in errors if e["loc"][:1] == error["loc"][:1] and e["type"] not in _FIRST),
+                key=lambda e: len(e["loc"]), default=error)
     kind, loc = error["type"], list(error["loc"])
     if loc and isinstance(loc[0], int):  # a positional argument of a dataclass
         loc[0] = list(fields)[loc[0]] if loc[0] < len(fields) else f"argument {loc[0] + 1}"

@@ -26,14 +26,14 @@ from rpdist.attacks.brep import BrepAttack, BrepConfig, run_lockstep
 from rpdist.defenses.releases import (FRESH, KEYED, MAJORITY, PREDICT, LabelRelease, RandomizedResponse,
                                       SmoothedRelease)
 from rpdist.analyses import REGISTRY
-from rpdist.analyses.attack import AttackAnalysis
+from rpdist.analyses.attack import RECONSTRUCTIONS, AttackAnalysis
 from rpdist.analyses.base import Outcome
+from rpdist.defenses import DEFENSES
 from rpdist.errors import InputError
 from rpdist.io.manifest import new_manifest
 from rpdist.io.rundir import RunDir
 from rpdist.specs import Alpha, Count, Must, OutRoot, Positive, Seed, Sigma, spec
 
-DEFENSES = ("none", "rp", "dpsgd", "rr")
 ATTACK = REGISTRY[AttackAnalysis.name]
 CLIP_ONLY = float("inf")  # the epsilon of the DP-SGD clip-only control (no noise: no privacy)
 
@@ -277,5 +277,5 @@ def save_grid(grid: np.ndarray, row_labels: list[str], col_labels: list[str], ru
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     body = buf.getvalue()
-    run_dir.store.write_bytes(body, run_dir.run_id, "reconstructions.png")
-    return run_dir.store.show(run_dir.run_id, "reconstructions.png")
+    run_dir.store.write_bytes(body, run_dir.run_id, RECONSTRUCTIONS)
+    return run_dir.store.show(run_dir.run_id, RECONSTRUCTIONS)
