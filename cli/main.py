@@ -28,9 +28,9 @@ app = typer.Typer(
 
 def _register() -> None:
     """Each command lives in its own module; importing them here keeps ``--help`` complete."""
-    from rpdist.cli import attack_cmd, datasets_cmd, rap_cmd, report_cmd, smoothing_cmds, submit_cmd, sweep_cmd
+    from rpdist.cli import attack_cmd, audit_cmd, datasets_cmd, rap_cmd, report_cmd, smoothing_cmds, submit_cmd, sweep_cmd
 
-    for module in (smoothing_cmds, rap_cmd, attack_cmd, sweep_cmd, report_cmd, submit_cmd, datasets_cmd):
+    for module in (smoothing_cmds, rap_cmd, attack_cmd, audit_cmd, sweep_cmd, report_cmd, submit_cmd, datasets_cmd):
         module.register(app)
 
 

@@ -37,6 +37,11 @@ def print_outcome(outcome, title: str | None = None) -> None:
     if samples:
         console.print(f"forward samples: {samples['used']:,} used, {samples['naive_grid']:,} for a naive grid "
                       f"({100 * samples['saved_fraction']:.0f}% saved)")
+    spent = outcome.manifest.get("details", {}).get("samples")
+    if spent:  # a sequential run: what stopping early saved
+        console.print(f"samples: {spent['used']:,} used, {spent['forward_samples']:,} computed (waste "
+                      f"{spent['waste']:,}), {spent['naive_at_max_n']:,} at max N for every input "
+                      f"({spent['saved_factor']:.1f}x fewer)")
     if outcome.resumed_chunks:
         console.print(f"resumed: {outcome.resumed_chunks} chunk(s) were already done")
     console.print(f"results: {outcome.path}")

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rpdist.cli.printing import print_outcome
 from rpdist.smoothing.job import CERTIFY, PREDICT
+from rpdist.privacy.per_input import DEFAULT_ADVANTAGE, DEFAULT_QUERIES, DEFAULT_RELEASE
 from rpdist.smoothing.noise import DEFAULT_BLOCK
+from rpdist.smoothing.seqjob import SEQUENTIAL_BLOCK
 
 DATASET = typer.Option(..., "--dataset", "-d", help="Built-in name (see `rpdist datasets`) or a .csv/.parquet/.npz file.")
 MODEL = typer.Option(None, "--model", "-m", help="TorchScript file, or a state dict with --arch. Default: the dataset's built-in model.")
 ARCH = typer.Option(None, "--arch", help="Architecture of a state-dict --model (mlp, cnn, linear); loaded with weights_only=True.")
 TRAIN_SIGMA = typer.Option(None, "--train-sigma", help="Noise level for training the built-in model. Default: --sigma.")
 SIGMA = typer.Option(..., "--sigma", "-s", help="Smoothing noise level σ (in the model's input units).")
-N = typer.Option(100_000, "--n", help="Monte Carlo samples for estimation (CERTIFY) or for the test (PREDICT).")
+N = typer.Option(None, "--n", help="Monte Carlo samples for estimation (CERTIFY) or for the test (PREDICT). Default 100000.")
 N0 = typer.Option(100, "--n0", help="Selection samples (CERTIFY only); never reused for estimation.")
 ALPHA = typer.Option(0.001, "--alpha", help="Failure probability of each certificate.")
 SEED = typer.Option(0, "--seed", help="Seed of the counter-based noise streams.")
@@ -26,9 +28,25 @@ LIMIT = typer.Option(None, "--limit", help="Only the first LIMIT inputs of the s
 LABEL = typer.Option("label", "--label-column", help="Label column of a .csv/.parquet dataset.")
 OUT = typer.Option("results", "--out", "-o", help="Output root: a directory or a pyarrow URI (s3://bucket/x); the run writes OUT/RUN_ID/.")
 RUN_ID = typer.Option(None, "--run-id", help="Run directory name. Rerunning an interrupted run id resumes it.")
-NOISE_BLOCK = typer.Option(DEFAULT_BLOCK, "--noise-block", help="Samples per counter-based noise block.")
+NOISE_BLOCK = typer.Option(None, "--noise-block", help=f"Samples per counter-based noise block. Default {DEFAULT_BLOCK}; "
+                           f"{SEQUENTIAL_BLOCK} for sequential runs.")
+TARGET = typer.Option(None, "--target-radius", help="Decide each input sequentially: certified at this ℓ2 radius or "
+                      "not (repeatable; one α for all).")
+MAX_N = typer.Option(None, "--max-n", help="Sequential runs: most estimation samples per input. Default --n, or 100000.")
+MODE = typer.Option(None, "--mode", help="sequential (default with --target-radius), adaptive (with "
+                    "--radius-tolerance) or staged (Bonferroni baseline).")
+TOLERANCE = typer.Option(None, "--radius-tolerance", help="Adaptive mode: stop once the radius is known to within this.")
+AGAINST_LABEL = typer.Option(False, "--against-label", help="Sequential runs: test the true label's probability, "
+                             "without selection samples (certified accuracy only).")
 DEVICE = typer.Option(None, "--device", help="cpu or cuda. Default: cuda when the cluster has GPUs.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+RELEASE = typer.Option(DEFAULT_RELEASE, "--release", help="The release you deploy (predict, majority or certify), "
+                                                          "at this N and α: its per-input privacy columns.")
+ADVANTAGE = typer.Option(list(DEFAULT_ADVANTAGE), "--advantage", help="τ: report the largest distance at which "
+                                                                      "the release's advantage bound is ≤ τ "
+                                                                      "(repeatable).")
+QUERIES = typer.Option(list(DEFAULT_QUERIES), "--queries", help="k: the same columns for k queries with fresh "
+                                                                "noise (repeatable).")
 
 
 def register(app: typer.Typer) -> None:
@@ -38,9 +56,14 @@ def register(app: typer.Typer) -> None:
                     alpha: float = ALPHA, seed: int = SEED, batch_size: Optional[int] = BATCH,
                     workers: Optional[int] = WORKERS, address: Optional[str] = ADDRESS, split: str = SPLIT,
                     limit: Optional[int] = LIMIT, label_column: str = LABEL, out: str = OUT,
-                    run_id: Optional[str] = RUN_ID, noise_block: int = NOISE_BLOCK,
-                    device: Optional[str] = DEVICE, quiet: bool = QUIET) -> None:
-        """CERTIFY each input: smoothed prediction and certified ℓ2 radius (Cohen et al.)."""
+                    run_id: Optional[str] = RUN_ID, noise_block: Optional[int] = NOISE_BLOCK,
+                    device: Optional[str] = DEVICE, release: str = RELEASE, advantage: List[float] = ADVANTAGE,
+                    queries: List[int] = QUERIES, quiet: bool = QUIET,
+                    target_radius: Optional[List[float]] = TARGET, max_n: Optional[int] = MAX_N,
+                    mode: Optional[str] = MODE, radius_tolerance: Optional[float] = TOLERANCE,
+                    against_label: bool = AGAINST_LABEL) -> None:
+        """CERTIFY each input: smoothed prediction and certified ℓ2 radius (Cohen et al.); with --target-radius
+        or --mode, sequentially, with as few samples per input as its decision needs."""
         _run(CERTIFY, locals())
 
     @app.command(PREDICT)
@@ -49,7 +72,7 @@ def register(app: typer.Typer) -> None:
                     alpha: float = ALPHA, seed: int = SEED, batch_size: Optional[int] = BATCH,
                     workers: Optional[int] = WORKERS, address: Optional[str] = ADDRESS, split: str = SPLIT,
                     limit: Optional[int] = LIMIT, label_column: str = LABEL, out: str = OUT,
-                    run_id: Optional[str] = RUN_ID, noise_block: int = NOISE_BLOCK,
+                    run_id: Optional[str] = RUN_ID, noise_block: Optional[int] = NOISE_BLOCK,
                     device: Optional[str] = DEVICE, quiet: bool = QUIET) -> None:
         """PREDICT each input: the smoothed label, or -1 (abstain) when the vote is not significant."""
         _run(PREDICT, locals())
@@ -58,12 +81,20 @@ def register(app: typer.Typer) -> None:
 def _run(analysis: str, options: dict) -> None:
     from rpdist.pipelines.run import RunSpec, execute
     from rpdist.smoothing.job import SmoothingConfig
+    from rpdist.smoothing.seqjob import sequential_config
 
     o = options
-    config = SmoothingConfig(analysis, o["sigma"], o["n"], o["alpha"], o.get("n0"), o["seed"], o["batch_size"],
-                             o["noise_block"])
+    privacy = ({"release": o["release"], "advantage": tuple(o["advantage"]), "queries": tuple(o["queries"])}
+               if analysis == CERTIFY else {})
+    sequential = None if analysis != CERTIFY else sequential_config(
+        target_radius=o["target_radius"] or None, max_n=o["max_n"], n=o["n"], mode=o["mode"],
+        radius_tolerance=o["radius_tolerance"], against_label=o["against_label"])
+    n = sequential.max_n if sequential is not None else 100_000 if o["n"] is None else o["n"]
+    block = o["noise_block"] if o["noise_block"] is not None else DEFAULT_BLOCK if sequential is None else SEQUENTIAL_BLOCK
+    config = SmoothingConfig(analysis, o["sigma"], n, o["alpha"], o.get("n0"), o["seed"], o["batch_size"], block,
+                             **privacy)
     spec = RunSpec(config=config, dataset=o["dataset"], split=o["split"], label_column=o["label_column"],
                    limit=o["limit"], model=o["model"], arch=o["arch"], train_sigma=o["train_sigma"],
                    workers=o["workers"], address=o["address"], device=o["device"], out=str(o["out"]),
-                   run_id=o["run_id"])
+                   run_id=o["run_id"], sequential=sequential)
     print_outcome(execute(spec, progress=not o["quiet"]))

@@ -45,7 +45,13 @@ Seed = _number(int, "must be a whole number in [0, 2^63)", ge=0, lt=2**63)
 NonNegative = _number(float, "must be a finite number >= 0", ge=0, allow_inf_nan=False)
 # Where results go: a directory, a pyarrow URI (s3://…) or an open rpdist.io.store.Store; open_run checks it.
 OutRoot = Any
+Advantage = _number(float, "must lie strictly between 0 and 0.5", gt=0, lt=0.5)  # a distinguisher's τ
 Positive = _number(float, "must be a number > 0", gt=0)  # inf allowed: a privacy ε of "no noise"
+
+def sorted_unique(values: tuple) -> tuple:
+    """A set of values held as a sorted tuple, so equal sets give equal configs."""
+    return tuple(sorted(set(values)))
+
 
 # pydantic's error types, said the way a user thinks of the value
 KIND_NAMES = {"int_type": "must be a whole number", "int_from_float": "must be a whole number",
@@ -83,11 +89,12 @@ def _musts(annotation) -> list[Must]:
     return found
 
 
-def input_error(exc: ValidationError, cls, source: str | None = None) -> InputError:
+def input_error(exc: ValidationError, cls, source: str | None = None, option=None) -> InputError:
     """The first error of ``exc`` as one line that names the key.
 
     For a file (``source``): ``SOURCE: key 'k': …``. For a spec built in code or from the command
-    line: ``<name> must …, got <value>``. Unknown keys are reported before missing ones, so a
+    line: ``<name> must …, got <value>``, where ``option(key)`` (if given) says what the user calls a
+    key, for example its command-line option. Unknown keys are reported before missing ones, so a
     misspelt required key is named as the typo.
     """
     fields = getattr(cls, "__pydantic_fields__", None) or cls.model_fields
@@ -115,7 +122,7 @@ def input_error(exc: ValidationError, cls, source: str | None = None) -> InputEr
         key, _, message = message.partition(": ")
     field = fields.get(key)
     musts = [m for m in reversed(field.metadata) if isinstance(m, Must)] + _musts(field.annotation) if field else []
-    name = next((m.name for m in musts if m.name), key)
+    name = next((m.name for m in musts if m.name), option(key) if option and key in fields else key)
     what = next((m.what for m in musts if m.what), None)
     if what is not None:
         message = f"{name} {what}, got {error.get('input')!r}"

@@ -36,7 +36,7 @@ def test_certify_writes_parquet_manifest_and_summary(ray_session, tmp_path, caps
     df = pq.read_table(run / "certificates.parquet").to_pandas()
     assert list(df.columns) == ["input_id", "label", "prediction", "top_class", "count_top", "counts",
                                 "selection_counts", "nonfinite", "n", "n0", "alpha", "sigma", "seed", "pa_lower",
-                                "radius", "correct"]
+                                "radius", "correct", "advantage_at_radius", "privacy_radius_tau0.05"]
     assert (df["nonfinite"] == 0).all()
     assert len(df) == 30 and df["input_id"].is_unique
     assert all(sum(c) == 2000 for c in df["counts"]) and all(sum(c) == 50 for c in df["selection_counts"])

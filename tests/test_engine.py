@@ -29,7 +29,8 @@ BATCH = 2000
 WORKERS = 2  # always the same, so that the pool of warm replicas is reused across tests
 
 DESIGN_COLUMNS = {"input_id", "label", "prediction", "top_class", "count_top", "counts", "selection_counts", "n",
-                  "n0", "alpha", "sigma", "seed", "pa_lower", "radius", "correct", "nonfinite"}
+                  "n0", "alpha", "sigma", "seed", "pa_lower", "radius", "correct", "nonfinite",
+                  "advantage_at_radius", "privacy_radius_tau0.05"}  # the release's privacy, default τ = 0.05
 
 
 @pytest.fixture(scope="module", autouse=True)

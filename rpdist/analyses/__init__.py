@@ -8,12 +8,16 @@ file's ``analysis`` key all find it here.
 from __future__ import annotations
 
 from rpdist.analyses.attack import AttackAnalysis
+from rpdist.analyses.audit import AuditAnalysis
 from rpdist.analyses.base import Analysis, Column, Outcome
 from rpdist.analyses.rap import RapAnalysis
+from rpdist.analyses.sequential import SequentialAnalysis
 from rpdist.analyses.smoothing import CertifyAnalysis, PredictAnalysis
 from rpdist.errors import InputError
 
-_ALL: tuple[Analysis, ...] = (CertifyAnalysis(), PredictAnalysis(), RapAnalysis(), AttackAnalysis())
+# SequentialAnalysis first: its tables also hold every certify column (of_table takes the first match).
+_ALL: tuple[Analysis, ...] = (SequentialAnalysis(), CertifyAnalysis(), PredictAnalysis(), RapAnalysis(), AttackAnalysis(),
+                              AuditAnalysis())
 REGISTRY: dict[str, Analysis] = {analysis.name: analysis for analysis in _ALL}
 NAMES = tuple(REGISTRY)
 

@@ -52,6 +52,7 @@ class Analysis:
     final_file: str  # written last: its presence (with a complete manifest) marks a finished run
     title: str  # heading of its report section
     required_columns: tuple[str, ...]  # what a table must hold to be read as this analysis' result
+    optional_columns: tuple[str, ...] = ()  # read for the summary when a table has them (newer columns)
     summary_columns: tuple[Column, ...] = ()  # how the CLI and sweeps print a summary row
     per_point: bool = True  # sweeps run it once per grid point (False: sweeps share counts across N and α)
 

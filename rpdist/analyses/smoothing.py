@@ -56,6 +56,8 @@ class SmoothingAnalysis(Analysis):
             out["mean_radius"] = float(radii.mean()) if len(df) else float("nan")
             out["median_radius_certified"] = float(np.median(radii[~abstain])) if (~abstain).any() else 0.0
             out["certified_accuracy"] = {f"{m * sigma:g}": certified_accuracy(df, m * sigma) for m in RADIUS_MULTIPLES}
+            if "advantage_at_radius" in df and (~abstain).any():  # the deployed release, not g: see privacy.bounds
+                out["median_advantage_at_radius"] = float(np.median(df["advantage_at_radius"].to_numpy()[~abstain]))
         return out
 
     def report(self, writer, source, slug: str) -> None:
@@ -170,6 +172,7 @@ class CertifyAnalysis(SmoothingAnalysis):
     final_file = "certificates.parquet"
     title = "Certified robustness (CERTIFY)"
     required_columns = ("prediction", "radius", "correct", "sigma", "n", "alpha")
+    optional_columns = ("advantage_at_radius",)
     certifies = True
     summary_columns = (
         Column("σ", lambda r: f"{r['sigma']:g}", key=True), Column("N", lambda r: f"{r['n']:,}", key=True),
@@ -178,6 +181,8 @@ class CertifyAnalysis(SmoothingAnalysis):
         *(Column(f"certified accuracy @ r ≥ {m:g}σ", lambda r, m=m: _pct(r["certified_accuracy"][f"{m * r['sigma']:g}"]))
           for m in RADIUS_MULTIPLES),
         Column("abstain rate", lambda r: _pct(r["abstain_rate"])), Column("mean radius", lambda r: f"{r['mean_radius']:.4f}"),
+        Column("release advantage at R ≤ (median)",
+               lambda r: "—" if r.get("median_advantage_at_radius") is None else f"{r['median_advantage_at_radius']:.3f}"),
     )
 
     def overview(self, w, sources) -> None:

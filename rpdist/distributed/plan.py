@@ -20,8 +20,21 @@ MAX_CHUNK_INPUTS = 2048
 
 @dataclass(frozen=True)
 class PhaseSpec:
+    """A phase of n samples; a sequential round computes only its blocks [first_block, stop_block)."""
+
     phase: int
     n: int
+    first_block: int = 0
+    stop_block: int | None = None
+
+    def block_range(self, block_size: int) -> tuple[int, int]:
+        total = num_blocks(self.n, block_size)
+        return self.first_block, total if self.stop_block is None else min(self.stop_block, total)
+
+    def samples(self, block_size: int) -> int:
+        """Samples per input in this spec's block range (only the phase's last block may be short)."""
+        first, stop = self.block_range(block_size)
+        return max(0, min(self.n, stop * block_size) - first * block_size)
 
 
 @dataclass(frozen=True)
@@ -49,16 +62,17 @@ class Plan:
         return UNIT_BATCHES * self.batch_size
 
     def blocks_per_unit(self, spec: PhaseSpec) -> int:
-        return max(1, min(num_blocks(spec.n, self.block_size), self.unit_samples // self.block_size))
+        first, stop = spec.block_range(self.block_size)
+        return max(1, min(stop - first, self.unit_samples // self.block_size))
 
     @property
     def unit_inputs(self) -> int:
-        per_input = min(max(spec.n for spec in self.phases), self.unit_samples)
-        return max(1, self.unit_samples // per_input)
+        per_input = min(max(spec.samples(self.block_size) for spec in self.phases), self.unit_samples)
+        return max(1, self.unit_samples // max(1, per_input))
 
     @property
     def chunk_inputs(self) -> int:
-        per_input = sum(spec.n for spec in self.phases)
+        per_input = max(1, sum(spec.samples(self.block_size) for spec in self.phases))
         units = max(1, CHUNK_SAMPLES // (self.unit_inputs * per_input))
         return max(self.unit_inputs, min(MAX_CHUNK_INPUTS // self.unit_inputs, units) * self.unit_inputs)
 
@@ -76,8 +90,8 @@ class Plan:
         for row in range(start, stop, self.unit_inputs):
             row_stop = min(row + self.unit_inputs, stop)
             for spec in self.phases:
-                total, step = num_blocks(spec.n, self.block_size), self.blocks_per_unit(spec)
-                for block in range(0, total, step):
+                (first, total), step = spec.block_range(self.block_size), self.blocks_per_unit(spec)
+                for block in range(first, total, step):
                     out.append(Unit(chunk, row, row_stop, spec.phase, spec.n, block, min(block + step, total)))
         return out
 
@@ -87,5 +101,5 @@ class Plan:
         return (unit.row_stop - unit.row_start) * (last - first)
 
     def samples(self, chunks: Iterable[int]) -> int:
-        per_input = sum(spec.n for spec in self.phases)
+        per_input = sum(spec.samples(self.block_size) for spec in self.phases)
         return sum(stop - start for start, stop in map(self.chunk_rows, chunks)) * per_input

@@ -22,7 +22,6 @@ import numpy as np
 from rpdist.distributed.plan import Plan, Unit
 from rpdist.distributed.pool import ReplicaPool
 from rpdist.errors import ClusterLostError, InputError
-from rpdist.smoothing.noise import num_blocks
 
 POLL = 5.0  # seconds without any answer before the replicas' and the head's health is checked
 RESTART_GRACE = 120.0  # seconds a replica may stay unreachable (restarting) before it is dropped
@@ -44,6 +43,7 @@ class Scheduler:
         self.params = dict(sigma=sigma, seed=seed, block_size=plan.block_size, batch_size=plan.batch_size,
                            num_classes=num_classes)
         self.num_classes = num_classes
+        self.first_block = {spec.phase: spec.first_block for spec in plan.phases}  # counts start at this block
         self.totals: dict[int, dict[int, np.ndarray]] = {}  # chunk -> phase -> [inputs, blocks, classes]
         self.remaining: dict[int, int] = {}  # chunk -> units not yet returned
         self.inputs: dict[int, np.ndarray] = {}  # the rows of chunks in flight; X itself may live on disk
@@ -193,7 +193,9 @@ class Scheduler:
     def _receive(self, unit: Unit, counts: np.ndarray) -> bool:
         """Store a unit's counts; True when that completes its chunk."""
         first = unit.row_start - self.plan.chunk_rows(unit.chunk)[0]
-        self.totals[unit.chunk][unit.phase][first : first + len(counts), unit.block_start : unit.block_stop] = counts
+        offset = self.first_block[unit.phase]
+        self.totals[unit.chunk][unit.phase][first : first + len(counts),
+                                            unit.block_start - offset : unit.block_stop - offset] = counts
         self.remaining[unit.chunk] -= 1
         if self.remaining[unit.chunk]:
             return False
@@ -205,13 +207,18 @@ class Scheduler:
             start, stop = self.plan.chunk_rows(chunk)
             self.inputs[chunk] = np.ascontiguousarray(self.X[start:stop], dtype=np.float32)
             self.totals[chunk] = {
-                spec.phase: np.zeros((stop - start, num_blocks(spec.n, self.plan.block_size), self.num_classes + 1),
+                spec.phase: np.zeros((stop - start, _width(spec, self.plan.block_size), self.num_classes + 1),
                                      dtype=np.int64)  # + 1: the replicas' slot for non-finite logits
                 for spec in self.plan.phases
             }
             units = self.plan.units(chunk)
             self.remaining[chunk] = len(units)
             yield from units
+
+
+def _width(spec, block_size: int) -> int:
+    first, stop = spec.block_range(block_size)
+    return stop - first
 
 
 def _actor_state(actor) -> tuple[str | None, str | None]:

@@ -39,6 +39,10 @@ class RunDir:
     def read_final(self, columns: list[str] | None = None) -> pa.Table:
         return self.store.read_table(self.store.path(self.run_id, self.final_name), columns=columns)
 
+    def final_columns(self) -> list[str]:
+        """The final file's column names, read from its footer only."""
+        return pq.read_schema(self.store.path(self.run_id, self.final_name), filesystem=self.store.fs).names
+
     def finished_chunks(self) -> set[int]:
         return {int(path.rsplit("/", 1)[1].split("-")[1].split(".")[0])
                 for path in self.store.files(self.run_id, "parts") if path.endswith(".parquet")}

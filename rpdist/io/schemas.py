@@ -14,7 +14,9 @@ _COMMON = [
 ]
 
 
-def certificate_schema() -> pa.Schema:
+def certificate_schema(privacy_columns: list[str] | tuple[str, ...] = ()) -> pa.Schema:
+    """The certificate columns, then the per-input release-privacy columns the run asked for
+    (:mod:`rpdist.privacy.per_input`)."""
     return pa.schema(_COMMON + [
         ("counts", pa.list_(pa.int64())),
         ("selection_counts", pa.list_(pa.int64())),
@@ -27,7 +29,7 @@ def certificate_schema() -> pa.Schema:
         ("pa_lower", pa.float64()),
         ("radius", pa.float64()),
         ("correct", pa.bool_()),
-    ])
+    ] + [(name, pa.float64()) for name in privacy_columns])
 
 
 def prediction_schema() -> pa.Schema:
@@ -41,4 +43,19 @@ def prediction_schema() -> pa.Schema:
         ("seed", pa.int64()),
         ("p_value", pa.float64()),
         ("correct", pa.bool_()),
+    ])
+
+
+def sequential_schema() -> pa.Schema:
+    """Sequential CERTIFY: the certificate columns (``n`` is max N) plus how each input was decided."""
+    return pa.schema(list(certificate_schema()) + [
+        ("mode", pa.string()),
+        ("against_label", pa.bool_()),
+        ("samples_used", pa.int64()),
+        ("stop_block", pa.int64()),
+        ("decision", pa.string()),
+        ("target_radius", pa.list_(pa.float64())),
+        ("decisions", pa.list_(pa.string())),
+        ("radius_decided", pa.float64()),
+        ("pa_upper", pa.float64()),
     ])

@@ -16,9 +16,9 @@ from rpdist.analyses.base import Outcome
 from rpdist.errors import InputError
 from rpdist.io.manifest import new_manifest
 from rpdist.io.rundir import RunDir
-from rpdist.io.schemas import certificate_schema, prediction_schema
-from rpdist.smoothing.job import CERTIFY, SmoothingConfig, SmoothingJob
+from rpdist.smoothing.job import SmoothingConfig, SmoothingJob
 from rpdist.smoothing.noise import NOISE_SCHEME
+from rpdist.smoothing.seqjob import SequentialConfig
 from rpdist.specs import Count, OutRoot, Sigma, spec
 
 
@@ -39,13 +39,16 @@ class RunSpec:
     device: str | None = None
     out: OutRoot = "results"
     run_id: str | None = None
+    sequential: SequentialConfig | None = None  # set: decide each input sequentially (rpdist.pipelines.seqrun)
 
 
 def _outcome(run_dir: RunDir, manifest: dict, resumed_chunks: int = 0) -> Outcome:
     """The run's outcome; its summary reads only the columns it needs, so a large audit stays cheap."""
     analysis = analyses.get(manifest["analysis"])
     reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731
-    summary = analysis.summarize(reader([*analysis.required_columns, "seed", "nonfinite"]))
+    present = set(run_dir.final_columns())
+    wanted = [*analysis.required_columns, "seed", "nonfinite", *analysis.optional_columns]
+    summary = analysis.summarize(reader([c for c in wanted if c in present]))
     rate = manifest.get("timings", {}).get("samples_per_second")
     for row in summary:
         row["samples_per_second"] = rate
@@ -86,6 +89,10 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
     """Run (or resume, or return a finished) certify/predict job and write its results atomically."""
     from rpdist.datasets.catalog import load_dataset
 
+    if spec.sequential is not None:
+        from rpdist.pipelines.seqrun import execute_sequential
+
+        return execute_sequential(spec, progress, on_unit)
     config = spec.config
     run_dir = RunDir(spec.out, spec.run_id or default_run_id(config.analysis), analyses.get(config.analysis).final_file)
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,
@@ -102,7 +109,7 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
         "engine": engine_identity(job.pool),
     }
     existing = run_dir.claim(identity, "--run-id")
-    schema = certificate_schema() if config.analysis == CERTIFY else prediction_schema()
+    schema = config.schema
     if existing is not None and run_dir.complete:
         return _outcome(run_dir, existing)
 

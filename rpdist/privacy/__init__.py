@@ -1,8 +1,6 @@
-"""Privacy analyses on top of certify/predict: Robust Attribute Privacy (compatible sets) and bounds."""
+"""What a release reveals: sound advantage bounds (bounds, per_input), release mechanisms, the
+distinguishing audit (audit, distinguish) and Robust Attribute Privacy (rap, runner).
 
-from rpdist.privacy.adversary import restricted_mean
-from rpdist.privacy.rap import attribute_grid, compatible_set, containment, rap_analysis, resolve_attribute, summarize
-from rpdist.privacy.runner import RapSpec, run_rap
-
-__all__ = ["restricted_mean", "attribute_grid", "compatible_set", "containment", "rap_analysis",
-           "resolve_attribute", "summarize", "RapSpec", "run_rap"]
+Import the submodule you need; this package imports nothing eagerly, so the engine can use the
+bounds without loading the analyses built on it.
+"""

@@ -15,8 +15,11 @@ from typing import Annotated, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pydantic import model_validator
+from pydantic import AfterValidator, model_validator
 
+from rpdist.privacy import per_input
+from rpdist.privacy.mechanisms import mechanism
+from rpdist.privacy.per_input import DEFAULT_ADVANTAGE, DEFAULT_QUERIES, DEFAULT_RELEASE
 from rpdist.smoothing import stats
 from rpdist.distributed.plan import PhaseSpec, Plan
 from rpdist.distributed.pool import default_batch_size, ensure_ray, get_pool
@@ -26,7 +29,7 @@ from rpdist.errors import InputError
 from rpdist.models.refs import ModelRef, load_model_file
 from rpdist.smoothing.noise import DEFAULT_BLOCK, MAX_BLOCKS, Phase, num_blocks
 from rpdist.io.schemas import certificate_schema, prediction_schema
-from rpdist.specs import Alpha, Count, Must, Seed, Sigma, spec
+from rpdist.specs import Advantage, Alpha, Count, Must, Seed, Sigma, sorted_unique, spec
 
 CERTIFY, PREDICT = "certify", "predict"
 
@@ -43,6 +46,11 @@ class SmoothingConfig:
     seed: Seed = 0
     batch_size: Annotated[Count | None, Must(name="batch size")] = None
     noise_block: Annotated[Count, Must(name="noise block")] = DEFAULT_BLOCK
+    release: str = DEFAULT_RELEASE  # CERTIFY only: the release whose per-input privacy is reported
+    # τ values of the privacy radius columns, and k values (k queries with fresh noise); held sorted and unique
+    advantage: Annotated[tuple[Advantage, ...], AfterValidator(sorted_unique), Must(name="--advantage")] = \
+        DEFAULT_ADVANTAGE
+    queries: Annotated[tuple[Count, ...], AfterValidator(sorted_unique), Must(name="--queries")] = DEFAULT_QUERIES
 
     @model_validator(mode="after")
     def _decidable(self):
@@ -51,6 +59,7 @@ class SmoothingConfig:
         if self.analysis == CERTIFY:
             stats.check_count(self.n0, "n0")
             stats.check_feasible(self.n, self.alpha)
+            mechanism(self.release, n=1000)  # refuses an unknown release in one line
         else:
             stats.check_predict_feasible(self.n, self.alpha)
         for n in (self.n, self.n0 or 0):
@@ -66,7 +75,16 @@ class SmoothingConfig:
         return (PhaseSpec(Phase.PREDICT, self.n),)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """JSON-shaped (lists, not tuples), so a config read back from a manifest compares equal."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @property
+    def privacy_columns(self) -> list[str]:
+        return per_input.column_names(self.advantage, self.queries) if self.analysis == CERTIFY else []
+
+    @property
+    def schema(self) -> pa.Schema:
+        return certificate_schema(self.privacy_columns) if self.analysis == CERTIFY else prediction_schema()
 
 
 def as_model_ref(model, example: np.ndarray) -> ModelRef:
@@ -218,7 +236,7 @@ class SmoothingJob:
 
     def run(self, progress: bool = False) -> pd.DataFrame:
         parts = sorted(self.tables(meter=self.meter(enabled=progress)), key=lambda item: item[0])
-        schema = certificate_schema() if self.config.analysis == CERTIFY else prediction_schema()
+        schema = self.config.schema
         table = pa.concat_tables([t for _, t in parts]) if parts else schema.empty_table()
         return table.to_pandas()
 
@@ -267,7 +285,11 @@ def certificate_table(input_ids, labels, selection_counts, counts, config: Smoot
         "pa_lower": pa.array(pa_lower, type=pa.float64()),
         "radius": pa.array(radius, type=pa.float64()),
     })
-    schema = certificate_schema()
+    privacy = per_input.release_privacy(count_top, radius, n=config.n, alpha=config.alpha, sigma=config.sigma,
+                                        classes=counts.shape[1], release=config.release, advantage=config.advantage,
+                                        queries=config.queries, n0=config.n0)
+    columns.update({name: pa.array(values, type=pa.float64()) for name, values in privacy.items()})
+    schema = config.schema
     return pa.table([columns[name] for name in schema.names], schema=schema)
 
 
@@ -287,18 +309,39 @@ def prediction_table(input_ids, labels, counts, config: SmoothingConfig, nonfini
     return pa.table([columns[name] for name in schema.names], schema=schema)
 
 
-def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
+def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int | None = None, alpha: float = 0.001,
             seed: int = 0, batch_size: int | None = None, workers: int | None = None, address: str | None = None,
-            input_ids=None, noise_block: int = DEFAULT_BLOCK, device: str | None = None,
-            progress: bool = False) -> pd.DataFrame:
+            input_ids=None, noise_block: int | None = None, device: str | None = None,
+            progress: bool = False, release: str = DEFAULT_RELEASE, advantage=DEFAULT_ADVANTAGE,
+            queries=DEFAULT_QUERIES, target_radius=None, max_n: int | None = None, mode: str | None = None,
+            radius_tolerance: float | None = None, against_label: bool = False) -> pd.DataFrame:
     """CERTIFY every row of X: one row per input with the columns of DESIGN §3.
 
     ``prediction`` is −1 where the smoothed classifier abstains (then ``radius`` is 0). With
     probability ≥ 1−α per input, a non-abstaining prediction is the smoothed classifier's and is
-    constant on the ℓ2 ball of ``radius``.
+    constant on the ℓ2 ball of ``radius``. N defaults to 100,000. That is not a privacy statement
+    about a release: the columns ``advantage_at_radius`` and ``privacy_radius_tau…`` bound what the
+    deployed ``release`` (at this N and α, k ∈ ``queries`` queries) lets an observer tell apart
+    (:mod:`rpdist.privacy.per_input`).
+
+    Sequential certification (:mod:`rpdist.smoothing.seqjob`): ``target_radius`` (one or several),
+    ``max_n``, ``mode`` (sequential, adaptive with ``radius_tolerance``, staged) or ``against_label``
+    draw estimation samples per input only until its anytime-valid test decides; the table gains
+    ``samples_used``, ``decision`` and the other sequential columns.
     """
-    config = SmoothingConfig(CERTIFY, sigma, n, alpha, n0, seed, batch_size, noise_block)
+    from rpdist.smoothing.seqjob import SEQUENTIAL_BLOCK, SequentialRun, sequential_config
+
+    sequential = sequential_config(target_radius=target_radius, max_n=max_n, n=n, mode=mode,
+                                   radius_tolerance=radius_tolerance, against_label=against_label)
+    block = noise_block if noise_block is not None else DEFAULT_BLOCK if sequential is None else SEQUENTIAL_BLOCK
+    n = (100_000 if n is None else n) if sequential is None else sequential.max_n
+    config = SmoothingConfig(CERTIFY, sigma, n, alpha, n0, seed, batch_size, block, release, tuple(advantage),
+                             tuple(queries))
+    if sequential is not None:
+        sequential.validated(sigma, alpha, block)
     job = SmoothingJob(model, X, y, config=config, input_ids=input_ids, workers=workers, address=address, device=device)
+    if sequential is not None:
+        return SequentialRun(job, sequential).run().to_pandas()
     return job.run(progress)
 
 

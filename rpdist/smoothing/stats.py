@@ -160,3 +160,20 @@ def predict_decision(counts: np.ndarray, alpha: float):
         pvalues[i] = cache[key]
     prediction = np.where(pvalues <= alpha, top, ABSTAIN)
     return top, c1, c2, pvalues, prediction
+
+
+def bootstrap_interval(values, statistic=np.median, level: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """(statistic, low, high): the statistic of ``values`` and its percentile-bootstrap interval.
+
+    Resampling inputs with replacement, ``resamples`` times with a fixed seed, so a summary's
+    interval is reproducible. Empty input gives NaNs; a single value gives a zero-width interval.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    draws = values[rng.integers(0, len(values), size=(resamples, len(values)))]
+    stats_ = statistic(draws, axis=1)
+    tail = 100 * (1 - level) / 2
+    return float(statistic(values)), float(np.percentile(stats_, tail)), float(np.percentile(stats_, 100 - tail))

@@ -1,0 +1,128 @@
+"""The distinguishing audit (``rpdist audit distinguish``) as an analysis: summary, columns, report section.
+
+Every figure about how well an observer tells x from a close x' through the release is computed in
+:meth:`AuditAnalysis.summarize`; the CLI, the manifest and the report read it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from rpdist.analyses.base import Analysis, Column, Outcome
+from rpdist.reporting.format import fmt, md_table, num
+from rpdist.reporting.plots import figure, style
+from rpdist.privacy.distinguish import family_lower
+from rpdist.smoothing.stats import bootstrap_interval
+
+KEYS = ("release", "n", "k")
+AT_RADIUS = "r1"  # the partner on the edge of x's certified ball
+
+
+def _interval(r: dict, key: str, digits: int = 3) -> str:
+    if r[key] != r[key]:
+        return "—"
+    return f"{r[key]:.{digits}f} [{r[key + '_low']:.{digits}f}, {r[key + '_high']:.{digits}f}]"
+
+
+def _release(r: dict) -> str:
+    return r["release"] if r["certified_release"] else f"{r['release']} (uncertified)"
+
+
+class AuditAnalysis(Analysis):
+    name = "audit"
+    final_file = "audit.parquet"
+    title = "Distinguishing audit of the release"
+    required_columns = ("release", "n", "k", "point", "distance", "empirical_advantage", "empirical_low",
+                        "empirical_high", "bound", "alpha_half", "certified_release", "input_id", "correct", "scored")
+    summary_columns = (
+        Column("release", _release, key=True), Column("N", lambda r: f"{r['n']:,}", key=True),
+        Column("k", lambda r: f"{r['k']}", key=True), Column("inputs", lambda r: f"{r['inputs']:,}"),
+        Column("advantage at R, median [95% CI]", lambda r: _interval(r, "median_advantage_at_radius")),
+        Column("bound at R, median", lambda r: num(r["median_bound_at_radius"], 3)),
+        Column("largest advantage [95% CI]",
+               lambda r: f"{r['max_advantage']:.3f} [{r['max_advantage_low']:.3f}, {r['max_advantage_high']:.3f}]"),
+        Column("pairs above bound (family-wise 95%)", lambda r: f"{r['pairs_above_bound']} / {r['pairs']}"),
+        Column("pairs above α/2 (family-wise 95%)", lambda r: f"{r['pairs_above_alpha_half']} / {r['pairs']}"),
+    )
+    per_point = False
+
+    def run(self, spec, progress: bool = False) -> Outcome:
+        from rpdist.privacy.audit import run_audit
+
+        return run_audit(spec, progress=progress)
+
+    def outcome(self, run_dir, manifest: dict, resumed_chunks: int = 0) -> Outcome:
+        reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731
+        return Outcome(self.name, run_dir.path, manifest, self.summarize(reader()), resumed_chunks, reader)
+
+    def summarize(self, table: pd.DataFrame) -> list[dict]:
+        """Per (release, N, k): the advantage at the certified radius (median over inputs, percentile
+        bootstrap interval), the largest scored advantage with its Clopper–Pearson interval, and how
+        many pairs lie above the sound bound (should be none) and above α/2 — judged by lower bounds
+        that hold for every pair of the run at once (95%, Bonferroni), so chance alone flags none."""
+        rows = []
+        family = family_lower(table["correct"], table["scored"], len(table)) if len(table) else np.array([])
+        table = table.assign(family_low=family)
+        for key, part in table.groupby(list(KEYS), sort=True):
+            edge = part[part["point"] == AT_RADIUS]
+            worst = part.loc[part["empirical_advantage"].idxmax()]
+            median, low, high = bootstrap_interval(edge["empirical_advantage"].to_numpy(), np.median)
+            rows.append({
+                **dict(zip(KEYS, (str(key[0]), int(key[1]), int(key[2])))),
+                "certified_release": bool(part["certified_release"].iloc[0]),
+                "inputs": int(part["input_id"].nunique()), "pairs": len(part),
+                "inputs_at_radius": len(edge),
+                "median_advantage_at_radius": median, "median_advantage_at_radius_low": low,
+                "median_advantage_at_radius_high": high,
+                "median_bound_at_radius": float(edge["bound"].median()) if len(edge) else float("nan"),
+                "max_advantage": float(worst["empirical_advantage"]), "max_advantage_low": float(worst["empirical_low"]),
+                "max_advantage_high": float(worst["empirical_high"]), "max_advantage_distance": float(worst["distance"]),
+                "pairs_above_bound": int((part["family_low"] > part["bound"]).sum()),
+                "pairs_above_alpha_half": int((part["family_low"] > part["alpha_half"]).sum()),
+                "alpha_half": float(part["alpha_half"].iloc[0]),
+            })
+        return rows
+
+    def report(self, w, source, slug: str) -> None:
+        table = source.table
+        summary = self.summarize(table)
+        w.add("### Summary", "")
+        w.add(*md_table([c.header for c in self.summary_columns], [[c.cell(r) for c in self.summary_columns]
+                                                                     for r in summary]))
+        w.add("Each pair is an audited input x and a partner x' at a given distance, moved in the direction that "
+              "lowers x's top-class probability fastest that the audit found. The empirical advantage (Pr[correct "
+              "guess] − 1/2) is that of a distinguisher fitted on half of the trials and scored on the other half, "
+              "with a 95% Clopper–Pearson interval; R is x's certified radius. A pair counts as above the bound (or α/2) only when a lower bound that holds for all pairs of the run at once (95%, Bonferroni) exceeds it. The bound is the sound per-input "
+              "bound of rpdist.privacy.bounds (confidence 1 − α over x's certificate). α/2 is the paper's bound for "
+              "the smoothed classifier g, shown for comparison: it is not a bound on these releases.", "")
+        w.add("### Plots", "")
+        groups = list(table.groupby(list(KEYS), sort=True))
+        fig = figure(5.0 * min(len(groups), 3), 4.2 * -(-len(groups) // 3))
+        axes = fig.subplots(-(-len(groups) // 3), min(len(groups), 3), squeeze=False).ravel()
+        for ax, ((release, n, k), part) in zip(axes, groups):
+            fixed = part[part["radius_fraction"].isna()]  # partners at fixed multiples of σ
+            mean = fixed.groupby("distance_sigma")[["empirical_advantage", "empirical_low", "empirical_high",
+                                                    "bound"]].mean()
+            ax.plot(mean.index, mean["bound"], color="C3", lw=2, label="sound bound (mean over inputs)")
+            ax.errorbar(mean.index, mean["empirical_advantage"], fmt="o-", color="C0", lw=1.5,
+                        yerr=[mean["empirical_advantage"] - mean["empirical_low"],
+                              mean["empirical_high"] - mean["empirical_advantage"]],
+                        label="empirical advantage (mean, mean 95% CI)")
+            edge = part[part["radius_fraction"].notna()]  # partners at fractions of each input's radius
+            ax.plot(edge["distance_sigma"], edge["bound"], "x", color="C3", alpha=0.6,
+                    label="bound, partner at a fraction of R")
+            ax.plot(edge["distance_sigma"], edge["empirical_advantage"], "s", mfc="none", color="C0", alpha=0.7,
+                    label="empirical, partner at a fraction of R")
+            ax.axhline(float(part["alpha_half"].iloc[0]), color="grey", ls=":", lw=1.5, label="α/2 (the paper's, for g)")
+            certified = bool(part["certified_release"].iloc[0])
+            ax.set_ylim(-0.05, 0.55)
+            style(ax, f"{release}{'' if certified else ' (uncertified)'}, N = {fmt(n)}, k = {k}",
+                  "distance ‖x − x'‖ / σ", "advantage")
+        for ax in axes[len(groups):]:
+            ax.set_visible(False)
+        axes[0].legend(loc="upper left", fontsize=8)
+        w.image(fig, f"{slug}audit-advantage", "empirical advantage and bound against distance",
+                "Empirical distinguishing advantage against the distance between x and x' (in σ), with the sound "
+                "per-input bound and the paper's α/2 line, one panel per release, N and k. Points where the "
+                "empirical interval lies above the bound would refute the bound.")

@@ -1,0 +1,253 @@
+"""Sequential CERTIFY on the engine: each input draws estimation blocks until its test decides.
+
+The job runs in rounds. Round 0 draws the n0 selection samples of every input (unless the test runs
+against the true label). Round j then gives every still-undecided input the estimation blocks
+between look j−1 and look j, through the ordinary plan and scheduler, so forward batches carry
+only undecided inputs, packed across inputs as always. After a round each input's bounds are
+updated from its own cumulative counts; decided inputs drop out. Looks sit at block boundaries
+and depend only on the configuration, and a block's noise depends only on (seed, input id, phase,
+block), so every decision is bit-identical for any number of workers and after replica restarts.
+Rounds end exactly at look points, so no block is drawn past an input's stop (no waste by design;
+units recomputed after a replica failure are counted in the forward samples).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+from pydantic import ValidationError
+from pydantic.dataclasses import dataclass
+
+from rpdist.distributed.plan import PhaseSpec, Plan
+from rpdist.distributed.scheduler import run_plan
+from rpdist.errors import InputError
+from rpdist.specs import input_error
+from rpdist.io.schemas import sequential_schema
+from rpdist.smoothing import sequential as seq
+from rpdist.smoothing import stats
+from rpdist.smoothing.noise import MAX_BLOCKS, Phase, num_blocks
+
+SEQUENTIAL_BLOCK = 32  # noise block of sequential runs: looks can come every 32 samples
+
+
+@dataclass(frozen=True)
+class SequentialConfig:
+    """The sequential decision parameters; the smoothing ones (σ, α, n0, seed, …) stay in SmoothingConfig."""
+
+    max_n: int
+    target_radius: tuple[float, ...] = ()
+    mode: str = seq.SEQUENTIAL
+    radius_tolerance: float | None = None
+    against_label: bool = False
+    first_look: int = 32
+    growth: float = seq.LOOK_GROWTH
+
+    @classmethod
+    def build(cls, **fields) -> SequentialConfig:
+        """Construct, turning pydantic's type errors into one-line :class:`InputError`."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise input_error(exc, cls) from None
+
+    def validated(self, sigma: float, alpha: float, block: int) -> SequentialConfig:
+        if self.mode not in seq.MODES:
+            raise InputError(f"mode must be one of {', '.join(seq.MODES)}, got {self.mode!r}")
+        stats.check_count(self.max_n, "max N")
+        stats.check_count(self.first_look, "first look")
+        if not (math.isfinite(self.growth) and self.growth > 1):
+            raise InputError(f"look growth must be > 1, got {self.growth}")
+        for r in self.target_radius:
+            if not (math.isfinite(r) and r > 0):
+                raise InputError(f"target radius must be a finite number > 0, got {r:g}")
+        if self.mode == seq.ADAPTIVE:
+            if self.radius_tolerance is None:
+                raise InputError("--mode adaptive needs --radius-tolerance T (T > 0)")
+            if not (math.isfinite(self.radius_tolerance) and self.radius_tolerance > 0):
+                raise InputError(f"radius tolerance must be a finite number > 0, got {self.radius_tolerance:g}")
+        else:
+            if not self.target_radius:
+                raise InputError(f"--mode {self.mode} needs at least one --target-radius")
+            if self.radius_tolerance is not None:
+                raise InputError("--radius-tolerance applies only to --mode adaptive")
+        if num_blocks(self.max_n, block) > MAX_BLOCKS:
+            raise InputError(f"max N = {self.max_n} needs more than {MAX_BLOCKS} noise blocks of {block}")
+        radii = self.target_radius or (1e-12 * sigma,)  # adaptive without targets: any radius at all
+        seq.check_target_feasible(radii, sigma, alpha, self.looks(block), self.mode)
+        return self
+
+    def looks(self, block: int) -> list[int]:
+        return seq.look_points(self.max_n, block, self.mode, self.first_look, self.growth)
+
+    @property
+    def radii(self) -> tuple[float, ...]:
+        return tuple(sorted(self.target_radius))
+
+
+def sequential_config(*, target_radius=None, max_n: int | None = None, n: int | None = None,
+                      mode: str | None = None, radius_tolerance: float | None = None,
+                      against_label: bool = False) -> SequentialConfig | None:
+    """The sequential options of a certify call, or None for a fixed-N run (none of them given).
+
+    ``n`` and ``max_n`` name the same thing in a sequential run, so both given must agree.
+    """
+    radii = () if target_radius is None else (
+        (target_radius,) if isinstance(target_radius, (int, float, np.integer, np.floating)) else tuple(target_radius))
+    if not radii and max_n is None and mode is None and radius_tolerance is None and not against_label:
+        return None
+    if n is not None and max_n is not None and n != max_n:
+        raise InputError(f"--n {n} and --max-n {max_n} disagree: a sequential run's --max-n is its largest N; "
+                         "give --max-n alone")
+    max_n = max_n if max_n is not None else n if n is not None else 100_000
+    return SequentialConfig.build(max_n=max_n, target_radius=radii, mode=mode or seq.SEQUENTIAL,
+                                  radius_tolerance=radius_tolerance, against_label=against_label)
+
+
+class SequentialRun:
+    """Sequential decisions for every input of a :class:`~rpdist.smoothing.job.SmoothingJob` (its pool,
+    inputs and batch size; its own plan is not used)."""
+
+    def __init__(self, job, sequential: SequentialConfig):
+        self.job = job
+        config = job.config
+        self.seq = sequential.validated(config.sigma, config.alpha, config.noise_block)
+        if self.seq.against_label and job.y is None:
+            raise InputError("--against-label needs labels")
+        X = job.X
+        self.X = X if isinstance(X, np.ndarray) else np.asarray(X[0 : len(X)], dtype=np.float32)
+        self.looks = self.seq.looks(config.noise_block)
+        self.forward_samples = 0
+        self.samples_used = 0
+        self.rounds: list[dict] = []
+
+    def _counts(self, rows: np.ndarray, spec: PhaseSpec, on_unit: Callable | None) -> np.ndarray:
+        """Summed counts [len(rows), classes + 1] of ``spec``'s blocks for ``rows`` (positions in X)."""
+        job = self.job
+        plan = Plan(len(rows), (spec,), job.config.noise_block, job.plan.batch_size)
+        out = np.zeros((len(rows), job.num_classes + 1), dtype=np.int64)
+
+        def unit_done(unit, samples):
+            self.forward_samples += samples
+            if on_unit is not None:
+                on_unit(unit, samples)
+
+        for chunk, counts in run_plan(job.pool, self.X[rows], job.input_ids[rows], plan, sigma=job.config.sigma,
+                                      seed=job.config.seed, num_classes=job.num_classes,
+                                      chunks=range(plan.num_chunks), on_unit=unit_done):
+            start, stop = plan.chunk_rows(chunk)
+            out[start:stop] = counts[spec.phase].sum(axis=1)
+        return out
+
+    def run(self, on_unit: Callable | None = None) -> pa.Table:
+        job, cfg, sq = self.job, self.job.config, self.seq
+        m, classes = len(self.X), job.num_classes
+        every = np.arange(m)
+        if sq.against_label:
+            top = job.y.astype(np.int64)
+            selection = np.zeros((m, classes + 1), dtype=np.int64)
+        else:
+            selection = self._counts(every, PhaseSpec(Phase.SELECTION, cfg.n0), on_unit)
+            top = selection[:, :classes].argmax(axis=1)
+        radii = np.asarray(sq.radii, dtype=np.float64)
+        counts = np.zeros((m, classes + 1), dtype=np.int64)
+        used = np.zeros(m, dtype=np.int64)
+        blocks = np.zeros(m, dtype=np.int64)
+        state = np.zeros((m, len(radii)), dtype=np.int8)
+        best_lower, best_upper = np.zeros(m), np.ones(m)
+        stopped = selection[:, -1] > 0  # non-finite logits already: abstain without estimation
+        state[stopped] = -1
+        block, stages = cfg.noise_block, len(self.looks)
+        previous_block = 0
+        for look in self.looks:
+            active = np.flatnonzero(~stopped)
+            if not len(active):
+                break
+            stop_block = num_blocks(look, block)
+            started = time.perf_counter()
+            spec = PhaseSpec(Phase.ESTIMATION, sq.max_n, previous_block, stop_block)
+            counts[active] += self._counts(active, spec, on_unit)
+            used[active], blocks[active] = look, stop_block
+            k = counts[active, top[active]]
+            lower, upper = seq.bounds(k, look, cfg.alpha, sq.mode, stages)
+            best_lower[active] = np.maximum(best_lower[active], lower)
+            best_upper[active] = np.minimum(best_upper[active], upper)
+            done = seq.update(state, active, k, look, radii, cfg.sigma, cfg.alpha, sq.mode, stages,
+                              sq.radius_tolerance)
+            bad = counts[active, -1] > 0  # a non-finite sample: f is undefined near x, stop and abstain
+            state[active[bad]] = -1
+            stopped[active[done | bad]] = True
+            self.rounds.append({"look": look, "inputs": int(len(active)), "stopped": int((done | bad).sum()),
+                                "seconds": time.perf_counter() - started})
+            previous_block = stop_block
+        self.samples_used = int(used.sum()) + (0 if sq.against_label else m * cfg.n0)
+        return self._table(top, selection, counts, used, blocks, state, stopped, best_lower, best_upper)
+
+    def _table(self, top, selection, counts, used, blocks, state, stopped, best_lower, best_upper) -> pa.Table:
+        job, cfg, sq = self.job, self.job.config, self.seq
+        m, classes = len(top), job.num_classes
+        nonfinite = selection[:, -1] + counts[:, -1]
+        bad = nonfinite > 0
+        radius = np.where(bad, 0.0, seq.radius_of(best_lower, cfg.sigma))
+        decision, decided = seq.summarize_decision(state, sq.radii, stopped)
+        if sq.mode == seq.ADAPTIVE:  # the estimate is the certified radius itself
+            decided = radius.copy()
+            decision = np.where(~stopped, seq.UNDECIDED, np.where(radius > 0, seq.CERTIFIED, seq.NOT_CERTIFIED))
+        radius = np.maximum(radius, np.where(bad, 0.0, decided))
+        decision = np.where(bad, seq.NOT_CERTIFIED, decision)
+        prediction = np.where(radius > 0, top, stats.ABSTAIN)
+        labels = job.y
+        names = {1: seq.CERTIFIED, -1: seq.NOT_CERTIFIED, 0: seq.UNDECIDED}
+        per_radius = [[names[int(v)] for v in row] for row in state]
+
+        def ints(v):
+            return pa.array(np.asarray(v, dtype=np.int64), type=pa.int64())
+
+        def floats(v):
+            return pa.array(np.asarray(v, dtype=np.float64), type=pa.float64())
+
+        def lists(c):
+            flat = pa.array(np.ascontiguousarray(c[:, :classes], dtype=np.int64).ravel())
+            return pa.FixedSizeListArray.from_arrays(flat, classes).cast(pa.list_(pa.int64()))
+
+        columns = {
+            "input_id": ints(job.input_ids),
+            "label": pa.nulls(m, pa.int64()) if labels is None else ints(labels),
+            "prediction": ints(prediction),
+            "top_class": ints(top),
+            "count_top": ints(counts[np.arange(m), top]),
+            "counts": lists(counts),
+            "selection_counts": lists(selection),
+            "nonfinite": ints(nonfinite),
+            "n": ints(np.full(m, sq.max_n)),
+            "n0": ints(np.full(m, 0 if sq.against_label else cfg.n0)),
+            "alpha": floats(np.full(m, cfg.alpha)),
+            "sigma": floats(np.full(m, cfg.sigma)),
+            "seed": ints(np.full(m, cfg.seed)),
+            "pa_lower": floats(best_lower),
+            "radius": floats(radius),
+            "correct": (pa.nulls(m, pa.bool_()) if labels is None
+                        else pa.array(prediction == labels, type=pa.bool_())),
+            "mode": pa.array([sq.mode] * m, type=pa.string()),
+            "against_label": pa.array(np.full(m, sq.against_label), type=pa.bool_()),
+            "samples_used": ints(used),
+            "stop_block": ints(blocks),
+            "decision": pa.array(decision.tolist(), type=pa.string()),
+            "target_radius": pa.array([list(sq.radii)] * m, type=pa.list_(pa.float64())),
+            "decisions": pa.array(per_radius, type=pa.list_(pa.string())),
+            "radius_decided": floats(np.where(bad, 0.0, decided)),
+            "pa_upper": floats(best_upper),
+        }
+        schema = sequential_schema()
+        return pa.table([columns[name] for name in schema.names], schema=schema)
+
+    def cost(self) -> dict:
+        """Samples for the manifest: used (selection + estimation), forward passes computed, naive cost at max N."""
+        m = len(self.X)
+        n0 = 0 if self.seq.against_label else self.job.config.n0
+        return {"inputs": m, "used": self.samples_used, "forward_samples": self.forward_samples,
+                "waste": self.forward_samples - self.samples_used, "naive_at_max_n": m * (n0 + self.seq.max_n),
+                "rounds": len(self.rounds), "looks": self.looks}
