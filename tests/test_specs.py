@@ -39,6 +39,8 @@ REFUSED = [
     (lambda: InversionSpec(defense="rr", epsilons=[float("inf")]), "--epsilon must be a finite number > 0 for rr"),
     (lambda: InversionSpec(epsilons=[float("nan")]), "--epsilon must be a number > 0, got nan"),
     (lambda: InversionSpec(query_budget=0), "--query-budget must be a whole number >= 1, got 0"),
+    (lambda: SmoothingConfig(CERTIFY, 0.5, 100, 0.01, 10, advantage=[0.5]), "--advantage must lie strictly between 0"),
+    (lambda: SmoothingConfig(CERTIFY, 0.5, 100, 0.01, 10, queries=[0]), "--queries must be a whole number >= 1, got 0"),
 ]
 
 
@@ -53,9 +55,10 @@ def test_numpy_scalars_are_numbers():
     """Array code hands over numpy scalars; they are validated and stored as the Python numbers."""
     config = SmoothingConfig(CERTIFY, np.float32(0.5), np.int64(1000), np.float64(0.001), np.int32(100),
                              seed=np.uint64(7), batch_size=np.int64(512))
-    assert dataclasses.asdict(config) == {"analysis": "certify", "sigma": 0.5, "n": 1000, "alpha": 0.001, "n0": 100,
-                                          "seed": 7, "batch_size": 512, "noise_block": 1000}
-    assert all(type(v) in (str, float, int) for v in dataclasses.asdict(config).values() if v is not None)
+    assert config.as_dict() == {"analysis": "certify", "sigma": 0.5, "n": 1000, "alpha": 0.001, "n0": 100, "seed": 7,
+                                "batch_size": 512, "noise_block": 1000, "release": "predict", "advantage": [0.05],
+                                "queries": [1]}
+    assert all(type(v) in (str, float, int) for v in config.as_dict().values() if not isinstance(v, list))
 
 
 def test_specs_stay_dataclasses():
@@ -74,7 +77,10 @@ def test_config_dicts_are_unchanged():
     dataclasses before, they must come out equal, keys in the same order, for the same input."""
     assert list(SmoothingConfig(PREDICT, 0.25, 100, 0.01).as_dict().items()) == [
         ("analysis", "predict"), ("sigma", 0.25), ("n", 100), ("alpha", 0.01), ("n0", None), ("seed", 0),
-        ("batch_size", None), ("noise_block", 1000)]
+        ("batch_size", None), ("noise_block", 1000), ("release", "predict"), ("advantage", [0.05]), ("queries", [1])]
+    # τ and k values are sets: held sorted and unique, as the hand check before held them
+    assert SmoothingConfig(CERTIFY, 0.5, 1000, 0.001, 100, advantage=[0.1, 0.05, 0.1], queries=(5, 1)).as_dict()[
+        "advantage"] == [0.05, 0.1]
     rap = dataclasses.asdict(RapSpec(sigma=0.5, n=1000, l1_non_sensitive=[0.01, 1.0], out="x", run_id="r"))
     assert list(rap) == ["dataset", "attribute", "sigma", "n", "n0", "alpha", "grid_step", "l1_non_sensitive",
                          "train_sigma", "seed", "split", "limit", "batch_size", "workers", "address", "device",
