@@ -48,6 +48,7 @@ OutRoot = Any
 Advantage = _number(float, "must lie strictly between 0 and 0.5", gt=0, lt=0.5)  # a distinguisher's τ
 Positive = _number(float, "must be a number > 0", gt=0)  # inf allowed: a privacy ε of "no noise"
 
+
 def sorted_unique(values: tuple) -> tuple:
     """A set of values held as a sorted tuple, so equal sets give equal configs."""
     return tuple(sorted(set(values)))
@@ -111,7 +112,8 @@ def input_error(exc: ValidationError, cls, source: str | None = None, option=Non
     cause = (error.get("ctx") or {}).get("error")
     if _FIRST.get(kind) == 0:
         known = ", ".join(sorted(fields))
-        message = f"unknown key {key!r} (known: {known})" if source else f"{cls.__name__} has no field {key!r} (known: {known})"
+        message = (f"unknown key {key!r} (known: {known})" if source
+                   else f"{cls.__name__} has no field {key!r} (known: {known})")
         return InputError(f"{source}: {message}" if source else message)
     if _FIRST.get(kind) == 1:
         return InputError(f"{source}: key {key!r} is required" if source else f"{key} is required")
