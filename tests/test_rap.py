@@ -76,9 +76,9 @@ def test_adversary_estimate_on_known_distribution():
 def test_l1_values_always_include_the_unpenalised_model():
     assert l1_values(0.01) == [0.0, 0.01] and l1_values(0) == [0.0]
     assert l1_values([1, 0.01, 0, 0.01]) == [0.0, 0.01, 1.0]
-    for bad in (-1, float("nan"), float("inf"), [0.01, -0.5], True):
-        with pytest.raises(InputError, match="l1-non-sensitive"):
-            l1_values(bad)
+    for bad in (-1, float("nan"), float("inf"), [0.01, -0.5], True, "0.01"):
+        with pytest.raises(InputError, match="^--l1-non-sensitive must be a finite number >= 0, got "):
+            RapSpec(l1_non_sensitive=bad)
 
 
 def test_grid_and_attribute_refusals():

@@ -40,6 +40,10 @@ BASE = {"dataset": "insurance", "sigma": [0.5], "n": [1000]}
     ({"limit": 2.5}, "limit", "must be a whole number, got 2.5"),
     ({"train_sigma": "0.1"}, "train_sigma", "must be a number, got '0.1'"),
     ({"model": 3}, "model", "must be a string, got 3"),
+    ({"analysis": "attack", "defense": "dpsgd"}, "sigma", "applies to defense rp only, not to defense 'dpsgd'"),
+    ({"analysis": "attack", "noise": ["fresh", "loud"]}, "noise", "'fresh' or 'keyed', got 'loud'"),
+    ({"analysis": "attack", "epsilon": [0.0]}, "epsilon", "greater than 0"),
+    ({"analysis": "rap", "l1_non_sensitive": [0.01, -1]}, "l1_non_sensitive", "greater than or equal to 0"),
 ])
 def test_bad_sweep_files_name_the_key(change, key, fragment):
     with pytest.raises(InputError) as info:

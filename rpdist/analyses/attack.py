@@ -18,6 +18,10 @@ NAMES = {"defense": "defense", "sigma": "σ", "n": "N", "alpha": "α", "seed": "
          "release": "release", "noise": "noise", "repeat": "k"}
 
 
+RECONSTRUCTIONS = "reconstructions.png"  # each attack run's grid of reconstructed images
+RP = "rp"  # the one defense that smooths: its sweeps have a (σ, N) grid
+
+
 def _knob(value) -> str:
     return "—" if value is None or value != value else fmt(value)
 
@@ -44,11 +48,18 @@ class AttackAnalysis(Analysis):
 
         return run_inversion(spec, progress=progress)
 
+    def smoothing_grid(self, options: dict) -> bool:
+        return options.get("defense", RP) == RP
+
     def run_point(self, sweep, point: dict, out, run_id: str, options: dict, progress: bool) -> None:
+        """One attack run per grid point: every release × repeat × noise (× ε for dpsgd and rr) of the sweep."""
         from rpdist.attacks.inversion import InversionSpec, run_inversion
 
-        run_inversion(InversionSpec(dataset=sweep.dataset, defense="rp", sigmas=[point["sigma"]], ns=[point["n"]],
-                                    alpha=point["alpha"], seed=point["seed"], releases=[sweep.release],
+        grid = dict(sigmas=[point["sigma"]], ns=[point["n"]]) if sweep.defense == RP else {}
+        releases = [sweep.release] if isinstance(sweep.release, str) else list(sweep.release)
+        run_inversion(InversionSpec(dataset=sweep.dataset, defense=sweep.defense, **grid, alpha=point["alpha"],
+                                    seed=point["seed"], releases=releases, repeats=list(sweep.repeat),
+                                    noises=list(sweep.noise), epsilons=list(sweep.epsilon) if sweep.epsilon else None,
                                     restarts=sweep.restarts, query_budget=sweep.query_budget,
                                     generator_epochs=sweep.generator_epochs,
                                     targets=list(sweep.targets) if sweep.targets else None,
@@ -77,12 +88,37 @@ class AttackAnalysis(Analysis):
         return rows
 
     def report(self, w, source, slug: str) -> None:
-        summary = self.summarize(source.table)
+        self._section(w, source.table, [], f"{slug}attack-asr")
+        grids = sorted(source.path.glob(f"**/{RECONSTRUCTIONS}"))
+        if grids:
+            import os
+
+            w.add("### Reconstructions", "", "One row per defense setting, one column per target class, as each run "
+                  "drew them:", "")
+            for path in grids:
+                where = path.parent.relative_to(source.path).as_posix()
+                w.add(f"![reconstructions {where}]({os.path.relpath(path, w.out.parent)})", "",
+                      f"*{source.name}{'' if where == '.' else ': ' + where}*", "")
+
+    def overview(self, w, sources: list) -> None:
+        """Every attack run and sweep of the report in one table and on one privacy–utility plane, so
+        defenses run separately (one sweep file each) are compared where they can be."""
+        if len(sources) < 2:
+            return
+        w.add("## All attack results", "")
+        table = pd.concat([s.table.assign(result=s.name) for s in sources], ignore_index=True)
+        self._section(w, table, ["result"], "all-attack-asr")
+
+    def _section(self, w, table: pd.DataFrame, first: list[str], plot: str) -> None:
+        """The summary table (ASR with its interval per setting) and ASR against utility."""
+        names = {**NAMES, "result": "result"}
+        groups = table.groupby(first, sort=False) if first else [((), table)]
+        summary = [dict(zip(first, key)) | row for key, part in groups for row in self.summarize(part)]
         g = pd.DataFrame(summary)
-        keys = [c for c in SETTING if c in g.columns and (c == "defense" or g[c].nunique(dropna=True) > 1
-                                                         or c in ("sigma", "n", "epsilon", "release"))]
+        keys = first + [c for c in SETTING if c in g.columns and (c == "defense" or g[c].nunique(dropna=True) > 1
+                                                                 or c in ("sigma", "n", "epsilon", "release"))]
         w.add("### Summary", "")
-        header = [NAMES[k] for k in keys] + ["targets", "ASR [95% CI]", "start ASR", "utility accuracy",
+        header = [names[k] for k in keys] + ["targets", "ASR [95% CI]", "start ASR", "utility accuracy",
                                             "mean eval. confidence", "mean queries", "forward passes"]
         rows = [[*(r[k] for k in keys), int(r["targets"]),
                  f"{pct(r['asr'])} [{pct(r['asr_low'])}–{pct(r['asr_high'])}]", pct(r["start_asr"]),
@@ -92,29 +128,39 @@ class AttackAnalysis(Analysis):
         w.add("ASR (attack success rate): share of attacks (targets × restarts) whose reconstruction the independent "
               "evaluation classifier labels as the target, with a 95% Clopper–Pearson interval. Start ASR: the same "
               "verdict on the walk's starting points. Utility accuracy: the released model's accuracy.", "")
-        g["accuracy_pct"] = 100 * g["utility_accuracy"]
-        names = NAMES
         w.add("### Plots", "")
-        fig = figure(7.2, 4.8)
-        ax = fig.add_subplot()
-        markers = ["o", "s", "^", "D", "v", "P", "X"]
-        # Each point names its defense's own knobs (σ, ε) and any other parameter that varies.
-        varying = [k for k in keys if k != "defense" and (k in ("sigma", "epsilon") or g[k].nunique(dropna=True) > 1)]
-        for i, (defense, part) in enumerate(g.groupby("defense", sort=True)):
-            part = part.sort_values("accuracy_pct")
-            ax.plot(part["accuracy_pct"], 100 * part["asr"], color=f"C{i}", marker=markers[i % len(markers)], ms=7,
-                    lw=1, ls="-" if len(part) > 1 else "none", label=str(defense))
-            for _, r in part.iterrows():
-                text = ", ".join(f"{names[k]}={fmt(r[k])}" for k in varying if pd.notna(r[k]))
-                if text:
-                    ax.annotate(text, (r["accuracy_pct"], 100 * r["asr"]), textcoords="offset points", xytext=(5, 5),
-                                fontsize=8, color=f"C{i}")
-        ax.set_ylim(-3, 103)
-        ax.margins(x=0.12)
-        style(ax, "Attack success rate vs utility accuracy", "utility accuracy (%)", "attack success rate (%)")
-        ax.legend(title="defense", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
-        w.image(fig, f"{slug}attack-asr", "attack success rate against accuracy",
-                "Attack success rate against the released model's accuracy, one point per defense setting; lower "
-                "right is better (accurate and hard to attack).")
+        w.image(privacy_utility(g), plot, "attack success rate against accuracy",
+                "Attack success rate against the released model's accuracy, one point per defense setting, one line "
+                "per defense and per setting other than its own knob (σ, ε) that varies; lower right is better "
+                "(accurate and hard to attack).")
 
 
+def privacy_utility(g: pd.DataFrame):
+    """ASR against utility: each line is a defense at fixed other settings, its points labelled by the
+    defense's own knob (σ for rp, ε for dpsgd and rr)."""
+    fig = figure(7.8, 5.0)
+    ax = fig.add_subplot()
+    markers = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p"]
+    families = []
+    for defense, part in g.groupby("defense", sort=True):
+        others = [k for k in ("n", "release", "noise", "repeat", "alpha", "seed")
+                  if k in part.columns and part[k].nunique(dropna=True) > 1]
+        for key, family in (part.groupby(others, sort=True, dropna=False) if others else [((), part)]):
+            key = key if isinstance(key, tuple) else (key,)
+            label = str(defense) + (f" ({', '.join(f'{NAMES[k]}={fmt(v)}' for k, v in zip(others, key))})"
+                                    if others else "")
+            families.append((label, family))
+    for i, (label, family) in enumerate(families):
+        family = family.sort_values("utility_accuracy")
+        ax.plot(100 * family["utility_accuracy"], 100 * family["asr"], color=f"C{i % 10}",
+                marker=markers[i % len(markers)], ms=6, lw=1, ls="-" if len(family) > 1 else "none", label=label)
+        for _, r in family.iterrows():
+            knob = next((f"{NAMES[k]}={fmt(r[k])}" for k in ("sigma", "epsilon") if k in r and pd.notna(r[k])), "")
+            if knob:
+                ax.annotate(knob, (100 * r["utility_accuracy"], 100 * r["asr"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7, color=f"C{i % 10}")
+    ax.set_ylim(-3, 103)
+    ax.margins(x=0.12)
+    style(ax, "Attack success rate vs utility accuracy", "utility accuracy (%)", "attack success rate (%)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return fig

@@ -67,6 +67,10 @@ class Analysis:
     def overview(self, writer, sources: list) -> None:
         """An optional report section across several runs of this analysis (before their own sections)."""
 
+    def smoothing_grid(self, options: dict) -> bool:
+        """Whether a sweep of this analysis with these (already validated) options has a (σ, N) grid."""
+        return True
+
     def run_point(self, sweep, point: dict, out, run_id: str, options: dict, progress: bool) -> None:
         """Run one sweep grid point into ``out/run_id`` (per-point analyses only)."""
         raise NotImplementedError(f"{self.name} has no per-point sweep")

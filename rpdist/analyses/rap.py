@@ -10,6 +10,7 @@ from rpdist.reporting.format import fmt, md_table, num, pct
 from rpdist.reporting.plots import figure, style
 
 SMOOTHED = "smoothed"
+CURVE_FILE = "rap_curve.parquet"  # release rates over the grid, written beside rap.parquet
 
 
 def _ci(record: dict, key: str, digits: int = 2) -> str:
@@ -120,8 +121,12 @@ def report_rap(w, source, summary: list[dict], slug: str) -> None:
     grid = ["grid_step", "grid_points"]
     if set(grid) <= set(df.columns) and len(df[grid].drop_duplicates()) == 1:
         span = float(df["grid_step"].iloc[0]) * (int(df["grid_points"].iloc[0]) - 1)
-    fig = figure(6.4 * min(len(panels), 3), 4.2)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    columns = min(len(panels), 4)
+    rows = -(-len(panels) // columns)
+    fig = figure(6.4 * min(len(panels), 3) if rows == 1 else 4.8 * columns, 4.2 if rows == 1 else 3.6 * rows)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     bins = np.histogram_bin_edges(df["compatible_length"].dropna(), bins=min(40, max(10, int(np.sqrt(len(df))))))
     for ax, (key, part) in zip(axes, panels):
         for i, release in enumerate(sorted(part["release_model"].unique())):
@@ -146,6 +151,50 @@ def report_rap(w, source, summary: list[dict], slug: str) -> None:
                + ("; dotted: the span of the attribute grid, the longest possible set" if span else "")
                + ". Longer = the adversary pins the attribute down less precisely.")
     w.image(fig, f"{slug}rap-lengths", "compatible lengths base against smoothed", caption)
+    curve = _curve(source)
+    if curve is not None:
+        release_rates(w, curve, attribute, slug)
+
+
+def _curve(source) -> pd.DataFrame | None:
+    """The release rates over the attribute grid that ``rpdist rap`` writes beside its table."""
+    if source.sweep:
+        from rpdist.pipelines.sweep import read_points
+
+        table = read_points(source.path, CURVE_FILE)
+        return None if table is None else table.to_pandas()
+    path = source.path / CURVE_FILE
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def release_rates(w, curve: pd.DataFrame, attribute: str, slug: str) -> None:
+    """Share of inputs released as class 1 at each swept value of the attribute, base (dotted) and
+    smoothed (solid), one colour per σ and one panel per other setting that varies."""
+    by = [c for c in ("l1_non_sensitive", "n", "alpha") if c in curve.columns and curve[c].nunique() > 1]
+    names = {"l1_non_sensitive": "ℓ1 penalty λ", "n": "N", "alpha": "α"}
+    panels = list(curve.groupby(by, sort=True)) if by else [((), curve)]
+    columns = min(len(panels), 3)
+    rows = -(-len(panels) // columns)
+    fig = figure(5.6 * columns, 4.2 * rows)
+    axes = fig.subplots(rows, columns, squeeze=False, sharey=True).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    sigmas = sorted(curve["sigma"].unique())
+    for ax, (key, part) in zip(axes, panels):
+        for i, sigma in enumerate(sigmas):
+            for release, line in (("base", ":"), (SMOOTHED, "-")):
+                c = part[(part["sigma"] == sigma) & (part["release_model"] == release)].sort_values("attribute_value")
+                ax.plot(c["attribute_value"], 100 * c["positive_rate"], line, color=f"C{i}", lw=1.4,
+                        label=f"{release}, σ = {fmt(sigma)}")
+        key = key if isinstance(key, tuple) else (key,)
+        style(ax, ", ".join(f"{names[c]} = {fmt(v)}" for c, v in zip(by, key)) or "Release rate",
+              f"{attribute} set to (raw units), other features held fixed", "released as class 1 (%)")
+        ax.set_ylim(-3, 103)
+        ax.legend(fontsize=7, ncol=2)
+    w.image(fig, f"{slug}rap-release-rate", "release rate against the attribute",
+            f"Share of inputs whose release is class 1 when {attribute} is set to each swept value (abstain counts "
+            "as not class 1); dotted: base model, solid: smoothed (PREDICT)"
+            + (f"; one panel per {', '.join(names[c] for c in by)}" if by else "") + ".")
 
 
 

@@ -187,6 +187,7 @@ class CertifyAnalysis(SmoothingAnalysis):
 
     def overview(self, w, sources) -> None:
         """One plot with every certify run's curve, when a report covers several."""
+        sources = [s for s in sources if not s.sweep]
         if len(sources) < 2:
             return
         from rpdist.smoothing.stats import max_radius

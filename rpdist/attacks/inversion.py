@@ -13,85 +13,89 @@ import datetime as dt
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pydantic import AfterValidator, Field, model_validator
 
 from rpdist.attacks import roles
 from rpdist.attacks.brep import BrepAttack, BrepConfig, run_lockstep
 from rpdist.defenses.releases import (FRESH, KEYED, MAJORITY, PREDICT, LabelRelease, RandomizedResponse,
                                       SmoothedRelease)
 from rpdist.analyses import REGISTRY
-from rpdist.analyses.attack import AttackAnalysis
+from rpdist.analyses.attack import RECONSTRUCTIONS, AttackAnalysis
 from rpdist.analyses.base import Outcome
+from rpdist.defenses import DEFENSES
 from rpdist.errors import InputError
 from rpdist.io.manifest import new_manifest
 from rpdist.io.rundir import RunDir
+from rpdist.specs import Alpha, Count, Must, OutRoot, Positive, Seed, Sigma, spec
 
-DEFENSES = ("none", "rp", "dpsgd", "rr")
 ATTACK = REGISTRY[AttackAnalysis.name]
 CLIP_ONLY = float("inf")  # the epsilon of the DP-SGD clip-only control (no noise: no privacy)
 
 
-@dataclass
+def _distinct(values: list | None) -> list | None:
+    if values is not None and len(set(values)) != len(values):
+        raise ValueError("lists a value twice")
+    return values
+
+
+@spec
 class InversionSpec:
-    dataset: str = "digits"
-    attack: str = "brep"
-    defense: str = "none"
-    sigmas: list = field(default_factory=lambda: [0.1, 0.25, 0.5])
-    ns: list = field(default_factory=lambda: [200])
-    epsilons: list | None = None
-    releases: list = field(default_factory=lambda: [MAJORITY])
-    repeats: list = field(default_factory=lambda: [1])
-    noises: list = field(default_factory=lambda: [FRESH])
-    targets: list | None = None
-    restarts: int = 1
-    query_budget: int = 400
-    points: int = 16
-    alpha: float = 0.001
-    seed: int = 0
-    batch_size: int | None = None
-    workers: int | None = None
+    """Everything a user chooses for one attack benchmark; validated when built."""
+
+    dataset: Annotated[Literal[roles.DATASET], Must(f"must be {roles.DATASET!r}, the one dataset model inversion "
+                                                    "supports")] = roles.DATASET
+    attack: Annotated[Literal["brep"], Must("must be brep, the one attack available", "--attack")] = "brep"
+    defense: Annotated[Literal[DEFENSES], Must(f"must be one of {', '.join(DEFENSES)}", "--defense")] = "none"
+    sigmas: Annotated[list[Sigma], Must(name="--sigma")] = field(default_factory=lambda: [0.1, 0.25, 0.5])
+    ns: Annotated[list[Count], Must(name="--n")] = field(default_factory=lambda: [200])
+    # dpsgd, rr: None = the defense's default grid; inf = DP-SGD clip-only (no noise)
+    epsilons: Annotated[list[Positive] | None, Must(name="--epsilon")] = None
+    releases: Annotated[list[Literal[PREDICT, MAJORITY]], Must(f"must be {PREDICT} or {MAJORITY}", "--release")] = \
+        field(default_factory=lambda: [MAJORITY])
+    repeats: Annotated[list[Count], Must(name="--repeat")] = field(default_factory=lambda: [1])
+    noises: Annotated[list[Literal[FRESH, KEYED]], Must(f"must be {FRESH} or {KEYED}", "--noise")] = \
+        field(default_factory=lambda: [FRESH])
+    targets: Annotated[list[Annotated[int, Field(strict=True, ge=0, lt=roles.NUM_CLASSES)]] | None,
+                       AfterValidator(_distinct),
+                       Must(f"must be distinct classes in [0, {roles.NUM_CLASSES})", "--targets")] = None
+    restarts: Annotated[Count, Must(name="--restarts")] = 1
+    query_budget: Annotated[Count, Must(name="--query-budget")] = 400
+    points: Count = 16
+    alpha: Alpha = 0.001
+    seed: Seed = 0
+    batch_size: Annotated[Count | None, Must(name="batch size")] = None
+    workers: Count | None = None
     address: str | None = None
     device: str | None = None
-    generator_epochs: int | None = None
-    out: str = "results"
+    generator_epochs: Count | None = None
+    out: OutRoot = "results"
     run_id: str | None = None
+
+    @model_validator(mode="after")
+    def _rr_is_private(self):
+        """ε = inf means DP-SGD's clip-only control; randomized response has no such setting."""
+        if self.defense == "rr" and any(math.isinf(e) for e in self.epsilons or ()):
+            raise InputError(f"--epsilon must be a finite number > 0 for rr, got {self.epsilons}")
+        return self
 
 
 def defense_configs(spec: InversionSpec) -> list[dict]:
     """The grid of (defense knobs, release, repeat, noise) rows to attack."""
-    if spec.defense not in DEFENSES:
-        raise InputError(f"unknown defense {spec.defense!r}; choose one of {', '.join(DEFENSES)}")
-    for r in spec.releases:
-        if r not in (PREDICT, MAJORITY):
-            raise InputError(f"--release must be {PREDICT} or {MAJORITY}, got {r!r}")
-    for k in spec.repeats:
-        if isinstance(k, bool) or int(k) != k or k < 1:
-            raise InputError(f"--repeat must be a whole number >= 1, got {k!r}")
-    for noise in spec.noises:
-        if noise not in (FRESH, KEYED):
-            raise InputError(f"--noise must be {FRESH} or {KEYED}, got {noise!r}")
-    base = [dict(repeat=int(k), noise=noise) for k in spec.repeats for noise in spec.noises]
+    base = [dict(repeat=k, noise=noise) for k in spec.repeats for noise in spec.noises]
     nan = float("nan")
     if spec.defense == "none":
         return [dict(sigma=nan, n=0, epsilon=nan, release="label", **b) for b in base]
     if spec.defense == "rp":
-        for s in spec.sigmas:
-            if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
-                raise InputError(f"--sigma must be a finite number > 0, got {s!r}")
-        for n in spec.ns:
-            if int(n) != n or n < 1:
-                raise InputError(f"--n must be a whole number >= 1, got {n!r}")
-        return [dict(sigma=float(s), n=int(n), epsilon=nan, release=r, **b)
+        return [dict(sigma=s, n=n, epsilon=nan, release=r, **b)
                 for s in spec.sigmas for n in spec.ns for r in spec.releases for b in base]
     eps = spec.epsilons or ([1.0, 3.0, 8.0, CLIP_ONLY] if spec.defense == "dpsgd" else [1.0, 3.0, 5.0])
-    for e in eps:
-        if not (isinstance(e, (int, float)) and e > 0 and not math.isnan(e)) or (spec.defense == "rr" and math.isinf(e)):
-            raise InputError(f"--epsilon must be a number > 0, got {e!r}")
-    return [dict(sigma=nan, n=0, epsilon=float(e), release="label", **b) for e in eps for b in base]
+    return [dict(sigma=nan, n=0, epsilon=e, release="label", **b) for e in eps for b in base]
 
 
 def _decoder(generator):
@@ -157,16 +161,8 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     """Attack every defense config; write attack.parquet, reconstructions.png and manifest.json."""
     import torch
 
-    if spec.dataset != roles.DATASET:
-        raise InputError(f"model inversion supports the built-in {roles.DATASET!r} dataset, got {spec.dataset!r}")
-    if spec.attack != "brep":
-        raise InputError(f"unknown attack {spec.attack!r}; available: brep")
     configs = defense_configs(spec)
-    targets = list(range(roles.NUM_CLASSES)) if not spec.targets else [int(t) for t in spec.targets]
-    if any(t < 0 or t >= roles.NUM_CLASSES for t in targets) or len(set(targets)) != len(targets):
-        raise InputError(f"--targets must be distinct classes in [0, {roles.NUM_CLASSES}), got {spec.targets}")
-    if spec.query_budget < 1 or spec.restarts < 1:
-        raise InputError("--query-budget and --restarts must be >= 1")
+    targets = spec.targets or list(range(roles.NUM_CLASSES))
     run_id = spec.run_id or f"attack-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
     run_dir = RunDir(spec.out, run_id, "attack.parquet")
     config = {**asdict(spec), "run_id": run_id}
@@ -281,5 +277,5 @@ def save_grid(grid: np.ndarray, row_labels: list[str], col_labels: list[str], ru
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     body = buf.getvalue()
-    run_dir.store.write_bytes(body, run_dir.run_id, "reconstructions.png")
-    return run_dir.store.show(run_dir.run_id, "reconstructions.png")
+    run_dir.store.write_bytes(body, run_dir.run_id, RECONSTRUCTIONS)
+    return run_dir.store.show(run_dir.run_id, RECONSTRUCTIONS)

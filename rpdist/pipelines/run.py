@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
-
+from pathlib import Path
 
 from rpdist import analyses
 from rpdist.analyses.base import Outcome
@@ -20,25 +19,25 @@ from rpdist.io.rundir import RunDir
 from rpdist.smoothing.job import SmoothingConfig, SmoothingJob
 from rpdist.smoothing.noise import NOISE_SCHEME
 from rpdist.smoothing.seqjob import SequentialConfig
+from rpdist.specs import Count, OutRoot, Sigma, spec
 
 
-
-@dataclass
+@spec
 class RunSpec:
-    """Everything a user chooses for one run."""
+    """Everything a user chooses for one run; validated when built."""
 
     config: SmoothingConfig
-    dataset: str
+    dataset: str | Path
     split: str = "test"
     label_column: str = "label"
-    limit: int | None = None
-    model: str | None = None
+    limit: Count | None = None
+    model: str | Path | None = None
     arch: str | None = None
-    train_sigma: float | None = None
-    workers: int | None = None
+    train_sigma: Sigma | None = None
+    workers: Count | None = None
     address: str | None = None
     device: str | None = None
-    out: str = "results"
+    out: OutRoot = "results"
     run_id: str | None = None
     sequential: SequentialConfig | None = None  # set: decide each input sequentially (rpdist.pipelines.seqrun)
 
@@ -94,7 +93,7 @@ def execute(spec: RunSpec, progress: bool = True, on_unit: Callable | None = Non
         from rpdist.pipelines.seqrun import execute_sequential
 
         return execute_sequential(spec, progress, on_unit)
-    config = spec.config.validated()
+    config = spec.config
     run_dir = RunDir(spec.out, spec.run_id or default_run_id(config.analysis), analyses.get(config.analysis).final_file)
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,
                         stream=True)

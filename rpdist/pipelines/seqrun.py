@@ -27,7 +27,7 @@ def execute_sequential(spec, progress: bool = True, on_unit=None):
     from rpdist.pipelines.run import _outcome, default_run_id, engine_identity, resolve_model
     from rpdist.smoothing.job import SmoothingJob
 
-    config = spec.config.validated()
+    config = spec.config
     sequential = spec.sequential.validated(config.sigma, config.alpha, config.noise_block)
     run_dir = RunDir(spec.out, spec.run_id or default_run_id(NAME), analyses.get(NAME).final_file)
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,

@@ -28,8 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rpdist import analyses
 from rpdist.smoothing import stats
 from rpdist.errors import InputError
+from rpdist.specs import input_error
 from rpdist.smoothing.noise import DEFAULT_BLOCK, NOISE_SCHEME, Phase
 from rpdist.analyses.base import Outcome
+from rpdist.defenses import DEFENSES
+from rpdist.defenses.releases import FRESH, KEYED
 from rpdist.io.manifest import new_manifest
 from rpdist.io.store import Store, describe_change, open_run
 from rpdist.smoothing.job import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
@@ -38,9 +41,7 @@ PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()
 GRID = ("sigma", "n", "alpha", "seed")  # the list keys whose product is the grid
 
 Count = Annotated[int, Field(ge=1)]
-# pydantic's error types, said the way a sweep file's author thinks of the value
-KIND_NAMES = {"int_type": "must be a whole number", "int_from_float": "must be a whole number",
-              "float_type": "must be a number", "string_type": "must be a string", "bool_type": "must be true or false"}
+LATER_KEYS = ("defense", "noise", "repeat", "epsilon")  # absent from the identity of sweeps that keep the default
 
 
 class SweepSpec(BaseModel):
@@ -49,8 +50,9 @@ class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     dataset: str
-    sigma: tuple[float, ...]
-    n: tuple[int, ...]
+    # Required wherever the analysis smooths; None for an attack on a defense without σ and N.
+    sigma: tuple[float, ...] | None
+    n: tuple[int, ...] | None
     alpha: tuple[float, ...] = (0.001,)
     seed: tuple[int, ...] = (0,)
     analysis: str = CERTIFY
@@ -65,17 +67,39 @@ class SweepSpec(BaseModel):
     noise_block: Count | None = None
     attribute: str = "bmi"  # rap only
     grid_step: float = Field(0.1, gt=0)  # rap only
-    l1_non_sensitive: float = Field(0.01, ge=0)  # rap only
+    # rap only: λ of one penalised model, or a list of them (one model each, all in each point's table)
+    l1_non_sensitive: Annotated[float, Field(ge=0)] | tuple[Annotated[float, Field(ge=0)], ...] = 0.01
     posterior_level: float = Field(0.9, gt=0, lt=1)  # rap only: credible level of the posterior's HDI length
-    release: Literal["predict", "majority"] = "majority"  # attack only: the smoothed release the attacker queries
+    defense: Literal[DEFENSES] = "rp"  # attack only; none, dpsgd and rr have no (σ, N) grid
+    # attack only: the smoothed release(s) the attacker queries
+    release: Literal["predict", "majority"] | tuple[Literal["predict", "majority"], ...] = "majority"
+    noise: tuple[Literal[FRESH, KEYED], ...] = (FRESH,)  # attack only: fresh or query-keyed randomness
+    repeat: tuple[Count, ...] = (1,)  # attack only: each query asked k times, majority kept
+    epsilon: tuple[Annotated[float, Field(gt=0)], ...] | None = None  # attack, dpsgd or rr: ε (default: its grid)
     query_budget: Count = 400  # attack only
     restarts: Count = 1  # attack only
     targets: tuple[int, ...] | None = Field(None, min_length=1)  # attack only: classes to reconstruct (default: all)
     generator_epochs: Count | None = None  # attack only
 
+    @model_validator(mode="before")
+    @classmethod
+    def _grid_or_none(cls, data):
+        """σ and N make the grid of every smoothing analysis; an attack on another defense has none, so
+        there they must be left out (and are None), while elsewhere pydantic reports them missing."""
+        if not isinstance(data, dict) or data.get("analysis", CERTIFY) not in analyses.NAMES:
+            return data
+        if analyses.get(data.get("analysis", CERTIFY)).smoothing_grid(data):
+            return data
+        given = [key for key in ("sigma", "n") if data.get(key) is not None]
+        if given:
+            raise ValueError(f"{given[0]}: applies to defense rp only, not to defense {data.get('defense')!r}")
+        return {**data, "sigma": None, "n": None}
+
     @field_validator("sigma", "n", "alpha", "seed", mode="before")
     @classmethod
     def _grid_list(cls, items, info):
+        if items is None:
+            return items
         if not isinstance(items, (list, tuple)):
             raise ValueError(f"must be a list, got {type(items).__name__} {items!r}")
         if not items:
@@ -90,7 +114,7 @@ class SweepSpec(BaseModel):
     @field_validator("sigma")
     @classmethod
     def _sigmas(cls, values):
-        return tuple(stats.check_sigma(v) for v in values)
+        return values and tuple(stats.check_sigma(v) for v in values)
 
     @field_validator("alpha")
     @classmethod
@@ -100,7 +124,7 @@ class SweepSpec(BaseModel):
     @field_validator("n")
     @classmethod
     def _ns(cls, values):
-        return tuple(stats.check_count(v, "n") for v in values)
+        return values and tuple(stats.check_count(v, "n") for v in values)
 
     @field_validator("seed")
     @classmethod
@@ -118,15 +142,18 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _prefixes_and_feasibility(self):
+        if self.sigma is None or self.n is None:
+            if analyses.get(self.analysis).smoothing_grid(self.model_dump()):
+                raise ValueError(f"{'sigma' if self.sigma is None else 'n'}: is required")
+            return self
         bad = [n for n in self.n if n % self.block]
         if bad:
             raise ValueError(f"n: {bad[0]} is not a multiple of noise_block {self.block}, so it is no prefix of the "
                              "shared noise stream")
-        for config in self.configs(self.sigma[0], self.seed[0]):
-            try:
-                config.validated()
-            except InputError as exc:
-                raise ValueError(f"n/alpha: {exc}") from None
+        try:
+            self.configs(self.sigma[0], self.seed[0])  # each is validated when built
+        except InputError as exc:
+            raise ValueError(f"n/alpha: {exc}") from None
         return self
 
     @property
@@ -145,33 +172,28 @@ class SweepSpec(BaseModel):
                                 self.batch_size, self.block) for n in self.n for alpha in self.alpha]
 
     def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_dump().items()}
+        """The sweep's identity in its manifest. Keys added after sweeps were first run appear only when
+        they differ from their default, so a sweep started before still resumes."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_dump().items()
+                if k not in LATER_KEYS or v != SweepSpec.model_fields[k].default}
+
+    @property
+    def points(self) -> list[dict]:
+        """Every (σ, N, α, seed) of the grid; without a (σ, N) grid, σ is NaN and N is 0 (as the rows say)."""
+        return [{"sigma": sigma, "n": n, "alpha": alpha, "seed": seed} for sigma in self.sigma or (math.nan,)
+                for seed in self.seed for n in self.n or (0,) for alpha in self.alpha]
 
 
 def parse_sweep(data, source: str = "sweep file") -> SweepSpec:
     """Validate a parsed YAML mapping; every error is one line that names the offending key."""
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(SweepSpec.model_fields))
-    if unknown:
-        raise InputError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(SweepSpec.model_fields))})")
-    for key in (k for k, f in SweepSpec.model_fields.items() if f.is_required()):
-        if data.get(key) is None:
-            raise InputError(f"{source}: key {key!r} is required")
-    data = {k: tuple(v) if k == "targets" and isinstance(v, list) else v for k, v in data.items() if v is not None}
+    # An empty YAML value means the default; lists are held as tuples (the spec is frozen).
+    data = {k: tuple(v) if k not in GRID and isinstance(v, list) else v for k, v in data.items() if v is not None}
     try:
         return SweepSpec(**data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if error["loc"]:
-            key = str(error["loc"][0])
-        else:  # a check across keys: its message starts with the key it blames
-            key, _, message = message.partition(": ")
-        message = KIND_NAMES.get(error["type"], message)
-        if error["type"] in KIND_NAMES or error["type"] in ("literal_error", "tuple_type"):
-            message = f"{message}, got {error.get('input')!r}"
-        raise InputError(f"{source}: key {key!r}: {message}") from None
+        raise input_error(exc, SweepSpec, source) from None
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -192,7 +214,8 @@ def partition_dir(sigma: float, n: int, alpha: float, seed: int) -> tuple[str, .
 
 
 _SWEEP_FILE = re.compile(r"/sigma=[^/]+/n=[^/]+/alpha=[^/]+/seed=[^/]+/chunk-\d+\.parquet$")
-_POINT_FILE = re.compile(r"/sigma=([^/]+)/n=([^/]+)/alpha=([^/]+)/seed=([^/]+)/(" + "|".join(
+_POINT_DIR = r"/sigma=([^/]+)/n=([^/]+)/alpha=([^/]+)/seed=([^/]+)/"
+_POINT_FILE = re.compile(_POINT_DIR + "(" + "|".join(
     re.escape(a.final_file) for a in analyses.all_analyses() if a.per_point) + ")$")
 
 
@@ -286,17 +309,13 @@ def _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address,
     shared between points.
     """
     store.write_json(manifest, sweep_id, "manifest.json")
-    for sigma in spec.sigma:
-        for seed in spec.seed:
-            for n in spec.n:
-                for alpha in spec.alpha:
-                    *parent, leaf = (sweep_id, *partition_dir(sigma, n, alpha, seed))
-                    if store.exists(*parent, leaf, analysis.final_file):
-                        continue
-                    out = Store(store.path(*parent), filesystem=store.fs)
-                    point = {"sigma": sigma, "n": n, "alpha": alpha, "seed": seed}
-                    options = dict(workers=workers, address=address, device=device)
-                    analysis.run_point(spec, point, out, leaf, options, progress)
+    for point in spec.points:
+        *parent, leaf = (sweep_id, *partition_dir(**point))
+        if store.exists(*parent, leaf, analysis.final_file):
+            continue
+        out = Store(store.path(*parent), filesystem=store.fs)
+        options = dict(workers=workers, address=address, device=device)
+        analysis.run_point(spec, point, out, leaf, options, progress)
     manifest["status"] = "complete"
     manifest["timings"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
     store.write_json(manifest, sweep_id, "manifest.json")
@@ -318,7 +337,7 @@ def read_sweep(root: str | Path | Store) -> pa.Table:
     files = [f for f in everything if _SWEEP_FILE.search(f)]
     points = [f for f in everything if _POINT_FILE.search(f)]
     if points:  # RAP and attack tables: one run per partition directory, partition values added
-        return _concat_points(store, points)
+        return _concat_points(store, points, _POINT_FILE)
     if not files:
         raise InputError(f"{store.display} holds no sweep results")
     partitioning = ds.partitioning(pa.schema(list(PARTITIONS)), flavor="hive")
@@ -328,12 +347,21 @@ def read_sweep(root: str | Path | Store) -> pa.Table:
     return table.sort_by(keys)
 
 
-def _concat_points(store: Store, files: list[str]) -> pa.Table:
+def read_points(root: str | Path | Store, name: str) -> pa.Table | None:
+    """Another file that each grid point's run wrote beside its result (RAP's ``rap_curve.parquet``), all
+    points concatenated with their partition values; None when no point wrote one."""
+    store = root if isinstance(root, Store) else Store(root)
+    pattern = re.compile(_POINT_DIR + re.escape(name) + "$")
+    files = [f for f in store.files(recursive=True) if pattern.search(f)]
+    return _concat_points(store, files, pattern) if files else None
+
+
+def _concat_points(store: Store, files: list[str], pattern: re.Pattern) -> pa.Table:
     """Concatenate per-point tables, taking sigma/n/alpha/seed from the directory names."""
     tables = []
     for path in files:
         table = store.read_table(path)
-        values = _POINT_FILE.search(path).groups()[:4]
+        values = pattern.search(path).groups()[:4]
         for (name, kind), value in zip(PARTITIONS, values):
             column = pa.array([float(value) if kind == pa.float64() else int(value)] * len(table), type=kind)
             table = (table.set_column(table.schema.get_field_index(name), name, column) if name in table.schema.names

@@ -37,6 +37,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from rpdist.errors import InputError
+from rpdist.specs import input_error
 from rpdist.privacy.bounds import Certificate, advantage_bound
 from rpdist.privacy.distinguish import fit_and_score
 from rpdist.privacy.mechanisms import Certify, Majority, Predict, mechanism
@@ -178,10 +179,7 @@ def audit_spec(**options) -> AuditSpec:
     try:
         return AuditSpec(**options).check()
     except ValidationError as exc:
-        error = exc.errors()[0]
-        key = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "options"
-        message = str(error["msg"]).removeprefix("Value error, ")
-        raise InputError(f"{key}: {message}") from None
+        raise input_error(exc, AuditSpec, option=lambda key: "--" + key.replace("_", "-")) from None
 
 
 def release_key(input_id: int, point: str, n: int, release: int) -> int:

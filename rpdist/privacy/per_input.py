@@ -14,29 +14,15 @@ so it is computed once per distinct pair: a large audit has far fewer of them th
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-from rpdist.errors import InputError
 from rpdist.privacy.bounds import Certificate, advantage_bound, privacy_radius
 from rpdist.privacy.mechanisms import Predict, mechanism
-from rpdist.smoothing import stats
 
 DEFAULT_RELEASE = Predict.name
 DEFAULT_ADVANTAGE = (0.05,)
 DEFAULT_QUERIES = (1,)
-
-
-def check(release: str, advantage, queries) -> tuple[str, tuple[float, ...], tuple[int, ...]]:
-    """Validated (release, τ values, k values), each τ in (0, 1/2) and each k >= 1, sorted and unique."""
-    mechanism(release, n=1000)  # refuses an unknown release in one line
-    taus = tuple(advantage)
-    for tau in taus:
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (0 < tau < 0.5) or math.isnan(tau):
-            raise InputError(f"--advantage must lie strictly between 0 and 0.5, got {tau!r}")
-    ks = tuple(stats.check_count(k, "--queries") for k in queries)
-    return release, tuple(sorted(set(map(float, taus)))), tuple(sorted(set(ks)))
 
 
 def column_names(advantage, queries) -> list[str]:

@@ -8,71 +8,75 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from typing import Annotated, Literal
 
 import pandas as pd
 import pyarrow as pa
+from pydantic import model_validator
 
 from rpdist.analyses import REGISTRY
 from rpdist.analyses.rap import RapAnalysis
 from rpdist.analyses.base import Outcome
 from rpdist.errors import InputError
 from rpdist.io.manifest import new_manifest
-from rpdist.privacy.rap import DEFAULT_GRID_BATCH, NEUTRAL, check_abstain_rule, rap_analysis, resolve_attribute
+from rpdist.privacy.rap import DEFAULT_GRID_BATCH, DISTINCT, NEUTRAL, rap_analysis, resolve_attribute
 from rpdist.io.rundir import RunDir
 from rpdist.privacy.posterior import DEFAULT_LEVEL, LIKELIHOOD_KIND, PRIOR_KIND, KdePrior, check_level
+from rpdist.smoothing import stats
+from rpdist.specs import Alpha, Count, Must, NonNegative, OutRoot, Seed, Sigma, spec
 
 DEFAULT_L1 = 0.01
 RAP = REGISTRY[RapAnalysis.name]
 
 
-@dataclass
+@spec
 class RapSpec:
-    """Everything a user chooses for one RAP run."""
+    """Everything a user chooses for one RAP run; validated when built."""
 
     dataset: str = "insurance"
     attribute: str = "bmi"
-    sigma: float = 1.0
-    n: int = 1000
-    n0: int = 100
-    alpha: float = 0.001
-    grid_step: float = 0.1
-    l1_non_sensitive: float | list[float] = DEFAULT_L1  # several λ: one penalised model each
-    train_sigma: float | None = None
-    seed: int = 0
+    sigma: Sigma = 1.0
+    n: Count = 1000
+    n0: Count = 100
+    alpha: Alpha = 0.001
+    grid_step: Annotated[Sigma, Must(name="grid step")] = 0.1
+    # several λ: one penalised model each
+    l1_non_sensitive: Annotated[NonNegative | list[NonNegative], Must(name="--l1-non-sensitive")] = DEFAULT_L1
+    train_sigma: Sigma | None = None
+    seed: Seed = 0
     split: str = "test"
-    limit: int | None = None
-    batch_size: int | None = None
-    workers: int | None = None
+    limit: Count | None = None
+    batch_size: Annotated[Count | None, Must(name="batch size")] = None
+    workers: Count | None = None
     address: str | None = None
     device: str | None = None
-    grid_batch: int = DEFAULT_GRID_BATCH
-    abstain_rule: str = NEUTRAL  # or "distinct": an abstain cell rules a released label out
-    out: str = "results"
+    grid_batch: Count = DEFAULT_GRID_BATCH
+    # distinct: an abstain cell rules a released label out
+    abstain_rule: Annotated[Literal[NEUTRAL, DISTINCT], Must(f"must be {NEUTRAL!r} or {DISTINCT!r}",
+                                                             "--abstain-rule")] = NEUTRAL
+    out: OutRoot = "results"
     run_id: str | None = None
     posterior_level: float = DEFAULT_LEVEL  # credible level of the adversary posterior's HDI length, in (0, 1)
 
+    @model_validator(mode="after")
+    def _feasible(self):
+        stats.check_feasible(self.n, self.alpha)
+        return self
 
-def l1_values(l1) -> list[float]:
+
+def l1_values(l1: float | list[float]) -> list[float]:
     """The unpenalised model always, plus one penalised model per distinct λ > 0 (a number or a list)."""
-    values = list(l1) if isinstance(l1, (list, tuple)) else [l1]
-    for lam in values:
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0 or lam == float("inf"):
-            raise InputError(f"--l1-non-sensitive must be a finite number >= 0, got {lam!r}")
+    values = l1 if isinstance(l1, list) else [l1]
     return [0.0] + sorted({float(lam) for lam in values if lam > 0})
 
 
 def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
     """Run the RAP analysis for each model and write ``rap.parquet``, ``rap_curve.parquet``, a manifest."""
-    from rpdist.smoothing import stats
     from rpdist.datasets.catalog import load_dataset
     from rpdist.models.zoo import DEFAULTS, default_model
 
-    stats.check_sigma(spec.sigma)
-    stats.check_alpha(spec.alpha)
-    stats.check_feasible(spec.n, spec.alpha)
     lambdas = l1_values(spec.l1_non_sensitive)
-    check_abstain_rule(spec.abstain_rule)
     check_level(spec.posterior_level)
     if spec.dataset not in DEFAULTS:
         raise InputError(f"rap needs a built-in dataset with a default model ({', '.join(DEFAULTS)}), got {spec.dataset!r}")

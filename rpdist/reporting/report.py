@@ -3,7 +3,7 @@
 What is read is detected by file name in DIR (or, when DIR holds none, in each of its
 sub-folders): each analysis of :mod:`rpdist.analyses` names its final file (``certificates.parquet``,
 ``predictions.parquet``, ``rap.parquet``, ``attack.parquet``), and a sweep is recognised by its
-``sigma=S/n=N/alpha=A/seed=K/chunk-*.parquet`` partitions. Each analysis writes its own section
+``sigma=S/n=N/alpha=A/seed=K/`` partitions (chunk files, or a RAP or attack run in each). Each analysis writes its own section
 from its one ``summarize``, so the report agrees with what the commands print. Plots are drawn on
 matplotlib's Agg canvas directly (no pyplot, so a caller's backend is left alone). Every file is
 written to a temporary name and renamed; the markdown is written last, so it never links a PNG
@@ -25,7 +25,8 @@ from rpdist.io.store import atomic_write
 from rpdist.reporting.format import flatten, fmt, md_table
 from rpdist.reporting.plots import DPI
 
-SWEEP_GLOB = "sigma=*/n=*/alpha=*/seed=*/chunk-*.parquet"
+POINT_GLOB = "sigma=*/n=*/alpha=*/seed=*"
+SWEEP_GLOB = f"{POINT_GLOB}/chunk-*.parquet"
 
 
 @dataclass
@@ -55,7 +56,9 @@ def _found_in(directory: Path) -> list[tuple[analyses.Analysis, bool]]:
     """(analysis, is a sweep) for each result set directly in ``directory``."""
     found = [(analysis, False) for analysis in analyses.all_analyses()
              if (directory / analysis.final_file).is_file()]
-    if next(directory.glob(SWEEP_GLOB), None) is not None:
+    # A sweep holds chunk files in its partition directories, or a per-point analysis' result file in each.
+    results = [SWEEP_GLOB] + [f"{POINT_GLOB}/{a.final_file}" for a in analyses.all_analyses() if a.per_point]
+    if any(next(directory.glob(pattern), None) is not None for pattern in results):
         found.append((None, True))
     return found
 
@@ -241,7 +244,7 @@ def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
     for note in notes:
         w.add(f"Skipped: {note}.", "")
     for analysis in analyses.all_analyses():
-        analysis.overview(w, [s for s in sources if s.analysis is analysis and not s.sweep])
+        analysis.overview(w, [s for s in sources if s.analysis is analysis])
     for source in sources:
         title = f"Sweep of {source.analysis.title}" if source.sweep else source.analysis.title
         w.add(f"## {title}: `{source.name}`", "")

@@ -7,15 +7,18 @@ independent by construction.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pydantic import AfterValidator, model_validator
 
 from rpdist.privacy import per_input
+from rpdist.privacy.mechanisms import mechanism
 from rpdist.privacy.per_input import DEFAULT_ADVANTAGE, DEFAULT_QUERIES, DEFAULT_RELEASE
 from rpdist.smoothing import stats
 from rpdist.distributed.plan import PhaseSpec, Plan
@@ -26,43 +29,37 @@ from rpdist.errors import InputError
 from rpdist.models.refs import ModelRef, load_model_file
 from rpdist.smoothing.noise import DEFAULT_BLOCK, MAX_BLOCKS, Phase, num_blocks
 from rpdist.io.schemas import certificate_schema, prediction_schema
+from rpdist.specs import Advantage, Alpha, Count, Must, Seed, Sigma, sorted_unique, spec
 
 CERTIFY, PREDICT = "certify", "predict"
 
 
-@dataclass(frozen=True)
+@spec(frozen=True)
 class SmoothingConfig:
-    """Every parameter that determines the counts and the decisions of a run."""
+    """Every parameter that determines the counts and the decisions of a run; validated when built."""
 
-    analysis: str
-    sigma: float
-    n: int
-    alpha: float
-    n0: int | None = None
-    seed: int = 0
-    batch_size: int | None = None
-    noise_block: int = DEFAULT_BLOCK
+    analysis: Annotated[Literal[CERTIFY, PREDICT], Must(f"must be {CERTIFY} or {PREDICT}")]
+    sigma: Sigma
+    n: Count
+    alpha: Alpha
+    n0: Count | None = None
+    seed: Seed = 0
+    batch_size: Annotated[Count | None, Must(name="batch size")] = None
+    noise_block: Annotated[Count, Must(name="noise block")] = DEFAULT_BLOCK
     release: str = DEFAULT_RELEASE  # CERTIFY only: the release whose per-input privacy is reported
-    advantage: tuple[float, ...] = DEFAULT_ADVANTAGE  # τ values of the privacy radius columns
-    queries: tuple[int, ...] = DEFAULT_QUERIES  # k values: k queries with fresh noise
+    # τ values of the privacy radius columns, and k values (k queries with fresh noise); held sorted and unique
+    advantage: Annotated[tuple[Advantage, ...], AfterValidator(sorted_unique), Must(name="--advantage")] = \
+        DEFAULT_ADVANTAGE
+    queries: Annotated[tuple[Count, ...], AfterValidator(sorted_unique), Must(name="--queries")] = DEFAULT_QUERIES
 
-    def validated(self) -> SmoothingConfig:
-        if self.analysis not in (CERTIFY, PREDICT):
-            raise InputError(f"unknown analysis {self.analysis!r}")
-        stats.check_sigma(self.sigma)
-        stats.check_alpha(self.alpha)
-        stats.check_count(self.n, "n")
-        stats.check_count(self.noise_block, "noise block")
-        if self.batch_size is not None:
-            stats.check_count(self.batch_size, "batch size")
-        if not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
-            raise InputError(f"seed must be a whole number in [0, 2^63), got {self.seed!r}")
+    @model_validator(mode="after")
+    def _decidable(self):
+        """CERTIFY needs selection samples; an (n, α) that can never decide, or more noise blocks than
+        a stream has, is refused before any work."""
         if self.analysis == CERTIFY:
             stats.check_count(self.n0, "n0")
             stats.check_feasible(self.n, self.alpha)
-            release, advantage, queries = per_input.check(self.release, self.advantage, self.queries)
-            if (release, advantage, queries) != (self.release, self.advantage, self.queries):
-                return replace(self, release=release, advantage=advantage, queries=queries).validated()
+            mechanism(self.release, n=1000)  # refuses an unknown release in one line
         else:
             stats.check_predict_feasible(self.n, self.alpha)
         for n in (self.n, self.n0 or 0):
@@ -175,7 +172,7 @@ class SmoothingJob:
 
     def __init__(self, model, X, y=None, *, config: SmoothingConfig, input_ids=None, workers=None,
                  address=None, device=None, shared_pool=None):
-        self.config = config.validated()
+        self.config = config
         self.X, self.y, self.input_ids = check_inputs(X, y, input_ids)
         self.model_ref = as_model_ref(model, self.X)
         self.num_classes = probe_model(self.model_ref, self.X)
@@ -339,7 +336,7 @@ def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int | None = No
     block = noise_block if noise_block is not None else DEFAULT_BLOCK if sequential is None else SEQUENTIAL_BLOCK
     n = (100_000 if n is None else n) if sequential is None else sequential.max_n
     config = SmoothingConfig(CERTIFY, sigma, n, alpha, n0, seed, batch_size, block, release, tuple(advantage),
-                             tuple(queries)).validated()
+                             tuple(queries))
     if sequential is not None:
         sequential.validated(sigma, alpha, block)
     job = SmoothingJob(model, X, y, config=config, input_ids=input_ids, workers=workers, address=address, device=device)

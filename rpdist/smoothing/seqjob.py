@@ -25,6 +25,7 @@ from pydantic.dataclasses import dataclass
 from rpdist.distributed.plan import PhaseSpec, Plan
 from rpdist.distributed.scheduler import run_plan
 from rpdist.errors import InputError
+from rpdist.specs import input_error
 from rpdist.io.schemas import sequential_schema
 from rpdist.smoothing import sequential as seq
 from rpdist.smoothing import stats
@@ -51,9 +52,7 @@ class SequentialConfig:
         try:
             return cls(**fields)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "sequential options"
-            raise InputError(f"{where}: {first['msg']}") from None
+            raise input_error(exc, cls) from None
 
     def validated(self, sigma: float, alpha: float, block: int) -> SequentialConfig:
         if self.mode not in seq.MODES:

@@ -1,0 +1,75 @@
+"""The reproductions are sweep files plus ``rpdist report``: the committed files validate, and small
+versions of them run and are reported by the one code path every run and sweep goes through."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from rpdist.pipelines.sweep import load_sweep, parse_sweep, read_sweep, run_sweep
+from rpdist.reporting.report import write_report
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+MIA = ("none", "rp", "dpsgd", "rr", "repeat-k1", "repeat-k5")
+
+
+def _small(path: Path, **changes):
+    """A reproduction's sweep file with a smaller grid: what it runs stays, only how much of it shrinks."""
+    return parse_sweep({**yaml.safe_load(path.read_text()), **changes}, str(path))
+
+
+def test_reproduction_sweep_files_hold_the_documented_grids():
+    rap = load_sweep(RESULTS / "rap" / "sweep.yaml")
+    assert (rap.analysis, rap.sigma, rap.n, rap.l1_non_sensitive, rap.grid_step, rap.limit) == (
+        "rap", (0.5, 1.0, 2.0, 3.0), (1000, 10000), (0.01, 1.0), 0.1, None)
+    mia = {name: load_sweep(RESULTS / "mia" / f"{name}.yaml") for name in MIA}
+    assert {name: (s.defense, len(s.points)) for name, s in mia.items()} == {
+        "none": ("none", 1), "rp": ("rp", 8), "dpsgd": ("dpsgd", 1), "rr": ("rr", 1), "repeat-k1": ("rp", 1),
+        "repeat-k5": ("rp", 1)}
+    assert mia["rp"].release == ("predict", "majority") and mia["dpsgd"].epsilon == (1.0, 3.0, 8.0, float("inf"))
+    assert (mia["repeat-k5"].query_budget, mia["repeat-k5"].repeat) == (5 * mia["repeat-k1"].query_budget, (5,))
+    assert mia["repeat-k1"].noise == mia["repeat-k5"].noise == ("fresh", "keyed")
+
+
+@pytest.mark.slow
+def test_small_rap_reproduction_runs_and_is_reported(ray_session, tmp_path):
+    spec = _small(RESULTS / "rap" / "sweep.yaml", sigma=[1.0], n=[100], limit=3, grid_step=5.0)
+    outcome = run_sweep(spec, out=tmp_path, sweep_id="rap", progress=False)
+    table = read_sweep(outcome.path).to_pandas()
+    assert sorted(table["l1_non_sensitive"].unique()) == [0.0, 0.01, 1.0]  # the list of λ reached every point
+    assert len(table) == 3 * 2 * 3  # inputs × (base, smoothed) × λ
+    report = write_report(outcome.path)
+    text = report.read_text()
+    assert "containment" in text and "report-rap-release-rate.png" in text
+    assert (report.parent / "report-rap-release-rate.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_small_mia_reproduction_runs_and_is_reported_together(ray_session, tmp_path):
+    """Every experiment but DP-SGD (its four models take minutes to train) at 2 targets and a small
+    budget; the rp sweep's rows are those of one `attack inversion` run over the same grid."""
+    from rpdist.attacks.inversion import InversionSpec, run_inversion
+
+    quick = dict(targets=[0, 1], generator_epochs=40, query_budget=60)
+    for name in ("none", "rp", "rr", "repeat-k1"):
+        grid = dict(sigma=[0.5, 1.0], n=[20]) if name == "rp" else {}
+        run_sweep(_small(RESULTS / "mia" / f"{name}.yaml", **quick, **grid), out=tmp_path / "sweeps", sweep_id=name,
+                  progress=False)
+    rows = read_sweep(tmp_path / "sweeps" / "rp").to_pandas()
+    one = run_inversion(InversionSpec(defense="rp", sigmas=[0.5, 1.0], ns=[20], releases=["predict", "majority"],
+                                      query_budget=60, targets=[0, 1], generator_epochs=40, out=str(tmp_path),
+                                      run_id="one")).table()
+    keys = ["sigma", "release", "target"]
+    same = [c for c in one.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(rows[same].sort_values(keys).reset_index(drop=True),
+                                  one[same].sort_values(keys).reset_index(drop=True))
+    assert set(read_sweep(tmp_path / "sweeps" / "rr").to_pandas()["epsilon"]) == {1.0, 3.0, 5.0}
+    assert set(read_sweep(tmp_path / "sweeps" / "repeat-k1").to_pandas()["noise"]) == {"fresh", "keyed"}
+    text = write_report(tmp_path / "sweeps").read_text()
+    overview = text[text.index("## All attack results"):text.index("## Sweep of")]
+    results = {line.split("|")[1].strip() for line in overview.splitlines() if line.startswith("| ")}
+    assert {"none", "rp", "rr", "repeat-k1"} <= results  # the first column names the sweep of each row
+    assert "report-all-attack-asr.png" in overview and "### Reconstructions" in text
