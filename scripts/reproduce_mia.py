@@ -50,7 +50,7 @@ def main() -> None:
         t = time.perf_counter()
         if (runs / name).exists():
             shutil.rmtree(runs / name)
-        outcome = run_inversion(InversionSpec(query_budget=scale * args.budget, out=str(runs), run_id=name, **kw),
+        outcome = run_inversion(InversionSpec(query_budget=scale * args.budget, out=str(runs), run_id=name, seed=0, **kw),
                                 progress=True)
         table = outcome.table()
         table.insert(0, "experiment", name)
