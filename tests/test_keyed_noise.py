@@ -239,24 +239,40 @@ def test_nudged_repeats_get_the_exact_repeats_answer(ray_session, dataset):
     assert (plain[0] != plain[1]).mean() >= 0.05
 
 
-@pytest.mark.slow
-def test_cli_nudged_attacker_against_keyed_noise_records_settings_and_no_key(ray_session, tmp_path):
+def test_cli_passes_nudges_key_file_and_no_default_seed(tmp_path, monkeypatch):
+    from rpdist.attacks import inversion
     from rpdist.cli.main import main
+
+    seen = []
+    monkeypatch.setattr(inversion, "run_inversion", lambda spec, progress=False: seen.append(spec) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["attack", "inversion", "--noise", "keyed", "--repeat", "3", "--nudge", "ulp", "--nudge", "0.001",
+              "--noise-key-file", str(tmp_path / "key"), "--out", str(tmp_path)])
+    (spec,) = seen
+    assert spec.nudges == ["ulp", "0.001"] and spec.noise_key_file == str(tmp_path / "key") and spec.seed is None
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as exc:  # a key file that cannot be read: one line, exit 2
+        main(["attack", "inversion", "--noise", "keyed", "--noise-key-file", str(tmp_path / "missing"),
+              "--out", str(tmp_path)])
+    assert exc.value.code == 2 and not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_nudged_attacker_against_keyed_noise_records_settings_and_no_key(ray_session, tmp_path):
+    from rpdist.attacks.inversion import InversionSpec, run_inversion
 
     key = tmp_path / "key"
     key.write_bytes(os.urandom(32))
-    with pytest.raises(SystemExit) as exc:
-        main(["attack", "inversion", "--defense", "rr", "--epsilon", "3", "--noise", "keyed", "--repeat", "3",
-              "--nudge", "ulp", "--nudge", "0.1", "--noise-key-file", str(key), "--targets", "0",
-              "--query-budget", "60", "--out", str(tmp_path), "--run-id", "nudge", "--quiet"])
-    assert exc.value.code in (0, None)
-    import pandas as pd
-
-    df = pd.read_parquet(tmp_path / "nudge" / "attack.parquet")
+    outcome = run_inversion(InversionSpec(defense="rr", epsilons=[3.0], noises=["keyed"], repeats=[3],
+                                          nudges=["ulp", "0.1"], noise_key_file=str(key), targets=[0],
+                                          query_budget=60, points=8, generator_epochs=40, out=str(tmp_path / "o"),
+                                          run_id="nudge"))
+    df = outcome.table()
     assert sorted(df.nudge) == ["0.1", "ulp"] and (df.noise == "keyed").all() and (df.queries <= 60).all()
     assert df.nudge_distance.dropna().tolist() == [pytest.approx(0.1 * 0.25)]  # rr: δ in the target's σ units
-    text = (tmp_path / "nudge" / "manifest.json").read_text()
-    manifest = json.loads(text)
-    assert manifest["details"]["noise_key"]["source"] == "file" and manifest["details"]["seed_source"] == "random"
-    assert isinstance(manifest["details"]["seed"], int)
+    assert sorted(r["nudge"] for r in outcome.summary) == ["0.1", "ulp"]  # nudge is part of the setting
+    text = (tmp_path / "o" / "nudge" / "manifest.json").read_text()
+    details = json.loads(text)["details"]
+    assert details["noise_key"]["source"] == "file" and details["seed_source"] == "random"
+    assert isinstance(details["seed"], int)
     assert key.read_bytes().hex() not in text
