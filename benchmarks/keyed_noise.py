@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     started = time.perf_counter()
-    print(f"keyed grid: cells {KEY_GRID_SIGMAS:g}σ wide, secret offset", flush=True)
+    print(f"keyed grid: cells {KEY_GRID_SIGMAS:g}σ wide, secret rotation and offset", flush=True)
     rows = [r for d in args.datasets.split(",") for r in measure(d, args.n, args.keys, args.limit, args.boundary)]
     print(f"{time.perf_counter() - started:.0f}s", flush=True)
     if args.json:
