@@ -30,11 +30,17 @@ def register(app: typer.Typer) -> None:
                                                    "majority (repeatable)."),
         noise: Optional[List[str]] = typer.Option(None, "--noise", help="fresh or keyed (query-consistent) "
                                                   "randomness (repeatable)."),
+        nudge: Optional[List[str]] = typer.Option(None, "--nudge", help="Nudged repeats: move repetitions 2..k by "
+                                                  "δ = this × σ in a random direction, or 'ulp' (every pixel one "
+                                                  "ulp); 0 = exact repeats (repeatable)."),
+        noise_key_file: Optional[Path] = typer.Option(None, "--noise-key-file", help="Secret key of keyed noise "
+                                                      "(else $RPDIST_NOISE_KEY, else a random key for this run)."),
         targets: Optional[str] = typer.Option(None, "--targets", help="Comma-separated classes; default all."),
         restarts: int = typer.Option(1, "--restarts", help="Attacks per target class."),
         query_budget: int = typer.Option(400, "--query-budget", help="Released labels per attack."),
         alpha: float = typer.Option(0.001, "--alpha", help="rp PREDICT level."),
-        seed: int = typer.Option(0, "--seed", help="Secret noise seed of the release and attack seed."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Secret noise seed of the release and attack seed; "
+                                           "default: drawn from os.urandom and recorded in the manifest."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per forward pass."),
         workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Model replicas."),
         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join."),
@@ -53,7 +59,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--targets must be comma-separated class numbers, got {targets!r}") from None
         spec = InversionSpec(dataset=dataset, attack=attack, defense=defense, sigmas=sigma or [0.1, 0.25, 0.5],
                              ns=n or [200], epsilons=epsilon or None, releases=release or ["majority"],
-                             repeats=repeat or [1], noises=noise or ["fresh"], targets=target_list,
+                             repeats=repeat or [1], noises=noise or ["fresh"], nudges=nudge or ["0"],
+                             noise_key_file=str(noise_key_file) if noise_key_file else None, targets=target_list,
                              restarts=restarts, query_budget=query_budget, alpha=alpha, seed=seed,
                              batch_size=batch_size, workers=workers, address=address, device=device,
                              out=str(out), run_id=run_id)

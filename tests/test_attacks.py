@@ -97,7 +97,7 @@ def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp
 
     monkeypatch.setattr(inversion, "attack_release", recording)
     # Class 4: the judge rejects the walk's start but accepts its end, so the verdicts below tell the two apart.
-    outcome = run_inversion(InversionSpec(defense="none", query_budget=120, out=str(tmp_path), run_id="none",
+    outcome = run_inversion(InversionSpec(defense="none", query_budget=120, out=str(tmp_path), run_id="none", seed=0,
                                           **{**quick, "targets": [0, 4]}))
     df = pq.read_table(tmp_path / "none" / "attack.parquet").to_pandas()
     for column in ("defense", "sigma", "n", "epsilon", "release", "target", "success", "eval_confidence", "queries",
@@ -133,7 +133,7 @@ def test_rp_inversion_goes_through_the_engine_with_both_releases(ray_session, tm
     from rpdist.attacks.inversion import InversionSpec, run_inversion
 
     df = run_inversion(InversionSpec(defense="rp", sigmas=[0.25], ns=[20], releases=["predict", "majority"],
-                                     query_budget=60, workers=1, out=str(tmp_path), run_id="rp", **quick)).table()
+                                     query_budget=60, workers=1, out=str(tmp_path), run_id="rp", seed=0, **quick)).table()
     assert set(df.release) == {"predict", "majority"}
     assert (df.forward_passes == df.queries * 20).all()  # fresh noise: N evaluations per released label
     assert (df.queries <= 60).all()

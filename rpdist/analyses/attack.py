@@ -13,9 +13,9 @@ from rpdist.reporting.plots import figure, style
 from rpdist.smoothing.stats import clopper_pearson
 
 # A defense setting is identified by these columns (those present); sweeps add their partition values.
-SETTING = ("defense", "sigma", "n", "epsilon", "release", "noise", "repeat", "alpha", "seed")
+SETTING = ("defense", "sigma", "n", "epsilon", "release", "noise", "repeat", "nudge", "alpha", "seed")
 NAMES = {"defense": "defense", "sigma": "σ", "n": "N", "alpha": "α", "seed": "seed", "epsilon": "ε",
-         "release": "release", "noise": "noise", "repeat": "k"}
+         "release": "release", "noise": "noise", "repeat": "k", "nudge": "δ/σ"}
 
 
 RECONSTRUCTIONS = "reconstructions.png"  # each attack run's grid of reconstructed images
@@ -36,6 +36,7 @@ class AttackAnalysis(Analysis):
         Column("N", lambda r: _knob(r.get("n")), key=True), Column("ε", lambda r: _knob(r.get("epsilon")), key=True),
         Column("release", lambda r: str(r.get("release")), key=True), Column("noise", lambda r: str(r.get("noise", "—")), key=True),
         Column("k", lambda r: _knob(r.get("repeat")), key=True),
+        Column("δ/σ", lambda r: str(r.get("nudge", "—")), key=True),
         Column("ASR [95% CI]", lambda r: f"{100 * r['asr']:.0f}% [{100 * r['asr_low']:.0f}–{100 * r['asr_high']:.0f}]"),
         Column("start ASR", lambda r: "—" if r["start_asr"] != r["start_asr"] else f"{100 * r['start_asr']:.0f}%"),
         Column("utility", lambda r: f"{100 * r['utility_accuracy']:.1f}%"),

@@ -29,6 +29,8 @@ class BrepConfig:
     max_radius: float = 6.0
     budget: int = 400        # released labels (queries) per attack, repetitions included
     repeat: int = 1          # adaptive attacker: ask each point k times, keep the majority
+    nudge: float = 0.0       # nudged repeats: repetitions 2..k move δ (ℓ2, input units) in a random direction
+    nudge_ulp: bool = False  # ... or move every pixel one ulp up or down at random
 
 
 class BrepAttack:
@@ -37,6 +39,7 @@ class BrepAttack:
     def __init__(self, target: int, restart: int, latent: int, config: BrepConfig, seed: int):
         self.target, self.restart, self.config = int(target), int(restart), config
         self.rng = np.random.default_rng([seed, target, restart])
+        self.nudge_rng = np.random.default_rng([seed, target, restart, 1])  # apart, so nudging leaves the walk's draws alone
         self.stream = 1 + target * 4096 + restart
         self.counter = 0
         self.latent = latent
@@ -78,6 +81,17 @@ class BrepAttack:
         """Fresh query ids for m queries (repetitions get ids of their own)."""
         out = (np.int64(self.stream) << STREAM_SHIFT) + self.counter + np.arange(m, dtype=np.int64)
         self.counter += m
+        return out
+
+    def repeat_images(self, images: np.ndarray) -> np.ndarray:
+        """Each image ``repeat`` times in a row: the first as is, the others nudged when the config says so
+        (an attacker against keyed noise, which answers exact repeats identically)."""
+        k = self.config.repeat
+        out = np.repeat(np.asarray(images, dtype=np.float32), k, axis=0)
+        if k == 1 or not (self.config.nudge > 0 or self.config.nudge_ulp):
+            return out
+        view = out.reshape(len(images), k, -1)
+        view[:, 1:] = nudged(view[:, 1:], self.config.nudge, self.config.nudge_ulp, self.nudge_rng)
         return out
 
     def observe(self, labels: np.ndarray, points: np.ndarray) -> None:
@@ -123,6 +137,18 @@ class BrepAttack:
         return np.random.default_rng([7, self.target, self.restart]).standard_normal(self.latent).astype(np.float32)
 
 
+def nudged(x: np.ndarray, delta: float, ulp: bool, rng: np.random.Generator) -> np.ndarray:
+    """``x`` (float32, [..., features]) moved by δ in ℓ2 in a uniformly random direction per row, or,
+    with ``ulp``, every feature moved one ulp up or down at random."""
+    x = np.asarray(x, dtype=np.float32)
+    if ulp:
+        up = rng.random(x.shape) < 0.5
+        return np.nextafter(x, np.where(up, np.inf, -np.inf).astype(np.float32))
+    u = rng.standard_normal(x.shape)
+    u *= delta / np.linalg.norm(u, axis=-1, keepdims=True)
+    return (x + u).astype(np.float32)
+
+
 def majority(labels: np.ndarray, repeat: int) -> np.ndarray:
     """Majority over each group of ``repeat`` consecutive labels; −1 (abstain) is a label too; ties go
     to the smallest label."""
@@ -142,9 +168,8 @@ def run_lockstep(attacks: list[BrepAttack], decode, release) -> None:
         proposals = [(a, a.propose()) for a in active]
         images, ids = [], []
         for a, pts in proposals:
-            k = a.config.repeat
-            images.append(np.repeat(decode(pts), k, axis=0))
-            ids.append(a.ids(len(pts) * k))
+            images.append(a.repeat_images(decode(pts)))
+            ids.append(a.ids(len(pts) * a.config.repeat))
         labels = release(np.concatenate(images), np.concatenate(ids))
         start = 0
         for a, pts in proposals:

@@ -24,7 +24,8 @@ from pydantic import AfterValidator, Field, model_validator
 from rpdist.attacks import roles
 from rpdist.attacks.brep import BrepAttack, BrepConfig, run_lockstep
 from rpdist.defenses.releases import (FRESH, KEYED, MAJORITY, PREDICT, LabelRelease, RandomizedResponse,
-                                      SmoothedRelease)
+                                      SmoothedRelease, KEY_GRID_SIGMAS, noise_key,
+                                      random_seed)
 from rpdist.analyses import REGISTRY
 from rpdist.analyses.attack import RECONSTRUCTIONS, AttackAnalysis
 from rpdist.analyses.base import Outcome
@@ -36,6 +37,7 @@ from rpdist.specs import Alpha, Count, Must, OutRoot, Positive, Seed, Sigma, spe
 
 ATTACK = REGISTRY[AttackAnalysis.name]
 CLIP_ONLY = float("inf")  # the epsilon of the DP-SGD clip-only control (no noise: no privacy)
+EXACT, ULP = "0", "ulp"  # nudges: exact repeats, and every pixel moved one ulp; else δ as a multiple of σ
 
 
 def _distinct(values: list | None) -> list | None:
@@ -61,6 +63,9 @@ class InversionSpec:
     repeats: Annotated[list[Count], Must(name="--repeat")] = field(default_factory=lambda: [1])
     noises: Annotated[list[Literal[FRESH, KEYED]], Must(f"must be {FRESH} or {KEYED}", "--noise")] = \
         field(default_factory=lambda: [FRESH])
+    # repeated queries moved by δ (0, ulp or a multiple of σ) against keyed noise; see rpdist.attacks.brep
+    nudges: Annotated[list, Must(name="--nudge")] = field(default_factory=lambda: [EXACT])
+    noise_key_file: str | None = None  # the keyed noise's secret; else $RPDIST_NOISE_KEY, else a random key
     targets: Annotated[list[Annotated[int, Field(strict=True, ge=0, lt=roles.NUM_CLASSES)]] | None,
                        AfterValidator(_distinct),
                        Must(f"must be distinct classes in [0, {roles.NUM_CLASSES})", "--targets")] = None
@@ -68,7 +73,7 @@ class InversionSpec:
     query_budget: Annotated[Count, Must(name="--query-budget")] = 400
     points: Count = 16
     alpha: Alpha = 0.001
-    seed: Seed = 0
+    seed: Seed | None = None  # None: drawn from os.urandom and recorded (the release's noise must be secret)
     batch_size: Annotated[Count | None, Must(name="batch size")] = None
     workers: Count | None = None
     address: str | None = None
@@ -87,7 +92,12 @@ class InversionSpec:
 
 def defense_configs(spec: InversionSpec) -> list[dict]:
     """The grid of (defense knobs, release, repeat, noise) rows to attack."""
-    base = [dict(repeat=k, noise=noise) for k in spec.repeats for noise in spec.noises]
+    nudges = [nudge_name(d) for d in spec.nudges]
+    if any(d != EXACT for d in nudges) and all(int(k) == 1 for k in spec.repeats):
+        raise InputError("--nudge moves repeated queries; it needs --repeat k >= 2")
+    base = [dict(repeat=int(k), noise=noise, nudge=d) for k in spec.repeats for noise in spec.noises
+            for d in (nudges if int(k) > 1 else [EXACT])]
+    base = [b for i, b in enumerate(base) if b not in base[:i]]
     nan = float("nan")
     if spec.defense == "none":
         return [dict(sigma=nan, n=0, epsilon=nan, release="label", **b) for b in base]
@@ -96,6 +106,27 @@ def defense_configs(spec: InversionSpec) -> list[dict]:
                 for s in spec.sigmas for n in spec.ns for r in spec.releases for b in base]
     eps = spec.epsilons or ([1.0, 3.0, 8.0, CLIP_ONLY] if spec.defense == "dpsgd" else [1.0, 3.0, 5.0])
     return [dict(sigma=nan, n=0, epsilon=e, release="label", **b) for e in eps for b in base]
+
+
+def nudge_name(value) -> str:
+    """Canonical name of a nudge: "0" (exact repeats), "ulp", or δ/σ as a number ("0.001")."""
+    if isinstance(value, str) and value.strip().lower() == ULP:
+        return ULP
+    try:
+        d = float(value)
+    except (TypeError, ValueError):
+        d = float("nan")
+    if isinstance(value, bool) or not math.isfinite(d) or d < 0:
+        raise InputError(f"--nudge must be 0, ulp or a number > 0 (δ in units of σ), got {value!r}")
+    return EXACT if d == 0 else f"{d:g}"
+
+
+def nudge_config(cfg: dict) -> dict:
+    """BrepConfig fields of a config's nudge: δ in input units (σ of rp, else the target's training σ)."""
+    if cfg["nudge"] == ULP:
+        return dict(nudge_ulp=True)
+    unit = cfg["sigma"] if cfg["sigma"] == cfg["sigma"] else roles.TARGET_TRAIN_SIGMA
+    return dict(nudge=float(cfg["nudge"]) * unit)
 
 
 def _decoder(generator):
@@ -143,18 +174,29 @@ def utility(release, X: np.ndarray, y: np.ndarray) -> float:
     return float((labels == y).mean())
 
 
-def make_release(defense: str, cfg: dict, spec: InversionSpec, target_ref):
-    common = dict(noise=cfg["noise"])
+def make_release(defense: str, cfg: dict, spec: InversionSpec, target_ref, seed: int, key=None):
+    """The release of one config; ``seed`` and ``key`` are the run's secrets (see :func:`run_secrets`)."""
+    common = dict(noise=cfg["noise"], key=key)
     if defense == "none":
         return LabelRelease(target_ref, **common), target_ref
     if defense == "rp":
         return SmoothedRelease(target_ref, cfg["sigma"], cfg["n"], release=cfg["release"], alpha=spec.alpha,
-                               seed=spec.seed, batch_size=spec.batch_size, workers=spec.workers,
+                               seed=seed, batch_size=spec.batch_size, workers=spec.workers,
                                address=spec.address, device=spec.device, **common), target_ref
     if defense == "rr":
-        return RandomizedResponse(target_ref, cfg["epsilon"], roles.NUM_CLASSES, seed=spec.seed, **common), target_ref
+        return RandomizedResponse(target_ref, cfg["epsilon"], roles.NUM_CLASSES, seed=seed, **common), target_ref
     ref = roles.dpsgd_model(None if math.isinf(cfg["epsilon"]) else cfg["epsilon"])
     return LabelRelease(ref, **common), ref
+
+
+def run_secrets(spec: InversionSpec, configs: list[dict]) -> tuple[int, str, object]:
+    """The run's noise seed (``spec.seed``, else os.urandom) and its source, and the keyed-noise key
+    (None when no config is keyed and no key file was given)."""
+    seed, source = (random_seed(), "random") if spec.seed is None else (int(spec.seed), "--seed")
+    if not 0 <= seed < 2**63:
+        raise InputError(f"--seed must be a whole number in [0, 2^63), got {spec.seed!r}")
+    keyed = spec.noise_key_file is not None or any(c["noise"] == KEYED for c in configs)
+    return seed, source, noise_key(spec.noise_key_file) if keyed else None
 
 
 def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
@@ -165,6 +207,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     targets = spec.targets or list(range(roles.NUM_CLASSES))
     run_id = spec.run_id or f"attack-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
     run_dir = RunDir(spec.out, run_id, "attack.parquet")
+    seed, seed_source, key = run_secrets(spec, configs)
     config = {**asdict(spec), "run_id": run_id}
     config.pop("out")
     run_dir.claim(config)
@@ -181,11 +224,11 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     X_test, y_test = roles.role_data("test")
     rows, images, labels = [], [], []
     for cfg in configs:
-        release, _ = make_release(spec.defense, cfg, spec, target_ref)
+        release, _ = make_release(spec.defense, cfg, spec, target_ref, seed, key)
         acc = utility(release, X_test, y_test)
-        brep = BrepConfig(budget=spec.query_budget, points=spec.points, repeat=cfg["repeat"])
+        brep = BrepConfig(budget=spec.query_budget, points=spec.points, repeat=cfg["repeat"], **nudge_config(cfg))
         t0 = time.perf_counter()
-        attacks, passes = attack_release(release, targets, spec.restarts, brep, spec.seed, generator)
+        attacks, passes = attack_release(release, targets, spec.restarts, brep, seed, generator)
         seconds = time.perf_counter() - t0
         recon = decode(np.stack([a.result() for a in attacks]))
         with torch.inference_mode():
@@ -194,7 +237,9 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
         per_attack = _split_passes(attacks, passes, spec.defense, cfg)
         for a, p, s0, img, fp in zip(attacks, prob, start, recon, per_attack):
             rows.append({"defense": spec.defense, **{k: cfg[k] for k in ("sigma", "n", "epsilon", "release")},
-                         "noise": cfg["noise"], "repeat": cfg["repeat"], "target": a.target, "restart": a.restart,
+                         "noise": cfg["noise"], "repeat": cfg["repeat"], "nudge": cfg["nudge"],
+                         "nudge_distance": brep.nudge if not brep.nudge_ulp else float("nan"),
+                         "target": a.target, "restart": a.restart,
                          "success": bool(a.found and int(p.argmax()) == a.target),
                          "eval_confidence": float(p[a.target]), "eval_prediction": int(p.argmax()),
                          "start_success": bool(a.found and int(s0) == a.target),
@@ -220,7 +265,9 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
                 "generator": {"recipe": roles.generator_recipe(spec.generator_epochs)}},
         dataset={"spec": spec.dataset}, device={"batch_size": spec.batch_size},
         timings={"seconds": time.perf_counter() - started, "finished": dt.datetime.now(dt.timezone.utc).isoformat()},
-        details={"reconstructions": png})
+        details={"reconstructions": png, "seed": seed, "seed_source": seed_source,
+                 "noise_key": key.describe() if key is not None else {"source": "none (no keyed noise)"},
+                 "keyed_grid_sigmas": KEY_GRID_SIGMAS})
     run_dir.write_manifest(manifest)
     reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731
     return Outcome(ATTACK.name, run_dir.path, manifest, ATTACK.summarize(table), reader=reader)
@@ -248,6 +295,8 @@ def _label(defense: str, cfg: dict) -> str:
         parts.append("clip-only" if math.isinf(cfg["epsilon"]) else f"ε={cfg['epsilon']:g}")
     if cfg["repeat"] > 1 or cfg["noise"] == KEYED:
         parts += [f"k={cfg['repeat']}", cfg["noise"]]
+    if cfg.get("nudge", EXACT) != EXACT:
+        parts.append(f"δ={cfg['nudge']}" + ("" if cfg["nudge"] == ULP else "σ"))
     return " ".join(parts)
 
 

