@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from rpdist.errors import InputError
 from rpdist.privacy.mechanisms import Certify, Majority, Predict
 from rpdist.smoothing import stats
+from rpdist.specs import input_error
 
 DEFENSES = ("none", "rp", "dpsgd", "rr")
 SOURCES = ("public", "synthetic")
@@ -136,9 +137,7 @@ def extraction_spec(**options) -> ExtractionSpec:
     try:
         return ExtractionSpec(**options)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        key = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "options"
-        raise InputError(f"{key}: {str(error['msg']).removeprefix('Value error, ')}") from None
+        raise input_error(exc, ExtractionSpec, option=lambda key: "--" + key.replace("_", "-")) from None
 
 
 def settings(spec: ExtractionSpec) -> list[dict]:
