@@ -140,3 +140,10 @@ def input_error(exc: ValidationError, cls, source: str | None = None, option=Non
 # Errors reported first: unknown keys (0), then missing ones (1), then the rest in order.
 _FIRST = {"extra_forbidden": 0, "unexpected_keyword_argument": 0, "unexpected_positional_argument": 0,
           "missing": 1, "missing_argument": 1}
+
+
+def cli_option(key: str) -> str:
+    """The command-line option of a spec key: ``query_budgets`` → ``--query-budget`` (lists are
+    given one value per repeated option, named in the singular)."""
+    name = key[:-1] if key.endswith("s") and key not in ("seeds", "trials", "workers") else key
+    return "--" + name.replace("_", "-")

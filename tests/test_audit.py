@@ -127,8 +127,8 @@ def test_interrupted_audit_resumes_to_the_same_result(ray_session, tmp_path, lin
 
 @pytest.mark.parametrize("args, message", [
     (["--trials", "0"], "--trials: trials must be >= 2"),
-    (["--distance", "-0.5"], "--distances: distances must be finite and >= 0"),
-    (["--release", "argmax"], "--releases: unknown release 'argmax'"),
+    (["--distance", "-0.5"], "--distance: distances must be finite and >= 0"),
+    (["--release", "argmax"], "--release: unknown release 'argmax'"),
     (["--direction", "up"], "--direction: unknown direction 'up'"),
     (["--n", "5"], "n=5 can never pass PREDICT's test"),
 ])

@@ -74,7 +74,7 @@ def test_rp_predict_release_abstains_and_the_student_never_sees_an_abstain(ray_s
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--query-budget", "0"], "--query-budgets: a query budget must be >= 1"),
+    (["--query-budget", "0"], "--query-budget: a query budget must be >= 1"),
     (["--query-source", "web"], "--query-source: unknown query source 'web'"),
     (["--student", "resnet"], "--student: unknown student architecture 'resnet'"),
     (["--query-budget", "100000"], "exceeds the public pool"),

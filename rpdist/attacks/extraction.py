@@ -34,8 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from rpdist.errors import InputError
 from rpdist.privacy.mechanisms import Certify, Majority, Predict
-from rpdist.smoothing import stats
-from rpdist.specs import input_error
+from rpdist.specs import Alpha, Count, Sigma, cli_option, input_error
 
 DEFENSES = ("none", "rp", "dpsgd", "rr")
 SOURCES = ("public", "synthetic")
@@ -54,18 +53,18 @@ class ExtractionSpec(BaseModel):
 
     dataset: str = "insurance"
     defense: str = "none"
-    sigmas: tuple[float, ...] = (0.5,)
-    ns: tuple[int, ...] = (1000,)
+    sigmas: tuple[Sigma, ...] = (0.5,)
+    ns: tuple[Count, ...] = (1000,)
     releases: tuple[str, ...] = (Predict.name,)
     epsilons: tuple[float, ...] | None = None
     query_budgets: tuple[int, ...] = (30, 100, 300)
     query_source: str = "public"
     student: str = "mlp"
-    seeds: int = 5
-    alpha: float = 0.001
+    seeds: Count = 5
+    alpha: Alpha = 0.001
     train_sigma: float = 0.25
-    batch_size: int | None = None
-    workers: int | None = None
+    batch_size: Count | None = None
+    workers: Count | None = None
     address: str | None = None
     device: str | None = None
     out: str = "results"
@@ -101,17 +100,6 @@ class ExtractionSpec(BaseModel):
                 raise ValueError(f"a query budget must be >= 1, got {q}")
         return tuple(sorted(set(v)))
 
-    @field_validator("sigmas")
-    @classmethod
-    def _sigmas(cls, v):
-        return tuple(stats.check_sigma(s) for s in v)
-
-    @field_validator("ns", "seeds")
-    @classmethod
-    def _counts(cls, v, info):
-        name = info.field_name
-        return tuple(stats.check_count(n, "n") for n in v) if isinstance(v, tuple) else stats.check_count(v, name)
-
     @field_validator("epsilons")
     @classmethod
     def _epsilons(cls, v):
@@ -120,10 +108,6 @@ class ExtractionSpec(BaseModel):
                 raise ValueError(f"epsilon must be > 0, got {e!r}")
         return v
 
-    @field_validator("alpha")
-    @classmethod
-    def _alpha(cls, v):
-        return stats.check_alpha(v)
 
 
 def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
@@ -137,7 +121,7 @@ def extraction_spec(**options) -> ExtractionSpec:
     try:
         return ExtractionSpec(**options)
     except ValidationError as exc:
-        raise input_error(exc, ExtractionSpec, option=lambda key: "--" + key.replace("_", "-")) from None
+        raise input_error(exc, ExtractionSpec, option=cli_option) from None
 
 
 def settings(spec: ExtractionSpec) -> list[dict]:

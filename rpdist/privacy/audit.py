@@ -37,7 +37,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from rpdist.errors import InputError
-from rpdist.specs import input_error
+from rpdist.specs import Alpha, Count, Seed, Sigma, cli_option, input_error
 from rpdist.privacy.bounds import Certificate, advantage_bound
 from rpdist.privacy.distinguish import fit_and_score
 from rpdist.privacy.mechanisms import Certify, Majority, Predict, mechanism
@@ -57,42 +57,32 @@ class AuditSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: str
-    sigma: float
+    sigma: Sigma
     n: tuple[int, ...] = (1000,)
-    n0: int = 100
-    alpha: float = 0.001
+    n0: Count = 100
+    alpha: Alpha = 0.001
     releases: tuple[str, ...] = (Predict.name,)
     distances: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)  # in units of σ
     radius_fractions: tuple[float, ...] = (0.5, 1.0)  # of x's certified radius
     trials: int = 1000
-    repeat: int = 1
+    repeat: Count = 1
     direction: str = DIRECTIONS[0]
     select: str = SELECTIONS[0]  # boundary: the LIMIT certified inputs of the split with the smallest radius
     level: float = 0.95
     model: str | None = None
     arch: str | None = None
     train_sigma: float | None = None
-    seed: int = 0
+    seed: Seed = 0
     split: str = "test"
     label_column: str = "label"
-    limit: int | None = 20
-    batch_size: int | None = None
-    noise_block: int | None = None  # default: the engine's
-    workers: int | None = None
+    limit: Count | None = 20
+    batch_size: Count | None = None
+    noise_block: Count | None = None  # default: the engine's
+    workers: Count | None = None
     address: str | None = None
     device: str | None = None
     out: str = "results"
     run_id: str | None = None
-
-    @field_validator("sigma")
-    @classmethod
-    def _sigma(cls, v):
-        return stats.check_sigma(v)
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha(cls, v):
-        return stats.check_alpha(v)
 
     @field_validator("n")
     @classmethod
@@ -100,11 +90,6 @@ class AuditSpec(BaseModel):
         if not v:
             raise ValueError("give at least one N")
         return tuple(sorted({stats.check_count(n, "n") for n in v}))
-
-    @field_validator("n0", "repeat")
-    @classmethod
-    def _counts(cls, v, info):
-        return stats.check_count(v, info.field_name)
 
     @field_validator("trials")
     @classmethod
@@ -152,11 +137,6 @@ class AuditSpec(BaseModel):
             raise ValueError(f"level must lie in (0, 1), got {v!r}")
         return v
 
-    @field_validator("limit", "batch_size", "noise_block", "workers")
-    @classmethod
-    def _optional_counts(cls, v, info):
-        return None if v is None else stats.check_count(v, info.field_name.replace("_", " "))
-
     @property
     def block(self) -> int:
         return self.noise_block or DEFAULT_BLOCK
@@ -179,7 +159,7 @@ def audit_spec(**options) -> AuditSpec:
     try:
         return AuditSpec(**options).check()
     except ValidationError as exc:
-        raise input_error(exc, AuditSpec, option=lambda key: "--" + key.replace("_", "-")) from None
+        raise input_error(exc, AuditSpec, option=cli_option) from None
 
 
 def release_key(input_id: int, point: str, n: int, release: int) -> int:
