@@ -251,6 +251,7 @@ def test_chunking_does_not_change_counts(reference, model_ref, inputs, monkeypat
     _assert_same_counts(pa.concat_tables([table for _, table in parts]).to_pandas(), reference)
 
 
+@pytest.mark.slow
 def test_another_seed_gives_other_counts(reference, model_ref, inputs):
     other = _certify(model_ref, inputs, seed=SEED + 1)
     a, b = _matrix(reference["counts"]), _matrix(other["counts"])
@@ -260,6 +261,7 @@ def test_another_seed_gives_other_counts(reference, model_ref, inputs):
     assert np.abs(a - b).max() < 500
 
 
+@pytest.mark.slow
 def test_killed_replica_does_not_change_counts(reference, model_ref, inputs):
     """SIGKILL one replica after the first unit; Ray restarts it and retries its units, which draw
     the same counter-based noise, so every count equals the uninterrupted run's."""

@@ -218,6 +218,7 @@ def test_certificate_is_for_the_released_label(small_run):
         assert row["radius"] == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_certified_segments_stop_at_a_linear_models_true_boundary(ray_session):
     """A linear model's smoothed classifier has the model's own boundary, so along the attribute
     line every input has a known crossing s*; a sound certificate never reaches across it."""
@@ -296,6 +297,7 @@ def test_tiny_grid_batch_streams_to_the_same_result(small_run):
     assert curve["inputs"].max() == 3
 
 
+@pytest.mark.slow
 def test_cli_writes_rap_parquet(ray_session, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["rap", "--dataset", "insurance", "--attribute", "bmi", "--sigma", "1", "--n", "200", "--n0", "20",
@@ -371,6 +373,7 @@ def _delta_budget(a, prior, exact_lik, bias, var):
     return r, float(gradient @ bias), float(np.sqrt(gradient**2 @ var))
 
 
+@pytest.mark.slow
 def test_posterior_matches_a_linear_models_exact_posterior(ray_session):
     """Along the attribute a linear model's smoothed class probability is exactly Φ(d/σ), so PREDICT's
     output probability, and with it the posterior, is known at every cell.

@@ -51,6 +51,7 @@ def test_streamed_scan_refuses_non_finite_values_and_text(tmp_path, monkeypatch)
         load_dataset(text, split="all", stream=True)
 
 
+@pytest.mark.slow
 def test_certify_on_a_streamed_file_equals_in_memory(ray_session, tmp_path, monkeypatch):
     import torch
 

@@ -80,6 +80,7 @@ def test_bad_yaml_via_cli_exits_2_with_one_line(tmp_path, capsys):
         load_sweep(broken)
 
 
+@pytest.mark.slow
 def test_reuse_equals_separate_runs_with_fewer_forward_samples(ray_session, tmp_path):
     import rpdist
     from rpdist.datasets.catalog import load_dataset
