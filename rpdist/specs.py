@@ -147,3 +147,10 @@ def cli_option(key: str) -> str:
     given one value per repeated option, named in the singular)."""
     name = key[:-1] if key.endswith("s") and key not in ("seeds", "trials", "workers") else key
     return "--" + name.replace("_", "-")
+
+
+def one_of(value: str, choices: tuple[str, ...], what: str) -> str:
+    """``value`` if it is one of ``choices``; else the ValueError a spec validator raises, naming them."""
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; one of {', '.join(choices)}")
+    return value

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from rpdist.analyses.base import Analysis, Column, Outcome
-from rpdist.reporting.format import fmt, md_table, num
+from rpdist.reporting.format import fmt, num
 from rpdist.reporting.plots import figure, style
 from rpdist.privacy.distinguish import family_lower
 from rpdist.smoothing.stats import bootstrap_interval
@@ -90,12 +90,13 @@ class AuditAnalysis(Analysis):
         table = source.table
         summary = self.summarize(table)
         w.add("### Summary", "")
-        w.add(*md_table([c.header for c in self.summary_columns], [[c.cell(r) for c in self.summary_columns]
-                                                                     for r in summary]))
+        w.add(*self.summary_table(summary))
         w.add("Each pair is an audited input x and a partner x' at a given distance, moved in the direction that "
               "lowers x's top-class probability fastest that the audit found. The empirical advantage (Pr[correct "
               "guess] − 1/2) is that of a distinguisher fitted on half of the trials and scored on the other half, "
-              "with a 95% Clopper–Pearson interval; R is x's certified radius. A pair counts as above the bound (or α/2) only when a lower bound that holds for all pairs of the run at once (95%, Bonferroni) exceeds it. The bound is the sound per-input "
+              "with a 95% Clopper–Pearson interval; R is x's certified radius. A pair counts as above the bound (or "
+              "α/2) only when a lower bound that holds for all pairs of the run at once (95%, Bonferroni) exceeds "
+              "it. The bound is the sound per-input "
               "bound of rpdist.privacy.bounds (confidence 1 − α over x's certificate). α/2 is the paper's bound for "
               "the smoothed classifier g, shown for comparison: it is not a bound on these releases.", "")
         w.add("### Plots", "")

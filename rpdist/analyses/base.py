@@ -60,6 +60,13 @@ class Analysis:
         """The analysis' summary rows: the one definition the CLI, sweeps and the report use."""
         raise NotImplementedError
 
+    def summary_table(self, summary: list[dict]) -> list[str]:
+        """The summary rows as a markdown table with the CLI's columns, for a report section."""
+        from rpdist.reporting.format import md_table
+
+        return md_table([c.header for c in self.summary_columns],
+                        [[c.cell(r) for c in self.summary_columns] for r in summary])
+
     def report(self, writer, source, slug: str) -> None:
         """Write this analysis' section (tables and plots) of an ``rpdist report``."""
         raise NotImplementedError

@@ -11,7 +11,7 @@ import pandas as pd
 from scipy.stats import t as student_t
 
 from rpdist.analyses.base import Analysis, Column, Outcome
-from rpdist.reporting.format import fmt, md_table
+from rpdist.reporting.format import fmt
 from rpdist.reporting.plots import figure, style
 
 SETTING = ("defense", "sigma", "n", "epsilon", "release", "query_source", "student")
@@ -89,8 +89,7 @@ class ExtractionAnalysis(Analysis):
     def report(self, w, source, slug: str) -> None:
         summary = self.summarize(source.table)
         w.add("### Summary", "")
-        w.add(*md_table([c.header for c in self.summary_columns], [[c.cell(r) for c in self.summary_columns]
-                                                                     for r in summary]))
+        w.add(*self.summary_table(summary))
         w.add("A student trained on the release's answers to the attacker's queries (abstentions dropped) is "
               "scored on the held-out test split: fidelity to target is its agreement with the undefended model "
               "(the function the attacker wants), fidelity to release its agreement with the release where the "

@@ -34,12 +34,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from rpdist.errors import InputError
 from rpdist.privacy.mechanisms import Certify, Majority, Predict
-from rpdist.specs import Alpha, Count, Sigma, cli_option, input_error
+from rpdist.specs import Alpha, Count, Sigma, cli_option, input_error, one_of
 
 DEFENSES = ("none", "rp", "dpsgd", "rr")
 SOURCES = ("public", "synthetic")
 STUDENTS = ("mlp", "linear")
 RELEASES = (Predict.name, Majority.name, Certify.name)
+CHOICES = {"defense": (DEFENSES, "defense"), "query_source": (SOURCES, "query source"),
+           "student": (STUDENTS, "student architecture")}  # spec key: (its values, what the user calls it)
 ROLE_SEED = 4321  # the private/public cut of the train split, independent of the train/test split
 SYNTHETIC_SCALE = 0.5  # synthetic queries: public input + N(0, (0.5 · feature std)²)
 STUDENT_STEPS = 1000  # Adam steps per student, whatever the budget: small budgets are not under-trained
@@ -70,25 +72,15 @@ class ExtractionSpec(BaseModel):
     out: str = "results"
     run_id: str | None = None
 
-    @field_validator("defense")
+    @field_validator("defense", "query_source", "student")
     @classmethod
-    def _defense(cls, v):
-        return _one_of(v, DEFENSES, "defense")
-
-    @field_validator("query_source")
-    @classmethod
-    def _source(cls, v):
-        return _one_of(v, SOURCES, "query source")
-
-    @field_validator("student")
-    @classmethod
-    def _student(cls, v):
-        return _one_of(v, STUDENTS, "student architecture")
+    def _choice(cls, v, info):
+        return one_of(v, *CHOICES[info.field_name])
 
     @field_validator("releases")
     @classmethod
     def _releases(cls, v):
-        return tuple(_one_of(r, RELEASES, "release") for r in v)
+        return tuple(one_of(r, RELEASES, "release") for r in v)
 
     @field_validator("query_budgets")
     @classmethod
@@ -108,12 +100,6 @@ class ExtractionSpec(BaseModel):
                 raise ValueError(f"epsilon must be > 0, got {e!r}")
         return v
 
-
-
-def _one_of(value: str, choices: tuple[str, ...], what: str) -> str:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; one of {', '.join(choices)}")
-    return value
 
 
 def extraction_spec(**options) -> ExtractionSpec:

@@ -37,7 +37,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from rpdist.errors import InputError
-from rpdist.specs import Alpha, Count, Seed, Sigma, cli_option, input_error
+from rpdist.specs import Alpha, Count, Seed, Sigma, cli_option, input_error, one_of
 from rpdist.privacy.bounds import Certificate, advantage_bound
 from rpdist.privacy.distinguish import fit_and_score
 from rpdist.privacy.mechanisms import Certify, Majority, Predict, mechanism
@@ -109,26 +109,16 @@ class AuditSpec(BaseModel):
     @field_validator("releases")
     @classmethod
     def _releases(cls, v):
-        for release in v:
-            if release not in RELEASES:
-                raise ValueError(f"unknown release {release!r}; one of {', '.join(RELEASES)}")
-        if not v:
+        chosen = {one_of(release, RELEASES, "release") for release in v}
+        if not chosen:
             raise ValueError("give at least one release")
-        return tuple(r for r in RELEASES if r in v)
+        return tuple(r for r in RELEASES if r in chosen)
 
-    @field_validator("direction")
+    @field_validator("direction", "select")
     @classmethod
-    def _direction(cls, v):
-        if v not in DIRECTIONS:
-            raise ValueError(f"unknown direction {v!r}; one of {', '.join(DIRECTIONS)}")
-        return v
-
-    @field_validator("select")
-    @classmethod
-    def _select(cls, v):
-        if v not in SELECTIONS:
-            raise ValueError(f"unknown selection {v!r}; one of {', '.join(SELECTIONS)}")
-        return v
+    def _choice(cls, v, info):
+        choices, what = {"direction": (DIRECTIONS, "direction"), "select": (SELECTIONS, "selection")}[info.field_name]
+        return one_of(v, choices, what)
 
     @field_validator("level")
     @classmethod
