@@ -172,13 +172,11 @@ def query_pool(spec: ExtractionSpec, seed: int) -> np.ndarray:
     return (centres + spread * rng.standard_normal(centres.shape)).astype(np.float32)
 
 
-_SMOOTHED: dict[tuple, object] = {}  # engine answers of this run: predict and majority read the same counts
-
-
 def release_labels(spec: ExtractionSpec, setting: dict, ref, X: np.ndarray, ids: np.ndarray,
-                   seed: int) -> tuple[np.ndarray, int]:
+                   seed: int, answers: dict | None = None) -> tuple[np.ndarray, int]:
     """The released labels (−1 = abstain) and the forward passes they cost (each release's own, even
-    when the majority reuses the PREDICT job that drew the same noise)."""
+    when the majority reuses the PREDICT job that drew the same noise). ``answers`` keeps a run's
+    engine tables, so PREDICT and the majority read one job's counts."""
     from rpdist.defenses.releases import LabelRelease, RandomizedResponse
     from rpdist.smoothing.job import certify, predict
 
@@ -186,10 +184,11 @@ def release_labels(spec: ExtractionSpec, setting: dict, ref, X: np.ndarray, ids:
     if spec.defense == "rp":
         call = certify if setting["release"] == Certify.name else predict
         key = (call.__name__, ref.sha256, setting["sigma"], setting["n"], spec.alpha, seed, ids.tobytes())
-        if key not in _SMOOTHED:
-            _SMOOTHED[key] = call(ref, X, sigma=setting["sigma"], n=setting["n"], alpha=spec.alpha, seed=seed,
+        answers = {} if answers is None else answers
+        if key not in answers:
+            answers[key] = call(ref, X, sigma=setting["sigma"], n=setting["n"], alpha=spec.alpha, seed=seed,
                                   input_ids=ids, **engine)
-        df = _SMOOTHED[key]
+        df = answers[key]
         column = "top_class" if setting["release"] == Majority.name else "prediction"
         samples = setting["n"] + (100 if setting["release"] == Certify.name else 0)  # certify's n0
         return df[column].to_numpy(dtype=np.int64), len(X) * samples
@@ -250,14 +249,15 @@ def _predict(model, X: np.ndarray) -> np.ndarray:
 
 
 def attack_setting(spec: ExtractionSpec, setting: dict, ref, plain, test, seed: int,
-                   queries: np.ndarray) -> list[dict]:
+                   queries: np.ndarray, answers: dict | None = None) -> list[dict]:
     """Rows of one (defense setting, seed): one per query budget. ``queries`` in the order they are
-    spent (:func:`query_pool`); ``plain`` is the undefended target, loaded."""
+    spent (:func:`query_pool`); ``plain`` is the undefended target, loaded; ``answers`` as for
+    :func:`release_labels`."""
     X_test, y_test = test
     ids = np.arange(len(queries), dtype=np.int64) + seed * len(queries)
-    labels, passes = release_labels(spec, setting, ref, queries, ids, seed)
+    labels, passes = release_labels(spec, setting, ref, queries, ids, seed, answers)
     test_ids = TEST_ID_BASE + seed * len(X_test) + np.arange(len(X_test), dtype=np.int64)
-    released_test, _ = release_labels(spec, setting, ref, X_test, test_ids, seed)
+    released_test, _ = release_labels(spec, setting, ref, X_test, test_ids, seed, answers)
     answered = released_test >= 0
     target_test = _predict(plain, X_test)
     classes = _classes(ref, X_test)
@@ -296,7 +296,7 @@ def run_extraction(spec: ExtractionSpec, progress: bool = False):
     config = spec.model_dump(mode="json", exclude={"out", "run_id", "workers", "address", "device"})
     run_dir.claim(config, "--run-id")
     test = load_dataset(spec.dataset, split="test")
-    _SMOOTHED.clear()
+    answers: dict = {}  # engine tables of this run, shared by the releases that read the same counts
     started = time.perf_counter()
     rows, models = [], {"target": {"sha256": plain.sha256}}
     for setting in configs:
@@ -306,7 +306,7 @@ def run_extraction(spec: ExtractionSpec, progress: bool = False):
             models[f"dpsgd eps={setting['epsilon']:g}"] = {"sha256": ref.sha256}
         for seed in range(spec.seeds):
             rows += attack_setting(spec, setting, ref, plain.load("cpu"), (test.X, test.y), seed,
-                                   query_pool(spec, seed))
+                                   query_pool(spec, seed), answers)
         if progress:
             done = pd.DataFrame(rows[-spec.seeds * len(spec.query_budgets):])
             top = done[done["budget"] == max(spec.query_budgets)]
