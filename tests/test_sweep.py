@@ -200,3 +200,74 @@ def test_attack_keys_are_checked():
         parse_sweep({**BASE, "analysis": "attack", "release": "loud"})
     with pytest.raises(InputError, match="'targets'"):
         parse_sweep({**BASE, "analysis": "attack", "targets": 3})
+
+
+AUDIT = {"dataset": "insurance", "analysis": "audit", "sigma": [0.5, 1.0], "n": [100], "releases": ["predict"],
+         "distances": [0.5], "radius_fractions": [1.0], "trials": 20, "limit": 1, "n0": 20}
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"trials": 1}, "'trials'"),
+    ({"releases": ["loud"]}, "'releases'"),
+    ({"distances": [-1.0]}, "'distances'"),
+    ({"trails": 10}, "unknown key 'trails'"),
+    ({"workers": 2}, "option of rpdist sweep (--workers)"),
+    ({"run_id": "x"}, "option of rpdist sweep (--run-id)"),
+    ({"settings": {"trials": 10}}, "unknown key 'settings'"),
+])
+def test_audit_sweep_keys_are_checked_by_the_audit_spec(change, fragment):
+    with pytest.raises(InputError) as info:
+        parse_sweep({**AUDIT, **change}, "a.yaml")
+    assert str(info.value).startswith("a.yaml: ") and fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_own_spec_keys_become_settings_and_identity_keeps_old_sweeps():
+    spec = parse_sweep(AUDIT)
+    assert spec.settings["trials"] == 20 and spec.settings["limit"] == 1 and spec.limit == 1
+    assert spec.as_dict()["settings"]["releases"] == ["predict"]  # as the manifest's JSON holds it
+    assert "settings" not in parse_sweep(BASE).as_dict()  # sweeps from before settings resume
+    point = {"sigma": 1.0, "n": 100, "alpha": 0.001, "seed": 0}
+    from rpdist import analyses
+
+    audit = analyses.get("audit").point_spec(spec, point, out="o", run_id="r")
+    assert (audit.sigma, audit.n, audit.trials, audit.n0, audit.releases) == (1.0, (100,), 20, 20, ("predict",))
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"seed": [1]}, "no noise seed to sweep"),
+    ({"sigmas": [1.0]}, "'sigmas'"),
+    ({"query_budgets": [0]}, "'query_budgets'"),
+    ({"defense": "none"}, "'sigma': applies to defense rp only"),
+])
+def test_extraction_sweep_keys_are_checked(change, fragment):
+    with pytest.raises(InputError, match=fragment):
+        parse_sweep({"dataset": "insurance", "analysis": "extraction", "defense": "rp", "sigma": [0.5], "n": [100],
+                     **change})
+
+
+@pytest.mark.slow
+def test_audit_sweep_point_equals_a_single_audit(ray_session, tmp_path):
+    """A sweep runs each grid point as the audit CLI would: the same rows, plus the grid columns."""
+    from rpdist.privacy.audit import AuditSpec, run_audit
+
+    outcome = run_sweep(parse_sweep(AUDIT), out=tmp_path, sweep_id="aud", progress=False)
+    table = read_sweep(outcome.path).to_pandas()
+    assert sorted(set(table["sigma"])) == [0.5, 1.0] and (table["n"] == 100).all()
+    assert {(r["sigma"], r["release"], r["n"]) for r in outcome.summary} == {(0.5, "predict", 100),
+                                                                              (1.0, "predict", 100)}
+    single = run_audit(AuditSpec(dataset="insurance", sigma=1.0, n=(100,), n0=20, releases=("predict",),
+                                 distances=(0.5,), radius_fractions=(1.0,), trials=20, limit=1,
+                                 out=str(tmp_path), run_id="single")).table()
+    point = table[table["sigma"] == 1.0].drop(columns=["seed"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(point[single.columns], single.sort_values(["input_id"], kind="stable")
+                                  .reset_index(drop=True), check_like=True)
+
+
+@pytest.mark.slow
+def test_extraction_sweep_keeps_each_students_seed(ray_session, tmp_path):
+    spec = parse_sweep({"dataset": "insurance", "analysis": "extraction", "defense": "rp", "sigma": [0.5],
+                        "n": [100], "query_budgets": [10], "seeds": 2})
+    outcome = run_sweep(spec, out=tmp_path, sweep_id="ext", progress=False)
+    table = read_sweep(outcome.path).to_pandas()
+    assert sorted(table["seed"]) == [0, 1], "the grid's seed must not overwrite the students' own"
+    assert [r["seeds"] for r in outcome.summary] == [2]

@@ -52,20 +52,19 @@ class AttackAnalysis(Analysis):
     def smoothing_grid(self, options: dict) -> bool:
         return options.get("defense", RP) == RP
 
-    def run_point(self, sweep, point: dict, out, run_id: str, options: dict, progress: bool) -> None:
+    def point_spec(self, sweep, point: dict, **fixed):
         """One attack run per grid point: every release × repeat × noise (× ε for dpsgd and rr) of the sweep."""
-        from rpdist.attacks.inversion import InversionSpec, run_inversion
+        from rpdist.attacks.inversion import InversionSpec
 
         grid = dict(sigmas=[point["sigma"]], ns=[point["n"]]) if sweep.defense == RP else {}
         releases = [sweep.release] if isinstance(sweep.release, str) else list(sweep.release)
-        run_inversion(InversionSpec(dataset=sweep.dataset, defense=sweep.defense, **grid, alpha=point["alpha"],
-                                    seed=point["seed"], releases=releases, repeats=list(sweep.repeat),
-                                    noises=list(sweep.noise), epsilons=list(sweep.epsilon) if sweep.epsilon else None,
-                                    restarts=sweep.restarts, query_budget=sweep.query_budget,
-                                    generator_epochs=sweep.generator_epochs,
-                                    targets=list(sweep.targets) if sweep.targets else None,
-                                    batch_size=sweep.batch_size, out=out, run_id=run_id, **options),
-                      progress=progress)
+        return InversionSpec(dataset=sweep.dataset, defense=sweep.defense, **grid, alpha=point["alpha"],
+                             seed=point["seed"], releases=releases, repeats=list(sweep.repeat),
+                             noises=list(sweep.noise), epsilons=list(sweep.epsilon) if sweep.epsilon else None,
+                             restarts=sweep.restarts, query_budget=sweep.query_budget,
+                             generator_epochs=sweep.generator_epochs,
+                             targets=list(sweep.targets) if sweep.targets else None,
+                             batch_size=sweep.batch_size, **fixed)
 
     def summarize(self, table: pd.DataFrame) -> list[dict]:
         """Per defense setting: ASR with its 95% Clopper–Pearson interval over targets × restarts,

@@ -16,6 +16,7 @@ from rpdist.privacy.distinguish import family_lower
 from rpdist.smoothing.stats import bootstrap_interval
 
 KEYS = ("release", "n", "k")
+POINT = ("sigma", "alpha", "seed")  # a sweep's grid point (single runs from before these columns lack them)
 AT_RADIUS = "r1"  # the partner on the edge of x's certified ball
 
 
@@ -29,6 +30,12 @@ def _release(r: dict) -> str:
     return r["release"] if r["certified_release"] else f"{r['release']} (uncertified)"
 
 
+def group_keys(table: pd.DataFrame) -> list[str]:
+    """What one summary row or plot panel holds fixed: the grid point's σ, α and seed where the table
+    has them (a sweep's several points), then release, N and k."""
+    return [c for c in POINT if c in table.columns] + list(KEYS)
+
+
 class AuditAnalysis(Analysis):
     name = "audit"
     final_file = "audit.parquet"
@@ -36,6 +43,8 @@ class AuditAnalysis(Analysis):
     required_columns = ("release", "n", "k", "point", "distance", "empirical_advantage", "empirical_low",
                         "empirical_high", "bound", "alpha_half", "certified_release", "input_id", "correct", "scored")
     summary_columns = (
+        Column("σ", lambda r: fmt(r["sigma"]) if "sigma" in r else "—", key=True),
+        Column("α", lambda r: fmt(r["alpha"]) if "alpha" in r else "—", key=True),
         Column("release", _release, key=True), Column("N", lambda r: f"{r['n']:,}", key=True),
         Column("k", lambda r: f"{r['k']}", key=True), Column("inputs", lambda r: f"{r['inputs']:,}"),
         Column("advantage at R, median [95% CI]", lambda r: _interval(r, "median_advantage_at_radius")),
@@ -45,12 +54,21 @@ class AuditAnalysis(Analysis):
         Column("pairs above bound (family-wise 95%)", lambda r: f"{r['pairs_above_bound']} / {r['pairs']}"),
         Column("pairs above α/2 (family-wise 95%)", lambda r: f"{r['pairs_above_alpha_half']} / {r['pairs']}"),
     )
-    per_point = False
 
     def run(self, spec, progress: bool = False) -> Outcome:
         from rpdist.privacy.audit import run_audit
 
         return run_audit(spec, progress=progress)
+
+    def sweep_spec_model(self):
+        from rpdist.privacy.audit import AuditSpec
+
+        return AuditSpec
+
+    def point_spec(self, sweep, point: dict, **fixed):
+        """One audit per (σ, N, α, seed): the sweep file's other keys are AuditSpec fields."""
+        return self.sweep_spec_model()(dataset=sweep.dataset, sigma=point["sigma"], n=(point["n"],),
+                                       alpha=point["alpha"], seed=point["seed"], **sweep.settings, **fixed)
 
     def outcome(self, run_dir, manifest: dict, resumed_chunks: int = 0) -> Outcome:
         reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731
@@ -64,14 +82,18 @@ class AuditAnalysis(Analysis):
         rows = []
         family = family_lower(table["correct"], table["scored"], len(table)) if len(table) else np.array([])
         table = table.assign(family_low=family)
-        for key, part in table.groupby(list(KEYS), sort=True):
+        keys = group_keys(table)
+        for key, part in table.groupby(keys, sort=True):
+            key = dict(zip(keys, key))
             edge = part[part["point"] == AT_RADIUS]
             worst = part.loc[part["empirical_advantage"].idxmax()]
             advantages = edge["empirical_advantage"].to_numpy()
             median = float(np.median(advantages)) if len(advantages) else float("nan")
             low, high = bootstrap_interval(advantages)
             rows.append({
-                **dict(zip(KEYS, (str(key[0]), int(key[1]), int(key[2])))),
+                **{c: float(key[c]) for c in POINT if c in key and c != "seed"},
+                **({"seed": int(key["seed"])} if "seed" in key else {}),
+                "release": str(key["release"]), "n": int(key["n"]), "k": int(key["k"]),
                 "certified_release": bool(part["certified_release"].iloc[0]),
                 "inputs": int(part["input_id"].nunique()), "pairs": len(part),
                 "inputs_at_radius": len(edge),
@@ -100,10 +122,15 @@ class AuditAnalysis(Analysis):
               "bound of rpdist.privacy.bounds (confidence 1 − α over x's certificate). α/2 is the paper's bound for "
               "the smoothed classifier g, shown for comparison: it is not a bound on these releases.", "")
         w.add("### Plots", "")
-        groups = list(table.groupby(list(KEYS), sort=True))
+        keys = group_keys(table)
+        groups = list(table.groupby(keys, sort=True))
         fig = figure(5.0 * min(len(groups), 3), 4.2 * -(-len(groups) // 3))
         axes = fig.subplots(-(-len(groups) // 3), min(len(groups), 3), squeeze=False).ravel()
-        for ax, ((release, n, k), part) in zip(axes, groups):
+        for ax, (key, part) in zip(axes, groups):
+            key = dict(zip(keys, key))
+            release, n, k = key["release"], key["n"], key["k"]
+            several = "sigma" in key and table["sigma"].nunique() > 1
+            sigma = f"σ = {fmt(key['sigma'])}, " if several else ""
             fixed = part[part["radius_fraction"].isna()]  # partners at fixed multiples of σ
             mean = fixed.groupby("distance_sigma")[["empirical_advantage", "empirical_low", "empirical_high",
                                                     "bound"]].mean()
@@ -120,7 +147,7 @@ class AuditAnalysis(Analysis):
             ax.axhline(float(part["alpha_half"].iloc[0]), color="grey", ls=":", lw=1.5, label="α/2 (the paper's, for g)")
             certified = bool(part["certified_release"].iloc[0])
             ax.set_ylim(-0.05, 0.55)
-            style(ax, f"{release}{'' if certified else ' (uncertified)'}, N = {fmt(n)}, k = {k}",
+            style(ax, f"{sigma}{release}{'' if certified else ' (uncertified)'}, N = {fmt(n)}, k = {k}",
                   "distance ‖x − x'‖ / σ", "advantage")
         for ax in axes[len(groups):]:
             ax.set_visible(False)

@@ -78,6 +78,16 @@ class Analysis:
         """Whether a sweep of this analysis with these (already validated) options has a (σ, N) grid."""
         return True
 
-    def run_point(self, sweep, point: dict, out, run_id: str, options: dict, progress: bool) -> None:
-        """Run one sweep grid point into ``out/run_id`` (per-point analyses only)."""
+    def sweep_spec_model(self):
+        """The spec class that checks this analysis' own keys in a sweep file (every key but the grid and
+        ``dataset``), or None where its keys are fields of the sweep file itself (certify, predict, rap, attack)."""
+        return None
+
+    def point_spec(self, sweep, point: dict, **fixed):
+        """The validated spec of one sweep grid point (per-point analyses only); ``fixed`` holds ``out``,
+        ``run_id`` and the engine options of ``rpdist sweep``."""
         raise NotImplementedError(f"{self.name} has no per-point sweep")
+
+    def run_point(self, sweep, point: dict, out, run_id: str, options: dict, progress: bool) -> None:
+        """Run one sweep grid point into ``out/run_id``: the point's spec, run like a single run."""
+        self.run(self.point_spec(sweep, point, out=out, run_id=run_id, **options), progress=progress)

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 
+from rpdist.analyses.attack import RP
 from rpdist.analyses.base import Analysis, Column, Outcome
+from rpdist.errors import InputError
 from rpdist.reporting.format import fmt
 from rpdist.reporting.plots import figure, style
 
@@ -69,6 +71,25 @@ class ExtractionAnalysis(Analysis):
         from rpdist.attacks.extraction import run_extraction
 
         return run_extraction(spec, progress=progress)
+
+    def smoothing_grid(self, options: dict) -> bool:
+        return options.get("defense", "none") == RP
+
+    def sweep_spec_model(self):
+        from rpdist.attacks.extraction import ExtractionSpec
+
+        return ExtractionSpec
+
+    def point_spec(self, sweep, point: dict, **fixed):
+        """One extraction run per (σ, N, α) of an ``rp`` sweep, or per α for the other defenses; the sweep
+        file's other keys are ExtractionSpec fields. Students repeat over ``seeds``, so no seed grid."""
+        given = [k for k in ("sigmas", "ns") if k in sweep.settings]
+        if given:
+            raise InputError(f"key {given[0]!r}: a sweep takes σ and N from its 'sigma' and 'n' lists")
+        if sweep.seed != (0,):
+            raise InputError("seed: extraction has no noise seed to sweep; its students repeat over the key 'seeds'")
+        grid = dict(sigmas=(point["sigma"],), ns=(point["n"],)) if self.smoothing_grid(sweep.settings) else {}
+        return self.sweep_spec_model()(dataset=sweep.dataset, alpha=point["alpha"], **grid, **sweep.settings, **fixed)
 
     def summarize(self, table: pd.DataFrame) -> list[dict]:
         """Per (defense setting, budget): each metric's mean over seeds with a 95% t-interval, the

@@ -62,15 +62,13 @@ class RapAnalysis(Analysis):
     def report(self, writer, source, slug: str) -> None:
         report_rap(writer, source, self.summarize(source.table), slug)
 
-    def run_point(self, sweep, point: dict, out, run_id: str, options: dict, progress: bool) -> None:
-        from rpdist.privacy.runner import RapSpec, run_rap
+    def point_spec(self, sweep, point: dict, **fixed):
+        from rpdist.privacy.runner import RapSpec
 
-        run_rap(RapSpec(dataset=sweep.dataset, attribute=sweep.attribute, sigma=point["sigma"], n=point["n"],
-                        n0=sweep.n0, alpha=point["alpha"], seed=point["seed"], grid_step=sweep.grid_step,
-                        train_sigma=sweep.train_sigma, l1_non_sensitive=sweep.l1_non_sensitive, split=sweep.split,
-                        posterior_level=sweep.posterior_level,
-                        limit=sweep.limit, batch_size=sweep.batch_size, out=out, run_id=run_id, **options),
-                progress=progress)
+        return RapSpec(dataset=sweep.dataset, attribute=sweep.attribute, sigma=point["sigma"], n=point["n"],
+                       n0=sweep.n0, alpha=point["alpha"], seed=point["seed"], grid_step=sweep.grid_step,
+                       train_sigma=sweep.train_sigma, l1_non_sensitive=sweep.l1_non_sensitive, split=sweep.split,
+                       posterior_level=sweep.posterior_level, limit=sweep.limit, batch_size=sweep.batch_size, **fixed)
 
 
 def report_rap(w, source, summary: list[dict], slug: str) -> None:

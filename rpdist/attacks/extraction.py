@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from rpdist.errors import InputError
 from rpdist.privacy.mechanisms import Certify, Majority, Predict
-from rpdist.specs import Alpha, Count, Sigma, cli_option, input_error, one_of
+from rpdist.specs import Alpha, Count, OutRoot, Sigma, cli_option, input_error, one_of
 
 DEFENSES = ("none", "rp", "dpsgd", "rr")
 SOURCES = ("public", "synthetic")
@@ -69,7 +69,7 @@ class ExtractionSpec(BaseModel):
     workers: Count | None = None
     address: str | None = None
     device: str | None = None
-    out: str = "results"
+    out: OutRoot = "results"
     run_id: str | None = None
 
     @field_validator("defense", "query_source", "student")

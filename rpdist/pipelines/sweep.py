@@ -18,7 +18,7 @@ import math
 import re
 from functools import reduce
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from collections.abc import Callable
 
 import numpy as np
@@ -41,7 +41,13 @@ PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()
 GRID = ("sigma", "n", "alpha", "seed")  # the list keys whose product is the grid
 
 Count = Annotated[int, Field(ge=1)]
-LATER_KEYS = ("defense", "noise", "repeat", "epsilon")  # absent from the identity of sweeps that keep the default
+# absent from the identity of sweeps that keep the default
+LATER_KEYS = ("defense", "noise", "repeat", "epsilon", "settings")
+# Keys of every sweep file, whatever the analysis; an analysis with its own sweep spec gets every other key.
+SHARED_KEYS = ("dataset", "analysis", *GRID)
+# What the sweep keeps too (for its manifest), though an own-spec analysis also reads it from its settings.
+DATA_KEYS = ("split", "label_column", "limit")
+CLI_ONLY = ("out", "run_id", "workers", "address", "device")  # options of rpdist sweep, never sweep-file keys
 
 
 class SweepSpec(BaseModel):
@@ -80,6 +86,8 @@ class SweepSpec(BaseModel):
     restarts: Count = 1  # attack only
     targets: tuple[int, ...] | None = Field(None, min_length=1)  # attack only: classes to reconstruct (default: all)
     generator_epochs: Count | None = None  # attack only
+    # audit, extraction, …: the analysis' own keys, checked by its spec (Analysis.sweep_spec_model)
+    settings: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -88,7 +96,7 @@ class SweepSpec(BaseModel):
         there they must be left out (and are None), while elsewhere pydantic reports them missing."""
         if not isinstance(data, dict) or data.get("analysis", CERTIFY) not in analyses.NAMES:
             return data
-        if analyses.get(data.get("analysis", CERTIFY)).smoothing_grid(data):
+        if analyses.get(data.get("analysis", CERTIFY)).smoothing_grid({**data, **data.get("settings", {})}):
             return data
         given = [key for key in ("sigma", "n") if data.get(key) is not None]
         if given:
@@ -142,10 +150,13 @@ class SweepSpec(BaseModel):
 
     @model_validator(mode="after")
     def _prefixes_and_feasibility(self):
+        analysis = analyses.get(self.analysis)
         if self.sigma is None or self.n is None:
-            if analyses.get(self.analysis).smoothing_grid(self.model_dump()):
+            if analysis.smoothing_grid({**self.model_dump(), **self.settings}):
                 raise ValueError(f"{'sigma' if self.sigma is None else 'n'}: is required")
             return self
+        if analysis.sweep_spec_model() is not None:
+            return self  # its points are checked by its own spec (parse_sweep)
         bad = [n for n in self.n if n % self.block]
         if bad:
             raise ValueError(f"n: {bad[0]} is not a multiple of noise_block {self.block}, so it is no prefix of the "
@@ -174,8 +185,10 @@ class SweepSpec(BaseModel):
     def as_dict(self) -> dict:
         """The sweep's identity in its manifest. Keys added after sweeps were first run appear only when
         they differ from their default, so a sweep started before still resumes."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_dump().items()
-                if k not in LATER_KEYS or v != SweepSpec.model_fields[k].default}
+        plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731  (as JSON holds it)
+        return {k: {s: plain(x) for s, x in v.items()} if k == "settings" else plain(v)
+                for k, v in self.model_dump().items()
+                if k not in LATER_KEYS or v != SweepSpec.model_fields[k].get_default(call_default_factory=True)}
 
     @property
     def points(self) -> list[dict]:
@@ -190,10 +203,41 @@ def parse_sweep(data, source: str = "sweep file") -> SweepSpec:
         raise InputError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
     # An empty YAML value means the default; lists are held as tuples (the spec is frozen).
     data = {k: tuple(v) if k not in GRID and isinstance(v, list) else v for k, v in data.items() if v is not None}
+    if "settings" in data:
+        raise InputError(f"{source}: unknown key 'settings' (an analysis' own keys go at the top level)")
+    name = data.get("analysis", CERTIFY)
+    model = analyses.get(name).sweep_spec_model() if name in analyses.NAMES else None
+    if model is not None:
+        for key in CLI_ONLY:
+            if key in data:
+                raise InputError(f"{source}: key {key!r} is an option of rpdist sweep "
+                                 f"(--{key.replace('_', '-')}), not a sweep-file key")
+        own = {k: v for k, v in data.items() if k not in SHARED_KEYS}
+        data = {**{k: v for k, v in data.items() if k in SHARED_KEYS or k in DATA_KEYS}, "settings": own}
     try:
-        return SweepSpec(**data)
+        spec = SweepSpec(**data)
     except ValidationError as exc:
         raise input_error(exc, SweepSpec, source) from None
+    if model is not None:
+        check_points(spec, model, source)
+    return spec
+
+
+def check_points(spec: SweepSpec, model, source: str) -> None:
+    """Build every grid point's spec now, so a bad key or value of an own-spec analysis is refused
+    (one line naming the key) before anything runs."""
+    analysis = analyses.get(spec.analysis)
+    unknown = sorted(set(spec.settings) - set(model.model_fields))
+    if unknown:
+        known = ", ".join(sorted((set(model.model_fields) | set(SHARED_KEYS)) - set(CLI_ONLY)))
+        raise InputError(f"{source}: unknown key {unknown[0]!r} (known: {known})")
+    for point in spec.points:
+        try:
+            analysis.point_spec(spec, point, out=".", run_id="check")
+        except ValidationError as exc:
+            raise input_error(exc, model, source) from None
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
@@ -357,15 +401,16 @@ def read_points(root: str | Path | Store, name: str) -> pa.Table | None:
 
 
 def _concat_points(store: Store, files: list[str], pattern: re.Pattern) -> pa.Table:
-    """Concatenate per-point tables, taking sigma/n/alpha/seed from the directory names."""
+    """Concatenate per-point tables, adding sigma/n/alpha/seed from the directory names where a table
+    lacks them (a table's own column wins: extraction's ``seed`` is its student's, not the grid's)."""
     tables = []
     for path in files:
         table = store.read_table(path)
         values = pattern.search(path).groups()[:4]
         for (name, kind), value in zip(PARTITIONS, values):
-            column = pa.array([float(value) if kind == pa.float64() else int(value)] * len(table), type=kind)
-            table = (table.set_column(table.schema.get_field_index(name), name, column) if name in table.schema.names
-                     else table.append_column(name, column))
+            if name not in table.schema.names:
+                column = pa.array([float(value) if kind == pa.float64() else int(value)] * len(table), type=kind)
+                table = table.append_column(name, column)
         tables.append(table)
     table = pa.concat_tables(tables, promote_options="default")
     keys = [name for name, _ in PARTITIONS] + [k for k in ("input_id", "target", "restart") if k in table.schema.names]

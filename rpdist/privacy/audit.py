@@ -37,7 +37,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from rpdist.errors import InputError
-from rpdist.specs import Alpha, Count, Seed, Sigma, cli_option, input_error, one_of
+from rpdist.specs import Alpha, Count, OutRoot, Seed, Sigma, cli_option, input_error, one_of
 from rpdist.privacy.bounds import Certificate, advantage_bound
 from rpdist.privacy.distinguish import fit_and_score
 from rpdist.privacy.mechanisms import Certify, Majority, Predict, mechanism
@@ -81,7 +81,7 @@ class AuditSpec(BaseModel):
     workers: Count | None = None
     address: str | None = None
     device: str | None = None
-    out: str = "results"
+    out: OutRoot = "results"
     run_id: str | None = None
 
     @field_validator("n")
@@ -258,7 +258,7 @@ def score_pairs(spec: AuditSpec, trials: pd.DataFrame, certificates: dict[int, p
                 "empirical_advantage": scored.advantage, "empirical_low": scored.low,
                 "empirical_high": scored.high, "correct": scored.correct, "scored": scored.scored,
                 "bound": bound.advantage, "bound_route": bound.route,
-                "bound_alpha": bound.alpha, "alpha_half": spec.alpha / 2,
+                "bound_alpha": bound.alpha, "alpha_half": spec.alpha / 2, "sigma": spec.sigma, "alpha": spec.alpha,
             })
     return pd.DataFrame(rows)
 
