@@ -271,3 +271,37 @@ def test_extraction_sweep_keeps_each_students_seed(ray_session, tmp_path):
     table = read_sweep(outcome.path).to_pandas()
     assert sorted(table["seed"]) == [0, 1], "the grid's seed must not overwrite the students' own"
     assert [r["seeds"] for r in outcome.summary] == [2]
+
+
+SEQUENTIAL = {"dataset": "insurance", "analysis": "certify-sequential", "sigma": [0.5], "n": [2000],
+              "target_radius": [0.125, 0.25], "limit": 8, "n0": 50}
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"mode": "adaptive"}, "needs --radius-tolerance"),
+    ({"target_radius": [-1.0]}, "target radius must be a finite number > 0"),
+    ({"target_radius": []}, "needs at least one --target-radius"),
+    ({"mode": "wild"}, "mode must be one of"),
+    ({"max_n": 100}, "unknown key 'max_n'"),
+    ({"n": [10]}, "can never certify radius 0.25"),
+])
+def test_sequential_sweep_keys_are_checked_before_it_runs(change, fragment):
+    with pytest.raises(InputError) as info:
+        parse_sweep({**SEQUENTIAL, **change}, "q.yaml")
+    assert str(info.value).startswith("q.yaml: ") and fragment in str(info.value)
+
+
+@pytest.mark.slow
+def test_sequential_sweep_point_equals_a_single_sequential_run(ray_session, tmp_path):
+    from rpdist import analyses
+    from rpdist.pipelines.run import execute
+
+    spec = parse_sweep(SEQUENTIAL)
+    outcome = run_sweep(spec, out=tmp_path, sweep_id="seq", progress=False)
+    table = read_sweep(outcome.path).to_pandas()
+    point = {"sigma": 0.5, "n": 2000, "alpha": 0.001, "seed": 0}
+    single = execute(analyses.get("certify-sequential").point_spec(spec, point, out=str(tmp_path), run_id="one"),
+                     progress=False).table()
+    assert set(table["decision"]) <= {"certified", "not_certified", "undecided"} and len(table) == 8
+    pd.testing.assert_frame_equal(table[single.columns].reset_index(drop=True), single.reset_index(drop=True))
+    assert outcome.summary[0]["mean_samples"] < 2000  # sequential stopping spent less than max N per input

@@ -12,7 +12,8 @@ import pandas as pd
 
 from rpdist.analyses.base import Column
 from rpdist.analyses.smoothing import CertifyAnalysis, labelled
-from rpdist.errors import InputError
+from pydantic import BaseModel, ConfigDict
+
 from rpdist.smoothing.sequential import CERTIFIED, UNDECIDED
 
 NAME = "certify-sequential"
@@ -61,6 +62,47 @@ class SequentialAnalysis(CertifyAnalysis):
                   f"{100 * row['undecided_rate']:.1f}% undecided at max N; certified accuracy at the target radii "
                   + ", ".join(f"{k}: {100 * v:.1f}%" for k, v in row["certified_at_target"].items()) + ".", "")
 
-    def run_point(self, sweep, point: dict, out, run_id: str, options: dict, progress: bool) -> None:
-        raise InputError("sweeps of sequential certification are not supported yet; run rpdist certify "
-                         "--target-radius per configuration")
+    def run(self, spec, progress: bool = False):
+        from rpdist.pipelines.run import execute
+
+        return execute(spec, progress=progress)
+
+    def sweep_spec_model(self):
+        return SequentialSweepKeys
+
+    def point_spec(self, sweep, point: dict, **fixed):
+        """One sequential certify run per (σ, max N, α, seed): the grid's ``n`` is the run's max N."""
+        from rpdist.pipelines.run import RunSpec
+        from rpdist.smoothing.job import CERTIFY, SmoothingConfig
+        from rpdist.smoothing.seqjob import SEQUENTIAL_BLOCK, sequential_config
+
+        keys = SequentialSweepKeys(**sweep.settings)
+        sequential = sequential_config(target_radius=keys.target_radius, max_n=point["n"], mode=keys.mode,
+                                       radius_tolerance=keys.radius_tolerance, against_label=keys.against_label)
+        config = SmoothingConfig(CERTIFY, point["sigma"], point["n"], point["alpha"], keys.n0, point["seed"],
+                                 keys.batch_size, keys.noise_block or SEQUENTIAL_BLOCK)
+        sequential.validated(config.sigma, config.alpha, config.noise_block)  # refused before the sweep starts
+        return RunSpec(config=config, dataset=sweep.dataset, split=keys.split, label_column=keys.label_column,
+                       limit=keys.limit, model=keys.model, arch=keys.arch, train_sigma=keys.train_sigma,
+                       sequential=sequential, **fixed)
+
+
+class SequentialSweepKeys(BaseModel):
+    """The keys of a ``certify-sequential`` sweep file besides the grid: ``rpdist certify``'s options
+    (the grid's ``n`` is each point's max N)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_radius: tuple[float, ...] = ()
+    mode: str | None = None
+    radius_tolerance: float | None = None
+    against_label: bool = False
+    model: str | None = None
+    arch: str | None = None
+    train_sigma: float | None = None
+    split: str = "test"
+    label_column: str = "label"
+    limit: int | None = None
+    n0: int = 100
+    batch_size: int | None = None
+    noise_block: int | None = None
