@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,7 @@ from rpdist.smoothing import stats
 from rpdist.smoothing.noise import MAX_BLOCKS, Phase, num_blocks
 
 SEQUENTIAL_BLOCK = 32  # noise block of sequential runs: looks can come every 32 samples
+CHUNK_UNITS = 4  # units of full forward batches in the first look of a resumable run's chunk
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,6 @@ class SequentialRun:
         self.X = X if isinstance(X, np.ndarray) else np.asarray(X[0 : len(X)], dtype=np.float32)
         self.looks = self.seq.looks(config.noise_block)
         self.forward_samples = 0
-        self.samples_used = 0
         self.rounds: list[dict] = []
 
     def _counts(self, rows: np.ndarray, spec: PhaseSpec, on_unit: Callable | None) -> np.ndarray:
@@ -143,14 +143,34 @@ class SequentialRun:
         return out
 
     def run(self, on_unit: Callable | None = None) -> pa.Table:
+        """Every input in one group of rounds (the API's ``certify()``)."""
+        return self.decide(np.arange(len(self.X)), on_unit)
+
+    def chunk_inputs(self) -> int:
+        """Inputs per chunk file of a resumable run: the first look of a full chunk packs CHUNK_UNITS
+        units of full forward batches, so later looks, with fewer inputs left, still fill some. Fewer
+        inputs per chunk would mean more rounds (a Ray round trip each) for the same samples."""
+        return max(1, CHUNK_UNITS * self.job.plan.unit_samples // self.looks[0])
+
+    def chunks(self, chunk_inputs: int, skip=(), on_unit: Callable | None = None
+               ) -> Iterator[tuple[int, pa.Table]]:
+        """Yield (chunk, table) for each chunk of ``chunk_inputs`` consecutive inputs not in ``skip``,
+        its rounds run to the end. An input's rows depend only on its own blocks, so the tables are
+        those of :meth:`run`, cut at the chunk boundaries."""
+        m = len(self.X)
+        for chunk in range(-(-m // chunk_inputs)):
+            if chunk not in skip:
+                yield chunk, self.decide(np.arange(chunk * chunk_inputs, min(m, (chunk + 1) * chunk_inputs)), on_unit)
+
+    def decide(self, rows: np.ndarray, on_unit: Callable | None = None) -> pa.Table:
+        """Run the rounds of the inputs at positions ``rows`` until each decides or reaches max N."""
         job, cfg, sq = self.job, self.job.config, self.seq
-        m, classes = len(self.X), job.num_classes
-        every = np.arange(m)
+        m, classes = len(rows), job.num_classes
         if sq.against_label:
-            top = job.y.astype(np.int64)
+            top = job.y[rows].astype(np.int64)
             selection = np.zeros((m, classes + 1), dtype=np.int64)
         else:
-            selection = self._counts(every, PhaseSpec(Phase.SELECTION, cfg.n0), on_unit)
+            selection = self._counts(rows, PhaseSpec(Phase.SELECTION, cfg.n0), on_unit)
             top = selection[:, :classes].argmax(axis=1)
         radii = np.asarray(sq.radii, dtype=np.float64)
         counts = np.zeros((m, classes + 1), dtype=np.int64)
@@ -169,7 +189,7 @@ class SequentialRun:
             stop_block = num_blocks(look, block)
             started = time.perf_counter()
             spec = PhaseSpec(Phase.ESTIMATION, sq.max_n, previous_block, stop_block)
-            counts[active] += self._counts(active, spec, on_unit)
+            counts[active] += self._counts(rows[active], spec, on_unit)
             used[active], blocks[active] = look, stop_block
             k = counts[active, top[active]]
             lower, upper = seq.bounds(k, look, cfg.alpha, sq.mode, stages)
@@ -183,10 +203,9 @@ class SequentialRun:
             self.rounds.append({"look": look, "inputs": int(len(active)), "stopped": int((done | bad).sum()),
                                 "seconds": time.perf_counter() - started})
             previous_block = stop_block
-        self.samples_used = int(used.sum()) + (0 if sq.against_label else m * cfg.n0)
-        return self._table(top, selection, counts, used, blocks, state, stopped, best_lower, best_upper)
+        return self._table(rows, top, selection, counts, used, blocks, state, stopped, best_lower, best_upper)
 
-    def _table(self, top, selection, counts, used, blocks, state, stopped, best_lower, best_upper) -> pa.Table:
+    def _table(self, rows, top, selection, counts, used, blocks, state, stopped, best_lower, best_upper) -> pa.Table:
         job, cfg, sq = self.job, self.job.config, self.seq
         m, classes = len(top), job.num_classes
         nonfinite = selection[:, -1] + counts[:, -1]
@@ -199,7 +218,7 @@ class SequentialRun:
         radius = np.maximum(radius, np.where(bad, 0.0, decided))
         decision = np.where(bad, seq.NOT_CERTIFIED, decision)
         prediction = np.where(radius > 0, top, stats.ABSTAIN)
-        labels = job.y
+        labels = None if job.y is None else job.y[rows]
         names = {1: seq.CERTIFIED, -1: seq.NOT_CERTIFIED, 0: seq.UNDECIDED}
         per_radius = [[names[int(v)] for v in row] for row in state]
 
@@ -214,7 +233,7 @@ class SequentialRun:
             return pa.FixedSizeListArray.from_arrays(flat, classes).cast(pa.list_(pa.int64()))
 
         columns = {
-            "input_id": ints(job.input_ids),
+            "input_id": ints(job.input_ids[rows]),
             "label": pa.nulls(m, pa.int64()) if labels is None else ints(labels),
             "prediction": ints(prediction),
             "top_class": ints(top),
@@ -243,11 +262,3 @@ class SequentialRun:
         }
         schema = sequential_schema()
         return pa.table([columns[name] for name in schema.names], schema=schema)
-
-    def cost(self) -> dict:
-        """Samples for the manifest: used (selection + estimation), forward passes computed, naive cost at max N."""
-        m = len(self.X)
-        n0 = 0 if self.seq.against_label else self.job.config.n0
-        return {"inputs": m, "used": self.samples_used, "forward_samples": self.forward_samples,
-                "waste": self.forward_samples - self.samples_used, "naive_at_max_n": m * (n0 + self.seq.max_n),
-                "rounds": len(self.rounds), "looks": self.looks}
