@@ -48,7 +48,7 @@ def test_interrupted_sequential_run_resumes_to_the_uninterrupted_table(ray_sessi
     with pytest.raises(KeyboardInterrupt):
         execute(_spec(tmp_path, "r"), progress=False, on_unit=interrupt)
     written = sorted(p.name for p in parts.glob("chunk-*.parquet"))
-    assert written == ["chunk-000000.parquet", "chunk-000001.parquet"]
+    assert 2 <= len(written) < 5  # two chunks run at once: which finished first may vary
     assert not (tmp_path / "r" / "sequential-certificates.parquet").exists()
     first = json.loads((tmp_path / "r" / "manifest.json").read_text())["details"]["samples"]
 
@@ -65,10 +65,10 @@ def test_interrupted_sequential_run_resumes_to_the_uninterrupted_table(ray_sessi
     assert not parts.exists()
 
     full, spent = whole.manifest["details"]["samples"], resumed.manifest["details"]["samples"]
-    assert resumed.resumed_chunks == 2 and resumed.manifest["details"]["plan"] == {"chunk_inputs": CHUNK, "chunks": 5}
+    assert resumed.resumed_chunks == len(written) and resumed.manifest["details"]["plan"] == {"chunk_inputs": CHUNK, "chunks": 5}
     this_session = resumed.manifest["timings"]["samples_this_session"]
-    assert 0 < this_session < full["forward_samples"]  # the two finished chunks were not computed again
-    # Over both sessions: the two chunks of the first plus the three of the second, each once.
+    assert 0 < this_session < full["forward_samples"]  # the finished chunks were not computed again
+    # Over both sessions: each chunk counted once, when it was computed to its end.
     assert spent["forward_samples"] == first["forward_samples"] + this_session == full["forward_samples"]
     assert spent["used"] == full["used"] == spent["forward_samples"] and spent["waste"] == 0
     assert spent["naive_at_max_n"] == ROWS * (50 + 2000)

@@ -79,16 +79,16 @@ def execute_sequential(spec, progress: bool = True, on_unit=None):
     samples = manifest["details"]["samples"]  # new_manifest copies: update the manifest's own
     run_dir.write_manifest(manifest)
     done = run_dir.finished_chunks()
-    forward_before, counted_rounds = samples["forward_samples"], 0
+    session = 0
     clock = time.perf_counter()
-    for chunk, table in run.chunks(chunk_inputs, skip=done, on_unit=on_unit):
-        for r in run.rounds[counted_rounds:]:
+    for chunk, table, spent in run.chunks(chunk_inputs, skip=done, on_unit=on_unit):
+        for r in spent["rounds"]:
             total = per_look.setdefault(r["look"], {"look": r["look"], "inputs": 0, "stopped": 0, "seconds": 0.0})
             for key in ("inputs", "stopped", "seconds"):
                 total[key] += r[key]
-        samples["rounds"] += len(run.rounds) - counted_rounds
-        counted_rounds = len(run.rounds)
-        samples["forward_samples"] = forward_before + run.forward_samples
+        samples["rounds"] += len(spent["rounds"])
+        samples["forward_samples"] += spent["forward_samples"]
+        session += spent["forward_samples"]
         manifest["details"]["rounds"] = [per_look[look] for look in sorted(per_look)]
         run_dir.write_manifest(manifest)  # before the chunk file: a chunk is never written uncounted
         run_dir.write_chunk(chunk, table)
@@ -103,8 +103,8 @@ def execute_sequential(spec, progress: bool = True, on_unit=None):
     manifest["timings"].update({
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
         "seconds_this_session": seconds,
-        "samples_this_session": run.forward_samples,
-        "samples_per_second": run.forward_samples / max(seconds, 1e-9),
+        "samples_this_session": session,
+        "samples_per_second": session / max(seconds, 1e-9),
         "resumed_chunks": len(done),
     })
     run_dir.finish(schema, manifest)
