@@ -12,8 +12,9 @@ rows of the whole dataset tiled to ``--inputs`` inputs with distinct input ids (
 Chunk sizes: "whole" (every input in one group, as ``rpdist.certify()`` runs), the default
 (:meth:`SequentialRun.chunk_inputs`: 4,096 inputs at the CPU batch of 4,096) and those in
 ``--chunks`` (0 = the default). Forward samples per second and wall-clock seconds, as the median
-[min–max] over repeats, taken in rotation so that machine load hits every size alike. The tables
-are checked to be identical across chunk sizes.
+[min–max] over repeats, taken in rotation so that machine load hits every size alike, and the
+number of rows that differ from the whole run's (forward batches pack other rows together, and a
+Linear layer's matmul may round a row differently in another batch).
 """
 
 from __future__ import annotations
@@ -74,20 +75,24 @@ def main() -> None:
             results[name]["rounds"].append(len(run.rounds))
             table = pa.concat_tables(parts)
             if name in tables:
-                assert table.equals(tables[name])
+                assert table.equals(tables[name]), "a repeat changed the results"
             tables[name] = table
             print(f"  repeat {repeat} {name}: {seconds:.2f} s, {run.forward_samples / seconds:,.0f} samples/s, "
                   f"{len(run.rounds)} rounds", flush=True)
     first = tables[names[0]]
-    assert all(t.equals(first) for t in tables.values()), "chunk sizes changed the results"
+    for name in names[1:]:  # packing differs between chunk sizes; a Linear layer may round a row differently
+        differing = sum(a != b for a, b in zip(first.to_pylist(), tables[name].to_pylist()))
+        print(f"  {name}: {differing} of {len(first)} rows differ from whole")
     mean_samples = float(np.mean(first.column("samples_used").to_numpy())) + N0
     print(f"\n{args.inputs} inputs, mean {mean_samples:,.0f} samples per input, device {job.pool.device}, "
           f"{job.pool.workers} workers, batch {job.plan.batch_size}; median [min–max] of {args.repeats}:")
     for name in names:
         r = results[name]
         rate, secs = np.asarray(r["samples_per_second"]), np.asarray(r["seconds"])
+        ratio = rate / np.asarray(results["whole"]["samples_per_second"])  # paired: same repeat, same load
         print(f"  {name:>28}: {np.median(rate):>12,.0f} [{rate.min():,.0f}–{rate.max():,.0f}] samples/s, "
-              f"{np.median(secs):.2f} s, {int(np.median(r['rounds']))} rounds")
+              f"{np.median(secs):.2f} s, {int(np.median(r['rounds']))} rounds; / whole in the same repeat "
+              f"{np.median(ratio):.2f} [{ratio.min():.2f}–{ratio.max():.2f}]")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"inputs": args.inputs, "mean_samples": mean_samples, "device": str(job.pool.device),

@@ -2,8 +2,9 @@
 
 The run is interrupted the way plain runs' resume tests do it: an ``on_unit`` callback raises once
 some chunk files exist. Chunks are made small (8 inputs) by patching the chunk size, so a 40-input
-run has 5 of them; the reference run keeps the default size (one chunk), so the check also covers
-"chunked equals whole".
+run has 5 of them. Chunks against one group of rounds for every input are checked on a model whose
+counts cannot depend on how rows are packed into forward batches (a Linear layer's matmul may round
+a row differently in another batch; a resumed run repeats the uninterrupted run's packing exactly).
 """
 
 from __future__ import annotations
@@ -30,15 +31,14 @@ def _spec(tmp_path, run_id: str, radius: float = 0.125):
                    sequential=sequential)
 
 
+@pytest.mark.slow
 def test_interrupted_sequential_run_resumes_to_the_uninterrupted_table(ray_session, tmp_path, monkeypatch):
     from rpdist.pipelines.run import execute
     from rpdist.smoothing.seqjob import SequentialRun
 
-    whole = execute(_spec(tmp_path, "whole"), progress=False)  # default chunk size: one chunk of 40
-    assert whole.manifest["details"]["plan"]["chunks"] == 1
-    reference = pq.read_table(tmp_path / "whole" / "sequential-certificates.parquet")
-
     monkeypatch.setattr(SequentialRun, "chunk_inputs", lambda self: CHUNK)
+    whole = execute(_spec(tmp_path, "whole"), progress=False)  # uninterrupted, from scratch
+    reference = pq.read_table(tmp_path / "whole" / "sequential-certificates.parquet")
     parts = tmp_path / "r" / "parts"
 
     def interrupt(unit, samples):
@@ -78,3 +78,70 @@ def test_interrupted_sequential_run_resumes_to_the_uninterrupted_table(ray_sessi
 
     again = execute(_spec(tmp_path, "r"), progress=False)  # a finished run is returned as it is
     assert again.manifest == resumed.manifest
+
+
+@pytest.fixture(scope="module")
+def centre_run(ray_session):
+    """SequentialRuns on NearestCentre (its logits never depend on the other rows of a batch, so any
+    packing gives the same counts) for 24 inputs whose coordinate 0 is ``x0`` (the boundary is 0.5)."""
+    import numpy as np
+    import torch
+
+    from rpdist.models.refs import ModelRef
+    from rpdist.smoothing.job import CERTIFY, SmoothingConfig, SmoothingJob
+    from rpdist.smoothing.seqjob import SEQUENTIAL_BLOCK, SequentialConfig, SequentialRun
+    from tests.oracle import NearestCentre
+
+    config = SmoothingConfig(CERTIFY, sigma=0.25, n=500, alpha=0.01, n0=32, batch_size=256,
+                             noise_block=SEQUENTIAL_BLOCK)
+    model = ModelRef.from_module(NearestCentre((0.0, 1.0)), torch.zeros(1, 4))
+    jobs = {}
+
+    def make(x0):
+        if x0 not in jobs:
+            X = np.zeros((24, 4), dtype=np.float32)
+            X[:, 0] = np.linspace(*x0, 24)
+            jobs[x0] = SmoothingJob(model, X, config=config, workers=1)
+        return SequentialRun(jobs[x0], SequentialConfig.build(max_n=500, target_radius=(0.05,)))
+
+    return make
+
+
+SPREAD = (-0.05, 1.2)  # easy and hard inputs: some stop at the first look, some run to max N
+HARD = (0.49, 0.51)  # p_A ≤ Φ(0.04) < Φ(0.05 / 0.25): none certifies, most run to max N
+
+
+def test_chunks_are_the_whole_runs_rows_and_skip_what_is_done(centre_run):
+    import pyarrow as pa
+
+    whole = centre_run(SPREAD).run()
+    run = centre_run(SPREAD)
+    parts = sorted(run.chunks(5, skip={1, 3}), key=lambda part: part[0])
+    assert [chunk for chunk, _, _ in parts] == [0, 2, 4]
+    for chunk, table, spent in parts:
+        rows = whole.slice(chunk * 5, 5 if chunk < 4 else 4)
+        assert table.equals(rows)
+        used = pa.compute.sum(table["samples_used"]).as_py() + len(table) * 32
+        assert spent["forward_samples"] == used  # rounds end at looks: nothing drawn past a stop
+    assert run.forward_samples == sum(spent["forward_samples"] for _, _, spent in parts)
+
+
+def test_a_failing_chunk_stops_the_chunk_running_beside_it(centre_run):
+    """An exception in one chunk's thread (here an interrupt from on_unit) ends the run: the chunk
+    beside it stops at its next unit, and no chunk thread is left behind."""
+    import threading
+
+    units = []
+
+    def interrupt(unit, samples):
+        units.append(unit)
+        if len(units) == 3:
+            raise KeyboardInterrupt
+
+    every = []  # two chunks of 12, about 16 rounds of one unit each
+    list(centre_run(HARD).chunks(12, on_unit=lambda unit, samples: every.append(unit)))
+    with pytest.raises(KeyboardInterrupt):
+        list(centre_run(HARD).chunks(12, on_unit=interrupt))
+    assert not [t for t in threading.enumerate() if t.name.startswith("rpdist-chunk")]
+    # Had the other chunk gone on, it would have added all of its ~16 units.
+    assert len(units) < 3 + len(every) / 4, (len(units), len(every))

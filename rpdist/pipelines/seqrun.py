@@ -2,8 +2,9 @@
 
 The inputs are cut into chunks of consecutive inputs (``details.plan.chunk_inputs``, from
 :meth:`~rpdist.smoothing.seqjob.SequentialRun.chunk_inputs`, fixed when the run starts). Each chunk
-runs its rounds to the end and is written whole as ``parts/chunk-NNNNNN.parquet``; at the end the
-chunk files, in order, become ``sequential-certificates.parquet``. Resume works as for plain runs:
+runs its rounds to the end and is written whole as ``parts/chunk-NNNNNN.parquet``; two chunks run
+at once, so they may finish out of order. At the end the chunk files, in chunk order, become
+``sequential-certificates.parquet``. Resume works as for plain runs:
 rerunning with the same run id skips the chunks on disk, and a different configuration is refused
 with one line (:meth:`~rpdist.io.rundir.RunDir.claim`). An input's decision depends only on its own
 counter-based noise blocks and the looks, so a resumed run's table is the uninterrupted one's.
