@@ -47,6 +47,10 @@ class RunDir:
         return {int(path.rsplit("/", 1)[1].split("-")[1].split(".")[0])
                 for path in self.store.files(self.run_id, "parts") if path.endswith(".parquet")}
 
+    def chunk_paths(self) -> list[str]:
+        """The finished chunk files, in chunk order."""
+        return [self.store.path(self.run_id, "parts", f"chunk-{c:06d}.parquet") for c in sorted(self.finished_chunks())]
+
     def write_chunk(self, chunk: int, table: pa.Table) -> None:
         self.store.write_parquet(table, self.run_id, "parts", f"chunk-{chunk:06d}.parquet")
 
@@ -55,7 +59,7 @@ class RunDir:
 
         One chunk is in memory at a time, so finishing a large audit costs no more than running it.
         """
-        paths = [self.store.path(self.run_id, "parts", f"chunk-{c:06d}.parquet") for c in sorted(self.finished_chunks())]
+        paths = self.chunk_paths()
 
         def merge(target: str) -> None:
             with pq.ParquetWriter(target, schema, filesystem=None if self.store.local else self.store.fs) as writer:

@@ -8,14 +8,19 @@ updated from its own cumulative counts; decided inputs drop out. Looks sit at bl
 and depend only on the configuration, and a block's noise depends only on (seed, input id, phase,
 block), so every decision is bit-identical for any number of workers and after replica restarts.
 Rounds end exactly at look points, so no block is drawn past an input's stop (no waste by design;
-units recomputed after a replica failure are counted in the forward samples).
+units recomputed after a replica failure are counted in the forward samples). A resumable run
+(:mod:`rpdist.pipelines.seqrun`) takes the inputs chunk by chunk (:meth:`SequentialRun.chunks`), each
+chunk's rounds run to the end: the same rows, since no input's decision depends on another's.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +37,12 @@ from rpdist.smoothing import stats
 from rpdist.smoothing.noise import MAX_BLOCKS, Phase, num_blocks
 
 SEQUENTIAL_BLOCK = 32  # noise block of sequential runs: looks can come every 32 samples
+CHUNK_UNITS = 4  # units of full forward batches in the first look of a resumable run's chunk
+CHUNK_WINDOW = 2  # chunks of a resumable run in flight at once
+
+
+class _Halted(Exception):
+    """Raised in a chunk's thread to stop it when the run stops."""
 
 
 @dataclass(frozen=True)
@@ -121,17 +132,19 @@ class SequentialRun:
         self.X = X if isinstance(X, np.ndarray) else np.asarray(X[0 : len(X)], dtype=np.float32)
         self.looks = self.seq.looks(config.noise_block)
         self.forward_samples = 0
-        self.samples_used = 0
         self.rounds: list[dict] = []
+        self._lock = threading.Lock()
 
-    def _counts(self, rows: np.ndarray, spec: PhaseSpec, on_unit: Callable | None) -> np.ndarray:
+    def _counts(self, rows: np.ndarray, spec: PhaseSpec, on_unit: Callable | None, spent: dict) -> np.ndarray:
         """Summed counts [len(rows), classes + 1] of ``spec``'s blocks for ``rows`` (positions in X)."""
         job = self.job
         plan = Plan(len(rows), (spec,), job.config.noise_block, job.plan.batch_size)
         out = np.zeros((len(rows), job.num_classes + 1), dtype=np.int64)
 
         def unit_done(unit, samples):
-            self.forward_samples += samples
+            spent["forward_samples"] += samples
+            with self._lock:  # chunks in flight share the run's total
+                self.forward_samples += samples
             if on_unit is not None:
                 on_unit(unit, samples)
 
@@ -143,14 +156,66 @@ class SequentialRun:
         return out
 
     def run(self, on_unit: Callable | None = None) -> pa.Table:
+        """Every input in one group of rounds (the API's ``certify()``)."""
+        return self.decide(np.arange(len(self.X)), on_unit)
+
+    def chunk_inputs(self) -> int:
+        """Inputs per chunk file of a resumable run: the first look of a full chunk packs CHUNK_UNITS
+        units of full forward batches, so later looks, with fewer inputs left, still fill some. Fewer
+        inputs per chunk would mean more rounds (a Ray round trip each) for the same samples."""
+        return max(1, CHUNK_UNITS * self.job.plan.unit_samples // self.looks[0])
+
+    def chunks(self, chunk_inputs: int, skip=(), on_unit: Callable | None = None
+               ) -> Iterator[tuple[int, pa.Table, dict]]:
+        """Yield (chunk, table, spent) for each chunk of ``chunk_inputs`` consecutive inputs not in
+        ``skip``, its rounds run to the end, as chunks finish. ``spent`` holds that chunk's forward
+        samples and rounds. An input's rows depend only on its own blocks, so the tables are those
+        of :meth:`run`, cut at the chunk boundaries.
+
+        CHUNK_WINDOW chunks run at once, each in a driver thread with its own scheduler on the
+        shared replicas: a chunk's last rounds, with few inputs left, would leave replicas idle
+        and batches part-empty; the next chunk's rounds fill them. When this generator stops
+        (closed, or a chunk failed), the other chunks stop at their next unit.
+        """
+        m = len(self.X)
+        todo = deque(c for c in range(-(-m // chunk_inputs)) if c not in skip)
+        halt = threading.Event()
+
+        def one(chunk: int):
+            def unit_done(unit, samples):
+                if halt.is_set():
+                    raise _Halted
+                if on_unit is not None:
+                    on_unit(unit, samples)
+
+            spent = {"forward_samples": 0, "rounds": []}
+            rows = np.arange(chunk * chunk_inputs, min(m, (chunk + 1) * chunk_inputs))
+            return chunk, self.decide(rows, unit_done, spent), spent
+
+        executor = ThreadPoolExecutor(CHUNK_WINDOW, thread_name_prefix="rpdist-chunk")
+        running: set = set()
+        try:
+            while todo or running:
+                while todo and len(running) < CHUNK_WINDOW:
+                    running.add(executor.submit(one, todo.popleft()))
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        finally:
+            halt.set()
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def decide(self, rows: np.ndarray, on_unit: Callable | None = None, spent: dict | None = None) -> pa.Table:
+        """Run the rounds of the inputs at positions ``rows`` until each decides or reaches max N;
+        add their forward samples and rounds to ``spent``."""
+        spent = {"forward_samples": 0, "rounds": []} if spent is None else spent
         job, cfg, sq = self.job, self.job.config, self.seq
-        m, classes = len(self.X), job.num_classes
-        every = np.arange(m)
+        m, classes = len(rows), job.num_classes
         if sq.against_label:
-            top = job.y.astype(np.int64)
+            top = job.y[rows].astype(np.int64)
             selection = np.zeros((m, classes + 1), dtype=np.int64)
         else:
-            selection = self._counts(every, PhaseSpec(Phase.SELECTION, cfg.n0), on_unit)
+            selection = self._counts(rows, PhaseSpec(Phase.SELECTION, cfg.n0), on_unit, spent)
             top = selection[:, :classes].argmax(axis=1)
         radii = np.asarray(sq.radii, dtype=np.float64)
         counts = np.zeros((m, classes + 1), dtype=np.int64)
@@ -169,7 +234,7 @@ class SequentialRun:
             stop_block = num_blocks(look, block)
             started = time.perf_counter()
             spec = PhaseSpec(Phase.ESTIMATION, sq.max_n, previous_block, stop_block)
-            counts[active] += self._counts(active, spec, on_unit)
+            counts[active] += self._counts(rows[active], spec, on_unit, spent)
             used[active], blocks[active] = look, stop_block
             k = counts[active, top[active]]
             lower, upper = seq.bounds(k, look, cfg.alpha, sq.mode, stages)
@@ -180,13 +245,13 @@ class SequentialRun:
             bad = counts[active, -1] > 0  # a non-finite sample: f is undefined near x, stop and abstain
             state[active[bad]] = -1
             stopped[active[done | bad]] = True
-            self.rounds.append({"look": look, "inputs": int(len(active)), "stopped": int((done | bad).sum()),
-                                "seconds": time.perf_counter() - started})
+            spent["rounds"].append({"look": look, "inputs": int(len(active)), "stopped": int((done | bad).sum()),
+                                    "seconds": time.perf_counter() - started})
+            self.rounds.append(spent["rounds"][-1])
             previous_block = stop_block
-        self.samples_used = int(used.sum()) + (0 if sq.against_label else m * cfg.n0)
-        return self._table(top, selection, counts, used, blocks, state, stopped, best_lower, best_upper)
+        return self._table(rows, top, selection, counts, used, blocks, state, stopped, best_lower, best_upper)
 
-    def _table(self, top, selection, counts, used, blocks, state, stopped, best_lower, best_upper) -> pa.Table:
+    def _table(self, rows, top, selection, counts, used, blocks, state, stopped, best_lower, best_upper) -> pa.Table:
         job, cfg, sq = self.job, self.job.config, self.seq
         m, classes = len(top), job.num_classes
         nonfinite = selection[:, -1] + counts[:, -1]
@@ -199,7 +264,7 @@ class SequentialRun:
         radius = np.maximum(radius, np.where(bad, 0.0, decided))
         decision = np.where(bad, seq.NOT_CERTIFIED, decision)
         prediction = np.where(radius > 0, top, stats.ABSTAIN)
-        labels = job.y
+        labels = None if job.y is None else job.y[rows]
         names = {1: seq.CERTIFIED, -1: seq.NOT_CERTIFIED, 0: seq.UNDECIDED}
         per_radius = [[names[int(v)] for v in row] for row in state]
 
@@ -214,7 +279,7 @@ class SequentialRun:
             return pa.FixedSizeListArray.from_arrays(flat, classes).cast(pa.list_(pa.int64()))
 
         columns = {
-            "input_id": ints(job.input_ids),
+            "input_id": ints(job.input_ids[rows]),
             "label": pa.nulls(m, pa.int64()) if labels is None else ints(labels),
             "prediction": ints(prediction),
             "top_class": ints(top),
@@ -243,11 +308,3 @@ class SequentialRun:
         }
         schema = sequential_schema()
         return pa.table([columns[name] for name in schema.names], schema=schema)
-
-    def cost(self) -> dict:
-        """Samples for the manifest: used (selection + estimation), forward passes computed, naive cost at max N."""
-        m = len(self.X)
-        n0 = 0 if self.seq.against_label else self.job.config.n0
-        return {"inputs": m, "used": self.samples_used, "forward_samples": self.forward_samples,
-                "waste": self.forward_samples - self.samples_used, "naive_at_max_n": m * (n0 + self.seq.max_n),
-                "rounds": len(self.rounds), "looks": self.looks}
