@@ -11,6 +11,7 @@ from rpdist.reporting.plots import figure, style
 
 SMOOTHED = "smoothed"
 CURVE_FILE = "rap_curve.parquet"  # release rates over the grid, written beside rap.parquet
+POSTERIORS_FILE = "rap_posteriors.parquet"  # per-cell posteriors of a few typical inputs, beside rap.parquet
 
 
 def _ci(record: dict, key: str, digits: int = 2) -> str:
