@@ -331,7 +331,7 @@ def typical_inputs(table: pd.DataFrame, quantiles=TYPICAL_QUANTILES) -> list[tup
     picks: list[tuple[float, int]] = []
     for q in quantiles:
         if len(rows):
-            input_id = int(rows["input_id"].iloc[int(round(q * (len(rows) - 1)))])
+            input_id = int(rows["input_id"].iloc[int(math.floor(q * (len(rows) - 1) + 0.5))])
             if input_id not in {i for _, i in picks}:
                 picks.append((float(q), input_id))
     return picks
