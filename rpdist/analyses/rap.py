@@ -182,24 +182,25 @@ def hdi_against_sigma(w, summary: list[dict], attribute: str, level: float, slug
     if "l1_non_sensitive" not in frame.columns:
         frame = frame.assign(l1_non_sensitive=0.0)
     lambdas = sorted(frame["l1_non_sensitive"].unique())
+    dodge = 0.01 * float(frame["sigma"].max() - frame["sigma"].min())  # base and smoothed bars side by side
     fig = figure(5.2 * len(lambdas), 4.2)
     axes = fig.subplots(1, len(lambdas), squeeze=False, sharey=True)[0]
     for ax, lam in zip(axes, lambdas):
         part = frame[frame["l1_non_sensitive"] == lam]
         for i, n in enumerate(sorted(part["n"].unique())):
-            for release, line in (("base", "--"), (SMOOTHED, "-o")):
+            for release, line, shift in (("base", "--", -dodge), (SMOOTHED, "-o", dodge)):
                 c = part[(part["n"] == n) & (part["release_model"] == release)].sort_values("sigma")
                 y = c["median_hdi_length"].to_numpy(dtype=float)
                 errors = np.abs(np.vstack([y - c["median_hdi_length_low"].to_numpy(dtype=float),
                                            c["median_hdi_length_high"].to_numpy(dtype=float) - y]))
-                ax.errorbar(c["sigma"], y, yerr=np.nan_to_num(errors), fmt=line, color=f"C{i}", lw=1.4, ms=4,
+                ax.errorbar(c["sigma"] + shift, y, yerr=np.nan_to_num(errors), fmt=line, color=f"C{i}", lw=1.4, ms=4,
                             capsize=3, label=f"{release}, N = {n:,}")
         style(ax, f"ℓ1 penalty λ = {fmt(lam)}", "σ (the model's input units)",
               f"median {100 * level:g}% HDI length ({attribute})")
         ax.legend(fontsize=8)
     w.image(fig, f"{slug}rap-hdi-sigma", "median posterior HDI length against σ",
             f"Median length of the Bayes adversary's {100 * level:g}% highest-density region of {attribute} "
-            "against σ, with its 95% bootstrap interval over inputs; dashed: base model, solid: smoothed (PREDICT); "
+            "against σ, with its 95% bootstrap interval over inputs (base and smoothed drawn a little apart); dashed: base model, solid: smoothed (PREDICT); "
             "one colour per N, one panel per ℓ1 penalty λ. Shorter = the adversary pins the attribute down more "
             "precisely. The base model changes with σ too when it is trained at σ.")
 
