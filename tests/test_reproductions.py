@@ -25,6 +25,11 @@ def test_reproduction_sweep_files_hold_the_documented_grids():
     rap = load_sweep(RESULTS / "rap" / "sweep.yaml")
     assert (rap.analysis, rap.sigma, rap.n, rap.l1_non_sensitive, rap.grid_step, rap.limit) == (
         "rap", (0.5, 1.0, 2.0, 3.0), (1000, 10000), (0.01, 1.0), 0.1, None)
+    for dataset in ("insurance-recommend", "insurance"):  # issue 12's reproduction at N = 1,000, grid step 0.5
+        post = load_sweep(RESULTS / "rap" / "posterior-n1000" / f"{dataset}.yaml")
+        assert (post.analysis, post.dataset, post.attribute, post.sigma, post.n, post.alpha, post.seed,
+                post.l1_non_sensitive, post.grid_step, post.limit) == (
+            "rap", dataset, "bmi", (0.5, 1.0, 2.0, 3.0), (1000,), (0.001,), (0,), (0.01, 1.0), 0.5, None)
     mia = {name: load_sweep(RESULTS / "mia" / f"{name}.yaml") for name in MIA}
     assert {name: (s.defense, len(s.points)) for name, s in mia.items()} == {
         "none": ("none", 1), "rp": ("rp", 8), "dpsgd": ("dpsgd", 1), "rr": ("rr", 1), "repeat-k1": ("rp", 1),

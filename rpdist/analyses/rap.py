@@ -11,6 +11,7 @@ from rpdist.reporting.plots import figure, style
 
 SMOOTHED = "smoothed"
 CURVE_FILE = "rap_curve.parquet"  # release rates over the grid, written beside rap.parquet
+POSTERIORS_FILE = "rap_posteriors.parquet"  # per-cell posteriors of a few typical inputs, beside rap.parquet
 
 
 def _ci(record: dict, key: str, digits: int = 2) -> str:
@@ -149,20 +150,116 @@ def report_rap(w, source, summary: list[dict], slug: str) -> None:
                + ("; dotted: the span of the attribute grid, the longest possible set" if span else "")
                + ". Longer = the adversary pins the attribute down less precisely.")
     w.image(fig, f"{slug}rap-lengths", "compatible lengths base against smoothed", caption)
-    curve = _curve(source)
+    curve = _beside(source, CURVE_FILE)
     if curve is not None:
         release_rates(w, curve, attribute, slug)
+    if "sigma" in df.columns and df["sigma"].nunique() > 1:
+        hdi_against_sigma(w, summary, attribute, level, slug)
+    posteriors = _beside(source, POSTERIORS_FILE)
+    if posteriors is not None and len(posteriors):
+        typical_posteriors(w, posteriors, attribute, slug)
 
 
-def _curve(source) -> pd.DataFrame | None:
-    """The release rates over the attribute grid that ``rpdist rap`` writes beside its table."""
+def _beside(source, name: str) -> pd.DataFrame | None:
+    """A file ``rpdist rap`` writes beside its table (for a sweep: every point's, with its σ, N, α and seed)."""
     if source.sweep:
         from rpdist.pipelines.sweep import read_points
 
-        table = read_points(source.path, CURVE_FILE)
+        table = read_points(source.path, name)
         return None if table is None else table.to_pandas()
-    path = source.path / CURVE_FILE
+    path = source.path / name
     return pd.read_parquet(path) if path.is_file() else None
+
+
+def hdi_against_sigma(w, summary: list[dict], attribute: str, level: float, slug: str) -> None:
+    """Median posterior HDI length against σ with its bootstrap interval, one panel per λ, one colour per N;
+    base dashed, smoothed solid (at the smallest α when several were run)."""
+    frame = pd.DataFrame(summary)
+    if "alpha" in frame.columns:
+        frame = frame[frame["alpha"] == frame["alpha"].min()]
+    if "l1_non_sensitive" not in frame.columns:
+        frame = frame.assign(l1_non_sensitive=0.0)
+    lambdas = sorted(frame["l1_non_sensitive"].unique())
+    dodge = 0.01 * float(frame["sigma"].max() - frame["sigma"].min())  # base and smoothed bars side by side
+    fig = figure(5.2 * len(lambdas), 4.2)
+    axes = fig.subplots(1, len(lambdas), squeeze=False, sharey=True)[0]
+    for ax, lam in zip(axes, lambdas):
+        part = frame[frame["l1_non_sensitive"] == lam]
+        for i, n in enumerate(sorted(part["n"].unique())):
+            for release, line, shift in (("base", "--", -dodge), (SMOOTHED, "-o", dodge)):
+                c = part[(part["n"] == n) & (part["release_model"] == release)].sort_values("sigma")
+                y = c["median_hdi_length"].to_numpy(dtype=float)
+                errors = np.abs(np.vstack([y - c["median_hdi_length_low"].to_numpy(dtype=float),
+                                           c["median_hdi_length_high"].to_numpy(dtype=float) - y]))
+                ax.errorbar(c["sigma"] + shift, y, yerr=np.nan_to_num(errors), fmt=line, color=f"C{i}", lw=1.4, ms=4,
+                            capsize=3, label=f"{release}, N = {n:,}")
+        style(ax, f"ℓ1 penalty λ = {fmt(lam)}", "σ (the model's input units)",
+              f"median {100 * level:g}% HDI length ({attribute})")
+        ax.legend(fontsize=8)
+    w.image(fig, f"{slug}rap-hdi-sigma", "median posterior HDI length against σ",
+            f"Median length of the Bayes adversary's {100 * level:g}% highest-density region of {attribute} "
+            "against σ, with its 95% bootstrap interval over inputs (base and smoothed drawn a little apart); dashed: base model, solid: smoothed (PREDICT); "
+            "one colour per N, one panel per ℓ1 penalty λ. Shorter = the adversary pins the attribute down more "
+            "precisely. The base model changes with σ too when it is trained at σ.")
+
+
+def typical_posteriors(w, posteriors: pd.DataFrame, attribute: str, slug: str) -> None:
+    """The posterior densities of the inputs at the quartiles and median of the smoothed HDI length, base
+    against smoothed, with the prior and the true value: one row per λ, at one (σ, N, α, seed) — σ nearest 1,
+    then the smallest N, α and seed."""
+    df = posteriors
+    keys = {}
+    for key in ("sigma", "n", "alpha", "seed"):
+        if key in df.columns:
+            values = sorted(df[key].unique())
+            keys[key] = min(values, key=lambda v: abs(v - 1.0)) if key == "sigma" else values[0]
+            df = df[df[key] == keys[key]]
+    if "l1_non_sensitive" not in df.columns:
+        df = df.assign(l1_non_sensitive=0.0)
+    lambdas = sorted(df["l1_non_sensitive"].unique())
+    columns = max(df.groupby("l1_non_sensitive")["input_id"].nunique())
+    fig = figure(4.6 * columns, 3.6 * len(lambdas))
+    axes = fig.subplots(len(lambdas), columns, squeeze=False)
+    for row, lam in zip(axes, lambdas):
+        part = df[df["l1_non_sensitive"] == lam]
+        picks = part[["quantile", "input_id"]].drop_duplicates().sort_values("quantile")
+        for ax in row[len(picks):]:
+            ax.set_visible(False)
+        for ax, pick in zip(row, picks.itertuples()):
+            cells = part[part["input_id"] == pick.input_id]
+            notes = []
+            for i, release in enumerate(("base", SMOOTHED)):
+                c = cells[cells["release_model"] == release].sort_values("cell")
+                widths = (c["cell_high"] - c["cell_low"]).to_numpy()
+                ok = widths > 0  # the true value's cell has zero width where it repeats a grid value
+                ax.stairs(c["posterior"].to_numpy()[ok] / widths[ok], _edges(c, ok), color=f"C{i}", lw=1.4,
+                          label=release)
+                notes.append(f"{release} released {_label(c['released_label'].iloc[0])}, "
+                             f"HDI {float(c['posterior_hdi_length'].iloc[0]):.2f}")
+            ax.stairs(c["prior"].to_numpy()[ok] / widths[ok], _edges(c, ok), color="grey", ls=":", lw=1.2,
+                      label="prior (KDE)")
+            ax.axvline(float(cells["true_value"].iloc[0]), color="k", lw=1, label=f"true {attribute}")
+            style(ax, f"λ = {fmt(lam)}, input {pick.input_id} (q = {pick.quantile:g})\n" + "; ".join(notes),
+                  f"{attribute} (raw units)", "posterior density")
+            ax.title.set_fontsize(9)
+    axes[0][0].legend(fontsize=7)
+    setting = ", ".join(f"{ {'sigma': 'σ', 'n': 'N', 'alpha': 'α'}.get(k, k)} = {fmt(v)}" for k, v in keys.items())
+    w.image(fig, f"{slug}rap-posteriors", "posteriors of typical inputs",
+            f"The Bayes adversary's posterior density of {attribute} for the inputs at the quartiles and the median "
+            f"of the smoothed HDI length ({setting}; one row per ℓ1 penalty λ), base model against the smoothed "
+            "release, with the kernel-density prior (dotted) and the true value (black); each title gives the "
+            "released label and the HDI length of both. They were computed by `rpdist rap` with the run's own "
+            "noise (`rap_posteriors.parquet`), not by this report.")
+
+
+def _edges(cells: pd.DataFrame, ok: np.ndarray) -> np.ndarray:
+    """Edges of the cells of positive width (a zero-width cell only repeats an edge)."""
+    low, high = cells["cell_low"].to_numpy()[ok], cells["cell_high"].to_numpy()[ok]
+    return np.append(low, high[-1])
+
+
+def _label(label) -> str:
+    return "abstain" if int(label) == -1 else str(int(label))
 
 
 def release_rates(w, curve: pd.DataFrame, attribute: str, slug: str) -> None:

@@ -287,7 +287,8 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
 
 def input_posterior(model, x: np.ndarray, input_id: int, *, prior: np.ndarray, column: int, mean: float,
                     scale: float, grid: np.ndarray, sigma: float, n: int, alpha: float, seed: int = 0,
-                    release_model: str = SMOOTHED, batch_size: int | None = None) -> dict:
+                    release_model: str = SMOOTHED, batch_size: int | None = None, workers: int | None = None,
+                    address: str | None = None, device: str | None = None) -> dict:
     """The per-cell posterior of one input of a run, recomputed (for plots): same grid, same ids, so the
     smoothed release sees the run's own noise. Returns :func:`rpdist.privacy.posterior.cell_posterior`'s
     dict plus ``released`` and ``true_value``."""
@@ -309,6 +310,7 @@ def input_posterior(model, x: np.ndarray, input_id: int, *, prior: np.ndarray, c
         likelihood = (releases == releases[-1]).astype(np.float64)
     else:
         pred = predict(ref, points, sigma=sigma, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
+                       workers=workers, address=address, device=device,
                        input_ids=int(input_id) * (G + 1) + np.arange(G + 1, dtype=np.int64))
         releases = pred["prediction"].to_numpy()
         likelihood = predict_likelihood(Predict(n, alpha), np.stack(pred["counts"].to_numpy()), int(releases[-1]),
@@ -316,6 +318,45 @@ def input_posterior(model, x: np.ndarray, input_id: int, *, prior: np.ndarray, c
     out = cell_posterior(values, likelihood, KdePrior(prior))
     out.update({"released": int(releases[-1]), "true_value": float(values[-1])})
     return out
+
+
+TYPICAL_QUANTILES = (0.25, 0.5, 0.75)  # of the smoothed HDI length: the inputs whose posteriors are kept
+
+
+def typical_inputs(table: pd.DataFrame, quantiles=TYPICAL_QUANTILES) -> list[tuple[float, int]]:
+    """(quantile, input id) of the smoothed rows at those quantiles of the HDI length (ties broken by
+    input id, so the choice is deterministic); an input picked twice is kept once, at its first quantile."""
+    rows = table[(table["release_model"] == SMOOTHED) & table["posterior_hdi_length"].notna()]
+    rows = rows.sort_values(["posterior_hdi_length", "input_id"], kind="stable")
+    picks: list[tuple[float, int]] = []
+    for q in quantiles:
+        if len(rows):
+            input_id = int(rows["input_id"].iloc[int(math.floor(q * (len(rows) - 1) + 0.5))])
+            if input_id not in {i for _, i in picks}:
+                picks.append((float(q), input_id))
+    return picks
+
+
+def typical_posteriors(model, table: pd.DataFrame, X: np.ndarray, input_ids: np.ndarray, *, grid: np.ndarray,
+                       **options) -> pd.DataFrame:
+    """Per-cell prior, likelihood and posterior of the :func:`typical_inputs` of one model's ``table``, base
+    and smoothed, recomputed by :func:`input_posterior` with the run's own noise ids, so a report can draw
+    them without running a model. ``options``: :func:`input_posterior`'s keywords but the input's own."""
+    X = np.asarray(X)
+    frames = []
+    rows = table.set_index(["input_id", "release_model"])
+    for quantile, input_id in typical_inputs(table):
+        x = X[int(np.flatnonzero(np.asarray(input_ids) == input_id)[0])]
+        for model_name in (BASE, SMOOTHED):
+            post = input_posterior(model, x, input_id, grid=grid, release_model=model_name, **options)
+            frames.append(pd.DataFrame({
+                "quantile": quantile, "input_id": input_id, "release_model": model_name,
+                "released_label": post["released"], "true_value": post["true_value"],
+                "posterior_hdi_length": float(rows.loc[(input_id, model_name), "posterior_hdi_length"]),
+                "cell": np.arange(len(post["prior"]), dtype=np.int64), "cell_low": post["edges"][:-1],
+                "cell_high": post["edges"][1:], "prior": post["prior"], "likelihood": post["likelihood"],
+                "posterior": post["posterior"]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 class _ReleasedCertificate:

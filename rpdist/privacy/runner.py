@@ -16,11 +16,12 @@ import pyarrow as pa
 from pydantic import model_validator
 
 from rpdist.analyses import REGISTRY
-from rpdist.analyses.rap import RapAnalysis
+from rpdist.analyses.rap import CURVE_FILE, POSTERIORS_FILE, RapAnalysis
 from rpdist.analyses.base import Outcome
 from rpdist.errors import InputError
 from rpdist.io.manifest import new_manifest
-from rpdist.privacy.rap import DEFAULT_GRID_BATCH, DISTINCT, NEUTRAL, rap_analysis, resolve_attribute
+from rpdist.privacy.rap import (DEFAULT_GRID_BATCH, DISTINCT, NEUTRAL, rap_analysis, resolve_attribute,
+                                typical_posteriors)
 from rpdist.io.rundir import RunDir
 from rpdist.privacy.posterior import DEFAULT_LEVEL, LIKELIHOOD_KIND, PRIOR_KIND, KdePrior, check_level
 from rpdist.smoothing import stats
@@ -72,7 +73,8 @@ def l1_values(l1: float | list[float]) -> list[float]:
 
 
 def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
-    """Run the RAP analysis for each model and write ``rap.parquet``, ``rap_curve.parquet``, a manifest."""
+    """Run the RAP analysis for each model and write ``rap.parquet``, ``rap_curve.parquet``, the posteriors
+    of a few typical inputs (``rap_posteriors.parquet``, for the report's plot) and a manifest."""
     from rpdist.datasets.catalog import load_dataset
     from rpdist.models.zoo import DEFAULTS, default_model
 
@@ -87,7 +89,7 @@ def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
 
     observed = load_dataset(spec.dataset, split="all").raw_features()[:, column]  # the grid spans all of it
     grid_range = (float(observed.min()), float(observed.max()))
-    attribute_grid(*grid_range, spec.grid_step)
+    grid = attribute_grid(*grid_range, spec.grid_step)
     data = load_dataset(spec.dataset, split=spec.split, limit=spec.limit)
     run_id = spec.run_id or f"rap-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
     run_dir = RunDir(spec.out, run_id, "rap.parquet")
@@ -96,7 +98,7 @@ def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
     run_dir.claim(config)
 
     started = time.perf_counter()
-    tables, curves, models = [], [], {}
+    tables, curves, posteriors, models = [], [], [], {}
     for lam in lambdas:
         train_sigma = spec.sigma if spec.train_sigma is None else spec.train_sigma
         ref = default_model(spec.dataset, train_sigma=train_sigma, seed=spec.seed, progress=progress,
@@ -109,15 +111,27 @@ def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
             batch_size=spec.batch_size, workers=spec.workers, address=spec.address, device=spec.device,
             grid_batch=spec.grid_batch, abstain_rule=spec.abstain_rule, posterior_level=spec.posterior_level,
             grid_range=grid_range, progress=progress)
+        typical = typical_posteriors(
+            ref, table, data.X, data.input_ids, grid=grid, prior=train_raw[:, column], column=column,
+            mean=float(train.feature_mean[column]), scale=float(train.feature_std[column]), sigma=spec.sigma,
+            n=spec.n, alpha=spec.alpha, seed=spec.seed, batch_size=spec.batch_size, workers=spec.workers,
+            address=spec.address, device=spec.device)
         table.insert(len(table.columns), "l1_non_sensitive", lam)
         curve["l1_non_sensitive"] = lam
+        typical["l1_non_sensitive"] = lam
         tables.append(table)
         curves.append(curve)
+        posteriors.append(typical)
     seconds = time.perf_counter() - started
     table = pd.concat(tables, ignore_index=True)
     curve = pd.concat(curves, ignore_index=True)
     summary = RAP.summarize(table)
-    run_dir.write_table(pa.Table.from_pandas(curve, preserve_index=False), "rap_curve.parquet")
+    run_dir.write_table(pa.Table.from_pandas(curve, preserve_index=False), CURVE_FILE)
+    typical = pd.concat(posteriors, ignore_index=True)
+    for key, value in (("sigma", float(spec.sigma)), ("n", int(spec.n)), ("alpha", float(spec.alpha)),
+                       ("seed", int(spec.seed)), ("attribute", spec.attribute), ("grid_step", float(spec.grid_step))):
+        typical[key] = value
+    run_dir.write_table(pa.Table.from_pandas(typical, preserve_index=False), POSTERIORS_FILE)
     run_dir.write_table(pa.Table.from_pandas(table, preserve_index=False), run_dir.final_name)
     manifest = new_manifest(
         RAP.name, config, status="complete", models=models,
