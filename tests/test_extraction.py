@@ -85,3 +85,24 @@ def test_bad_input_is_one_line_exit_two_and_writes_nothing(tmp_path, capsys, arg
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_student_weights_do_not_depend_on_the_thread_count():
+    """Students train on one thread: with torch's default (the core count) a 64-feature MLP's weights
+    differed by up to 1e-3 between 1 and 2 threads, so results depended on the machine."""
+    import torch
+
+    from rpdist.attacks.extraction import train_student
+
+    rng = np.random.default_rng(0)
+    X, y = rng.random((300, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 300)
+    before = torch.get_num_threads()
+    weights = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        model = train_student("mlp", X, y, 10, seed=0)
+        assert torch.get_num_threads() == threads  # the caller's setting is restored
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.set_num_threads(before)
+    assert torch.equal(weights[0], weights[1])
