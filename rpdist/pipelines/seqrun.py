@@ -87,7 +87,7 @@ def execute_sequential(spec, progress: bool = True, on_unit=None):
             total = per_look.setdefault(r["look"], {"look": r["look"], "inputs": 0, "stopped": 0, "seconds": 0.0})
             for key in ("inputs", "stopped", "seconds"):
                 total[key] += r[key]
-        samples["rounds"] += len(spent["rounds"])
+        samples["rounds"] += spent["engine_rounds"]
         samples["forward_samples"] += spent["forward_samples"]
         session += spent["forward_samples"]
         manifest["details"]["rounds"] = [per_look[look] for look in sorted(per_look)]
