@@ -14,8 +14,8 @@ of every input (read from the rows written); ``naive_at_max_n``: every input at 
 ``saved_factor``: their ratio. ``forward_samples``: samples computed, summed over sessions. A chunk
 counts each time it is computed to its end (the manifest is written just before the chunk file, so
 a session killed between the two computes and counts that chunk again); work on a chunk
-interrupted before its end is not counted. ``waste`` = forward − used (chunks computed twice,
-units recomputed after a replica failure). ``rounds`` counts the engine rounds of the counted
+interrupted before its end is not counted. ``waste`` = forward − used (blocks a round drew past an
+input's stop, chunks computed twice, units recomputed after a replica failure). ``rounds`` counts the engine rounds of the counted
 chunks, and ``details.rounds`` sums them per look.
 """
 

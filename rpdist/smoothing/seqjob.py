@@ -7,8 +7,11 @@ only undecided inputs, packed across inputs as always. After a round each input'
 updated from its own cumulative counts; decided inputs drop out. Looks sit at block boundaries
 and depend only on the configuration, and a block's noise depends only on (seed, input id, phase,
 block), so every decision is bit-identical for any number of workers and after replica restarts.
-Rounds end exactly at look points, so no block is drawn past an input's stop (no waste by design;
-units recomputed after a replica failure are counted in the forward samples). A resumable run
+A round smaller than ROUND_MIN_BATCHES forward batches reaches on to later looks (fewer rounds, each
+a Ray round trip and a barrier); its looks are then walked in order on each input's cumulative
+per-block counts, so every input stops where one round per look would stop it, and the blocks
+drawn past its stop count only as waste in the forward samples (as do units recomputed after a
+replica failure). A resumable run
 (:mod:`rpdist.pipelines.seqrun`) takes the inputs chunk by chunk (:meth:`SequentialRun.chunks`), each
 chunk's rounds run to the end: the same rows, since no input's decision depends on another's.
 """
