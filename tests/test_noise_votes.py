@@ -323,7 +323,7 @@ def test_plan_has_no_worker_dimension():
     """Bit-identical results for any number of workers rest on the plan being a pure function of
     the job: it has no worker argument, and equal jobs give equal units."""
     fields = {f.name for f in dataclasses.fields(Plan)}
-    assert fields == {"num_inputs", "phases", "block_size", "batch_size"}
+    assert fields == {"num_inputs", "phases", "block_size", "batch_size", "unit_batches"}  # unit_batches: set by the job
     assert "workers" not in inspect.signature(Plan).parameters
     a = _plan(*PLANS[4][:4])
     b = _plan(*PLANS[4][:4])

@@ -220,8 +220,8 @@ def test_cli_sequential_run_writes_table_and_manifest(ray_session, tmp_path, cap
     samples = manifest["details"]["samples"]
     assert manifest["analysis"] == "certify-sequential" and manifest["status"] == "complete"
     assert samples["used"] == table["samples_used"].sum() + 24 * 100
-    assert samples["naive_at_max_n"] == 24 * (100 + 2000) and samples["waste"] == 0
-    assert samples["forward_samples"] == samples["used"]
+    assert samples["naive_at_max_n"] == 24 * (100 + 2000) and samples["waste"] >= 0
+    assert samples["forward_samples"] == samples["used"] + samples["waste"]  # rounds span looks: blocks past a stop
     assert "mean samples per input" in out
     again = run_cli(args, capsys)  # a finished run is returned as it is
     assert again[0] == 0

@@ -56,10 +56,11 @@ class Plan:
     phases: tuple[PhaseSpec, ...]
     block_size: int
     batch_size: int
+    unit_batches: int = UNIT_BATCHES  # fewer for a sequential round too small to give every replica work
 
     @property
     def unit_samples(self) -> int:
-        return UNIT_BATCHES * self.batch_size
+        return self.unit_batches * self.batch_size
 
     def blocks_per_unit(self, spec: PhaseSpec) -> int:
         first, stop = spec.block_range(self.block_size)

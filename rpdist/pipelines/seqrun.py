@@ -14,8 +14,8 @@ of every input (read from the rows written); ``naive_at_max_n``: every input at 
 ``saved_factor``: their ratio. ``forward_samples``: samples computed, summed over sessions. A chunk
 counts each time it is computed to its end (the manifest is written just before the chunk file, so
 a session killed between the two computes and counts that chunk again); work on a chunk
-interrupted before its end is not counted. ``waste`` = forward − used (chunks computed twice,
-units recomputed after a replica failure). ``rounds`` counts the engine rounds of the counted
+interrupted before its end is not counted. ``waste`` = forward − used (blocks a round drew past an
+input's stop, chunks computed twice, units recomputed after a replica failure). ``rounds`` counts the engine rounds of the counted
 chunks, and ``details.rounds`` sums them per look.
 """
 
@@ -87,7 +87,7 @@ def execute_sequential(spec, progress: bool = True, on_unit=None):
             total = per_look.setdefault(r["look"], {"look": r["look"], "inputs": 0, "stopped": 0, "seconds": 0.0})
             for key in ("inputs", "stopped", "seconds"):
                 total[key] += r[key]
-        samples["rounds"] += len(spent["rounds"])
+        samples["rounds"] += spent["engine_rounds"]
         samples["forward_samples"] += spent["forward_samples"]
         session += spent["forward_samples"]
         manifest["details"]["rounds"] = [per_look[look] for look in sorted(per_look)]

@@ -7,8 +7,11 @@ only undecided inputs, packed across inputs as always. After a round each input'
 updated from its own cumulative counts; decided inputs drop out. Looks sit at block boundaries
 and depend only on the configuration, and a block's noise depends only on (seed, input id, phase,
 block), so every decision is bit-identical for any number of workers and after replica restarts.
-Rounds end exactly at look points, so no block is drawn past an input's stop (no waste by design;
-units recomputed after a replica failure are counted in the forward samples). A resumable run
+A round smaller than ROUND_MIN_BATCHES forward batches reaches on to later looks (fewer rounds, each
+a Ray round trip and a barrier); its looks are then walked in order on each input's cumulative
+per-block counts, so every input stops where one round per look would stop it, and the blocks
+drawn past its stop count only as waste in the forward samples (as do units recomputed after a
+replica failure). A resumable run
 (:mod:`rpdist.pipelines.seqrun`) takes the inputs chunk by chunk (:meth:`SequentialRun.chunks`), each
 chunk's rounds run to the end: the same rows, since no input's decision depends on another's.
 """
@@ -27,7 +30,7 @@ import pyarrow as pa
 from pydantic import ValidationError
 from pydantic.dataclasses import dataclass
 
-from rpdist.distributed.plan import PhaseSpec, Plan
+from rpdist.distributed.plan import UNIT_BATCHES, PhaseSpec, Plan
 from rpdist.distributed.scheduler import run_plan
 from rpdist.errors import InputError
 from rpdist.specs import input_error
@@ -39,6 +42,8 @@ from rpdist.smoothing.noise import MAX_BLOCKS, Phase, num_blocks
 SEQUENTIAL_BLOCK = 32  # noise block of sequential runs: looks can come every 32 samples
 CHUNK_UNITS = 4  # units of full forward batches in the first look of a resumable run's chunk
 CHUNK_WINDOW = 2  # chunks of a resumable run in flight at once
+ROUND_UNITS = 16  # a round is cut into at least this many units while they hold one forward batch or more
+ROUND_MIN_BATCHES = 8  # a round spans further looks until it holds this many forward batches
 
 
 class _Halted(Exception):
@@ -118,6 +123,14 @@ def sequential_config(*, target_radius=None, max_n: int | None = None, n: int | 
                                   radius_tolerance=radius_tolerance, against_label=against_label)
 
 
+def round_unit_batches(samples: int, batch_size: int) -> int:
+    """Forward batches per unit of a round of ``samples``: UNIT_BATCHES, or fewer (down to one) so that
+    the round has ROUND_UNITS units. A round cut into few large units leaves replicas idle while one
+    of them computes the last; most rounds of a run are small (few inputs left, or early looks 32
+    samples apart). A constant, not the number of replicas, so the plan stays a function of the job."""
+    return max(1, min(UNIT_BATCHES, -(-samples // (ROUND_UNITS * batch_size))))
+
+
 class SequentialRun:
     """Sequential decisions for every input of a :class:`~rpdist.smoothing.job.SmoothingJob` (its pool,
     inputs and batch size; its own plan is not used)."""
@@ -136,10 +149,12 @@ class SequentialRun:
         self._lock = threading.Lock()
 
     def _counts(self, rows: np.ndarray, spec: PhaseSpec, on_unit: Callable | None, spent: dict) -> np.ndarray:
-        """Summed counts [len(rows), classes + 1] of ``spec``'s blocks for ``rows`` (positions in X)."""
+        """Counts [len(rows), blocks, classes + 1] of ``spec``'s blocks for ``rows`` (positions in X)."""
         job = self.job
-        plan = Plan(len(rows), (spec,), job.config.noise_block, job.plan.batch_size)
-        out = np.zeros((len(rows), job.num_classes + 1), dtype=np.int64)
+        plan = Plan(len(rows), (spec,), job.config.noise_block, job.plan.batch_size,
+                    round_unit_batches(len(rows) * spec.samples(job.config.noise_block), job.plan.batch_size))
+        first, stop = spec.block_range(job.config.noise_block)
+        out = np.zeros((len(rows), stop - first, job.num_classes + 1), dtype=np.int64)
 
         def unit_done(unit, samples):
             spent["forward_samples"] += samples
@@ -152,7 +167,7 @@ class SequentialRun:
                                       seed=job.config.seed, num_classes=job.num_classes,
                                       chunks=range(plan.num_chunks), on_unit=unit_done):
             start, stop = plan.chunk_rows(chunk)
-            out[start:stop] = counts[spec.phase].sum(axis=1)
+            out[start:stop] = counts[spec.phase]
         return out
 
     def run(self, on_unit: Callable | None = None) -> pa.Table:
@@ -215,7 +230,7 @@ class SequentialRun:
             top = job.y[rows].astype(np.int64)
             selection = np.zeros((m, classes + 1), dtype=np.int64)
         else:
-            selection = self._counts(rows, PhaseSpec(Phase.SELECTION, cfg.n0), on_unit, spent)
+            selection = self._counts(rows, PhaseSpec(Phase.SELECTION, cfg.n0), on_unit, spent).sum(axis=1)
             top = selection[:, :classes].argmax(axis=1)
         radii = np.asarray(sq.radii, dtype=np.float64)
         counts = np.zeros((m, classes + 1), dtype=np.int64)
@@ -225,30 +240,49 @@ class SequentialRun:
         best_lower, best_upper = np.zeros(m), np.ones(m)
         stopped = selection[:, -1] > 0  # non-finite logits already: abstain without estimation
         state[stopped] = -1
-        block, stages = cfg.noise_block, len(self.looks)
-        previous_block = 0
-        for look in self.looks:
+        block, stages, looks = cfg.noise_block, len(self.looks), self.looks
+        minimum = ROUND_MIN_BATCHES * job.plan.batch_size
+        spent.setdefault("engine_rounds", 0)
+        previous_block, first = 0, 0  # blocks drawn so far by every active input; its next look
+        while first < len(looks):
             active = np.flatnonzero(~stopped)
             if not len(active):
                 break
-            stop_block = num_blocks(look, block)
-            started = time.perf_counter()
+            # A round reaches at least look `first`, and further while it is too small to keep the replicas
+            # busy; an input that stops at an earlier look of the round discards its later blocks (waste).
+            last = first
+            while last + 1 < len(looks) and len(active) * (looks[last] - previous_block * block) < minimum:
+                last += 1
+            stop_block = num_blocks(looks[last], block)
+            started, before = time.perf_counter(), spent["forward_samples"]
             spec = PhaseSpec(Phase.ESTIMATION, sq.max_n, previous_block, stop_block)
-            counts[active] += self._counts(rows[active], spec, on_unit, spent)
-            used[active], blocks[active] = look, stop_block
-            k = counts[active, top[active]]
-            lower, upper = seq.bounds(k, look, cfg.alpha, sq.mode, stages)
-            best_lower[active] = np.maximum(best_lower[active], lower)
-            best_upper[active] = np.minimum(best_upper[active], upper)
-            done = seq.update(state, active, k, look, radii, cfg.sigma, cfg.alpha, sq.mode, stages,
-                              sq.radius_tolerance)
-            bad = counts[active, -1] > 0  # a non-finite sample: f is undefined near x, stop and abstain
-            state[active[bad]] = -1
-            stopped[active[done | bad]] = True
-            spent["rounds"].append({"look": look, "inputs": int(len(active)), "stopped": int((done | bad).sum()),
-                                    "seconds": time.perf_counter() - started})
-            self.rounds.append(spent["rounds"][-1])
-            previous_block = stop_block
+            cumulative = np.cumsum(self._counts(rows[active], spec, on_unit, spent), axis=1)
+            cumulative += counts[active][:, None, :]
+            spent["engine_rounds"] += 1
+            seconds, samples = time.perf_counter() - started, spent["forward_samples"] - before
+            live = np.ones(len(active), dtype=bool)  # undecided so far in this round
+            for index in range(first, last + 1):  # every look in order, as one round per look would
+                look = looks[index]
+                now = np.flatnonzero(live)
+                if not len(now):
+                    break
+                ids, at = active[now], cumulative[now, num_blocks(look, block) - previous_block - 1]
+                counts[ids], used[ids], blocks[ids] = at, look, num_blocks(look, block)
+                k = at[np.arange(len(ids)), top[ids]]
+                lower, upper = seq.bounds(k, look, cfg.alpha, sq.mode, stages)
+                best_lower[ids] = np.maximum(best_lower[ids], lower)
+                best_upper[ids] = np.minimum(best_upper[ids], upper)
+                done = seq.update(state, ids, k, look, radii, cfg.sigma, cfg.alpha, sq.mode, stages,
+                                  sq.radius_tolerance)
+                bad = at[:, -1] > 0  # a non-finite sample: f is undefined near x, stop and abstain
+                state[ids[bad]] = -1
+                stopped[ids[done | bad]] = True
+                live[now[done | bad]] = False
+                record = {"look": look, "inputs": int(len(ids)), "stopped": int((done | bad).sum()),
+                          "seconds": seconds if index == first else 0.0, "samples": samples if index == first else 0}
+                spent["rounds"].append(record)  # one per look; an engine round's time and samples on its first
+                self.rounds.append(record)
+            previous_block, first = stop_block, last + 1
         return self._table(rows, top, selection, counts, used, blocks, state, stopped, best_lower, best_upper)
 
     def _table(self, rows, top, selection, counts, used, blocks, state, stopped, best_lower, best_upper) -> pa.Table:
