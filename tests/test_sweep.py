@@ -237,7 +237,7 @@ def test_own_spec_keys_become_settings_and_identity_keeps_old_sweeps():
     ({"seed": [1]}, "no noise seed to sweep"),
     ({"sigmas": [1.0]}, "'sigmas'"),
     ({"query_budgets": [0]}, "'query_budgets'"),
-    ({"defense": "none"}, "'sigma': applies to defense rp only"),
+    ({"defense": "none"}, "'sigma': applies to defense rp only, not to defense 'none'"),
 ])
 def test_extraction_sweep_keys_are_checked(change, fragment):
     with pytest.raises(InputError, match=fragment):

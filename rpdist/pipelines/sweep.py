@@ -96,11 +96,12 @@ class SweepSpec(BaseModel):
         there they must be left out (and are None), while elsewhere pydantic reports them missing."""
         if not isinstance(data, dict) or data.get("analysis", CERTIFY) not in analyses.NAMES:
             return data
-        if analyses.get(data.get("analysis", CERTIFY)).smoothing_grid({**data, **data.get("settings", {})}):
+        options = {**data, **data.get("settings", {})}
+        if analyses.get(data.get("analysis", CERTIFY)).smoothing_grid(options):
             return data
         given = [key for key in ("sigma", "n") if data.get(key) is not None]
         if given:
-            raise ValueError(f"{given[0]}: applies to defense rp only, not to defense {data.get('defense')!r}")
+            raise ValueError(f"{given[0]}: applies to defense rp only, not to defense {options.get('defense')!r}")
         return {**data, "sigma": None, "n": None}
 
     @field_validator("sigma", "n", "alpha", "seed", mode="before")
