@@ -238,6 +238,7 @@ def test_predict_abstains_at_the_boundary_and_never_far_from_it(ray_session, mod
 # --- determinism --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_chunking_does_not_change_counts(reference, model_ref, inputs, monkeypatch):
     """Nine chunks of 7 inputs instead of one chunk: the same units, so the same counts."""
     monkeypatch.setattr(engine_plan, "CHUNK_SAMPLES", 7 * (N + N0))

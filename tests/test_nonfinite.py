@@ -198,6 +198,7 @@ def test_nonfinite_counts_are_bit_identical_across_workers_and_under_sample_reus
 # --- the command line -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_all_nan_model_abstains_and_warns(ray_session, tmp_path, capsys):
     path = tmp_path / "nan.pt"
     torch.jit.save(torch.jit.script(AllNaN()), str(path))

@@ -112,6 +112,7 @@ SPREAD = (-0.05, 1.2)  # easy and hard inputs: some stop at the first look, some
 HARD = (0.49, 0.51)  # p_A ≤ Φ(0.04) < Φ(0.05 / 0.25): none certifies, most run to max N
 
 
+@pytest.mark.slow
 def test_chunks_are_the_whole_runs_rows_and_skip_what_is_done(centre_run):
     import pyarrow as pa
 
