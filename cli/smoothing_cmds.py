@@ -78,23 +78,17 @@ def register(app: typer.Typer) -> None:
         _run(PREDICT, locals())
 
 
+# What rpdist.pipelines.run.run_spec takes from a command's options (predict has no n0 or sequential ones).
+SPEC_OPTIONS = ("sigma", "n", "alpha", "n0", "seed", "batch_size", "noise_block", "target_radius", "max_n", "mode",
+                "radius_tolerance", "against_label", "dataset", "split", "label_column", "limit", "model", "arch",
+                "train_sigma", "workers", "address", "device", "run_id")
+
+
 def _run(analysis: str, options: dict) -> None:
-    from rpdist.pipelines.run import RunSpec, execute
-    from rpdist.smoothing.job import SmoothingConfig
-    from rpdist.smoothing.seqjob import sequential_config
+    from rpdist.pipelines.run import execute, run_spec
 
     o = options
     privacy = ({"release": o["release"], "advantage": tuple(o["advantage"]), "queries": tuple(o["queries"])}
                if analysis == CERTIFY else {})
-    sequential = None if analysis != CERTIFY else sequential_config(
-        target_radius=o["target_radius"] or None, max_n=o["max_n"], n=o["n"], mode=o["mode"],
-        radius_tolerance=o["radius_tolerance"], against_label=o["against_label"])
-    n = sequential.max_n if sequential is not None else 100_000 if o["n"] is None else o["n"]
-    block = o["noise_block"] if o["noise_block"] is not None else DEFAULT_BLOCK if sequential is None else SEQUENTIAL_BLOCK
-    config = SmoothingConfig(analysis, o["sigma"], n, o["alpha"], o.get("n0"), o["seed"], o["batch_size"], block,
-                             **privacy)
-    spec = RunSpec(config=config, dataset=o["dataset"], split=o["split"], label_column=o["label_column"],
-                   limit=o["limit"], model=o["model"], arch=o["arch"], train_sigma=o["train_sigma"],
-                   workers=o["workers"], address=o["address"], device=o["device"], out=str(o["out"]),
-                   run_id=o["run_id"], sequential=sequential)
+    spec = run_spec(analysis, privacy=privacy, out=str(o["out"]), **{k: o[k] for k in SPEC_OPTIONS if k in o})
     print_outcome(execute(spec, progress=not o["quiet"]))

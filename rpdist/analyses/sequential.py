@@ -72,19 +72,14 @@ class SequentialAnalysis(CertifyAnalysis):
 
     def point_spec(self, sweep, point: dict, **fixed):
         """One sequential certify run per (σ, max N, α, seed): the grid's ``n`` is the run's max N."""
-        from rpdist.pipelines.run import RunSpec
-        from rpdist.smoothing.job import CERTIFY, SmoothingConfig
-        from rpdist.smoothing.seqjob import SEQUENTIAL_BLOCK, sequential_config
+        from rpdist.pipelines.run import run_spec
+        from rpdist.smoothing.job import CERTIFY
 
-        keys = SequentialSweepKeys(**sweep.settings)
-        sequential = sequential_config(target_radius=keys.target_radius, max_n=point["n"], mode=keys.mode,
-                                       radius_tolerance=keys.radius_tolerance, against_label=keys.against_label)
-        config = SmoothingConfig(CERTIFY, point["sigma"], point["n"], point["alpha"], keys.n0, point["seed"],
-                                 keys.batch_size, keys.noise_block or SEQUENTIAL_BLOCK)
-        sequential.validated(config.sigma, config.alpha, config.noise_block)  # refused before the sweep starts
-        return RunSpec(config=config, dataset=sweep.dataset, split=keys.split, label_column=keys.label_column,
-                       limit=keys.limit, model=keys.model, arch=keys.arch, train_sigma=keys.train_sigma,
-                       sequential=sequential, **fixed)
+        keys = SequentialSweepKeys(**sweep.settings).model_dump()
+        spec = run_spec(CERTIFY, sigma=point["sigma"], max_n=point["n"], alpha=point["alpha"], seed=point["seed"],
+                        dataset=sweep.dataset, **keys, **fixed)
+        spec.sequential.validated(spec.config.sigma, spec.config.alpha, spec.config.noise_block)  # refused now
+        return spec
 
 
 class SequentialSweepKeys(BaseModel):

@@ -16,9 +16,9 @@ from rpdist.analyses.base import Outcome
 from rpdist.errors import InputError
 from rpdist.io.manifest import new_manifest
 from rpdist.io.rundir import RunDir
-from rpdist.smoothing.job import SmoothingConfig, SmoothingJob
-from rpdist.smoothing.noise import NOISE_SCHEME
-from rpdist.smoothing.seqjob import SequentialConfig
+from rpdist.smoothing.job import CERTIFY, SmoothingConfig, SmoothingJob
+from rpdist.smoothing.noise import DEFAULT_BLOCK, NOISE_SCHEME
+from rpdist.smoothing.seqjob import SEQUENTIAL_BLOCK, SequentialConfig, sequential_config
 from rpdist.specs import Count, OutRoot, Sigma, spec
 
 
@@ -40,6 +40,24 @@ class RunSpec:
     out: OutRoot = "results"
     run_id: str | None = None
     sequential: SequentialConfig | None = None  # set: decide each input sequentially (rpdist.pipelines.seqrun)
+
+
+def run_spec(analysis: str, *, sigma: float, n: int | None = None, alpha: float = 0.001, n0: int | None = None,
+             seed: int = 0, batch_size: int | None = None, noise_block: int | None = None, privacy: dict | None = None,
+             target_radius=None, max_n: int | None = None, mode: str | None = None,
+             radius_tolerance: float | None = None, against_label: bool = False, **where) -> RunSpec:
+    """A certify or predict run from the options of ``rpdist certify``/``predict`` (the CLI and sweeps of
+    sequential certification build it here). N defaults to 100,000; any sequential option (certify only)
+    makes a sequential run whose N is its max N; the noise block defaults to 1,000, or to 32 for a
+    sequential run. ``privacy`` holds certify's release, advantage and queries; ``where`` the
+    dataset, model and engine fields of :class:`RunSpec`."""
+    sequential = None if analysis != CERTIFY else sequential_config(
+        target_radius=target_radius or None, max_n=max_n, n=n, mode=mode, radius_tolerance=radius_tolerance,
+        against_label=against_label)
+    n = sequential.max_n if sequential is not None else 100_000 if n is None else n
+    block = noise_block if noise_block is not None else DEFAULT_BLOCK if sequential is None else SEQUENTIAL_BLOCK
+    config = SmoothingConfig(analysis, sigma, n, alpha, n0, seed, batch_size, block, **(privacy or {}))
+    return RunSpec(config=config, sequential=sequential, **where)
 
 
 def _outcome(run_dir: RunDir, manifest: dict, resumed_chunks: int = 0) -> Outcome:
