@@ -91,8 +91,7 @@ class AuditAnalysis(Analysis):
             median = float(np.median(advantages)) if len(advantages) else float("nan")
             low, high = bootstrap_interval(advantages)
             rows.append({
-                **{c: float(key[c]) for c in POINT if c in key and c != "seed"},
-                **({"seed": int(key["seed"])} if "seed" in key else {}),
+                **{c: (int if c == "seed" else float)(key[c]) for c in POINT if c in key},
                 "release": str(key["release"]), "n": int(key["n"]), "k": int(key["k"]),
                 "certified_release": bool(part["certified_release"].iloc[0]),
                 "inputs": int(part["input_id"].nunique()), "pairs": len(part),

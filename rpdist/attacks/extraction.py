@@ -23,6 +23,7 @@ with a fresh query id per query and seed, like every other attack.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import time
@@ -212,32 +213,35 @@ def training_set(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     return X[keep], labels[keep], int((~keep).sum())
 
 
-def train_student(arch: str, X: np.ndarray, y: np.ndarray, classes: int, seed: int):
-    """A fresh student fitted with Adam (cross-entropy, :data:`STUDENT_STEPS` minibatch steps), on one
-    thread, so its weights do not depend on the machine's core count."""
+@contextlib.contextmanager
+def _one_thread():
+    """Torch on one thread for the block, then the caller's setting again. A student's steps are too
+    small to split, and spinning OpenMP threads on a busy machine made them 8x slower (31 s against
+    3.9 s for 1,000 steps on mnist5k at load average 3); one thread also makes the weights independent
+    of the core count."""
     import torch
 
-    features = int(np.prod(X.shape[1:]))
-    kwargs = {"in_features": features, "num_classes": classes}
-    if arch == "mlp":
-        kwargs["hidden"] = (128, 128)
     threads = torch.get_num_threads()
-    # One thread: a student's steps are too small to split, and spinning OpenMP threads on a busy
-    # machine made them 8x slower (31 s against 3.9 s for 1,000 steps on mnist5k at load average 3).
     torch.set_num_threads(1)
     try:
-        return _fit_student(arch, kwargs, X, y, seed)
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit_student(arch: str, kwargs: dict, X: np.ndarray, y: np.ndarray, seed: int):
+def train_student(arch: str, X: np.ndarray, y: np.ndarray, classes: int, seed: int):
+    """A fresh student fitted with Adam (cross-entropy, :data:`STUDENT_STEPS` minibatch steps), on one
+    thread, so its weights do not depend on the machine's core count."""
     import torch
     from torch import nn
 
     from rpdist.models import architectures
 
-    with torch.random.fork_rng(devices=[]):
+    features = int(np.prod(X.shape[1:]))
+    kwargs = {"in_features": features, "num_classes": classes}
+    if arch == "mlp":
+        kwargs["hidden"] = (128, 128)
+    with _one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = architectures.build(arch, **kwargs)
         if len(y) == 0:
