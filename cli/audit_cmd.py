@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from rpdist.analyses.audit import AuditAnalysis
+from rpdist.cli.options import ADDRESS, BATCH, DEVICE, QUIET, RUN_ID, WORKERS
 from rpdist.cli.printing import print_outcome
 from rpdist.privacy.audit import DIRECTIONS, RELEASES, SELECTIONS
 
@@ -45,15 +46,15 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the noise streams."),
         split: str = typer.Option("test", "--split", help="train, test or all."),
         limit: int = typer.Option(20, "--limit", help="Audit the first LIMIT inputs of the split."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per forward pass."),
+        batch_size: Optional[int] = BATCH,
         noise_block: Optional[int] = typer.Option(None, "--noise-block", help="Samples per noise block; must divide "
                                                   "every N. Default: gcd(1000, every N)."),
-        workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Model replicas."),
-        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
+        workers: Optional[int] = WORKERS,
+        address: Optional[str] = ADDRESS,
+        device: Optional[str] = DEVICE,
         out: str = typer.Option("results", "--out", "-o", help="Output root; writes OUT/RUN_ID/audit.parquet."),
-        run_id: Optional[str] = typer.Option(None, "--run-id", help="Run directory name."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+        run_id: Optional[str] = RUN_ID,
+        quiet: bool = QUIET,
     ) -> None:
         """Empirical distinguishing advantage between x and partners x', against the sound bound."""
         from rpdist.privacy.audit import audit_spec, run_audit

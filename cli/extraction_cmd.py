@@ -8,6 +8,7 @@ import typer
 
 from rpdist.analyses.attack import AttackAnalysis
 from rpdist.analyses.extraction import ExtractionAnalysis
+from rpdist.cli.options import ADDRESS, BATCH, DEVICE, QUIET, RUN_ID, WORKERS
 from rpdist.cli.printing import print_outcome
 from rpdist.attacks.extraction import RELEASES
 
@@ -33,13 +34,13 @@ def register(app: typer.Typer) -> None:
         seeds: int = typer.Option(5, "--seeds", help="Seeds (query order, release noise, student init)."),
         alpha: float = typer.Option(0.001, "--alpha", help="rp: PREDICT/CERTIFY level."),
         train_sigma: float = typer.Option(0.25, "--train-sigma", help="The target's training noise."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per forward pass."),
-        workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Model replicas."),
-        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
+        batch_size: Optional[int] = BATCH,
+        workers: Optional[int] = WORKERS,
+        address: Optional[str] = ADDRESS,
+        device: Optional[str] = DEVICE,
         out: str = typer.Option("results", "--out", "-o", help="Writes OUT/RUN_ID/extraction.parquet."),
-        run_id: Optional[str] = typer.Option(None, "--run-id", help="Run directory name."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+        run_id: Optional[str] = RUN_ID,
+        quiet: bool = QUIET,
     ) -> None:
         """Copy the released model by distillation: fidelity to the target and student accuracy per budget."""
         from rpdist.attacks.extraction import extraction_spec, run_extraction

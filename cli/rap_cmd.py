@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from rpdist.analyses.rap import RapAnalysis
+from rpdist.cli.options import ADDRESS, BATCH, DEVICE, QUIET, RUN_ID, WORKERS
 from rpdist.cli.printing import print_outcome
 from rpdist.privacy.rap import DEFAULT_GRID_BATCH, NEUTRAL
 from rpdist.privacy.runner import DEFAULT_L1
@@ -31,10 +32,10 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the noise streams and of training."),
         split: str = typer.Option("test", "--split", help="train, test or all."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Only the first LIMIT inputs of the split."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per forward pass."),
-        workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Model replicas."),
-        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
+        batch_size: Optional[int] = BATCH,
+        workers: Optional[int] = WORKERS,
+        address: Optional[str] = ADDRESS,
+        device: Optional[str] = DEVICE,
         grid_batch: int = typer.Option(DEFAULT_GRID_BATCH, "--grid-batch",
                                        help="Grid points per engine call; larger grids stream."),
         abstain_rule: str = typer.Option(NEUTRAL, "--abstain-rule",
@@ -44,8 +45,8 @@ def register(app: typer.Typer) -> None:
                                               help="Credible level of the adversary posterior's highest-density "
                                                    "length, in (0, 1)."),
         out: str = typer.Option("results", "--out", "-o", help="Output root (a directory or a pyarrow URI such as s3://bucket/x); writes OUT/RUN_ID/rap.parquet."),
-        run_id: Optional[str] = typer.Option(None, "--run-id", help="Run directory name."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+        run_id: Optional[str] = RUN_ID,
+        quiet: bool = QUIET,
     ) -> None:
         """Sweep a sensitive attribute: compatible sets, certified segments, adversary error and utility."""
         from rpdist.privacy.runner import RapSpec, run_rap

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import List, Optional
 
 import typer
+from rpdist.cli.options import ADDRESS, BATCH, DEVICE, QUIET, RUN_ID, WORKERS
 from rpdist.cli.printing import print_outcome
 from rpdist.smoothing.job import CERTIFY, PREDICT
 from rpdist.privacy.per_input import DEFAULT_ADVANTAGE, DEFAULT_QUERIES, DEFAULT_RELEASE
 from rpdist.smoothing.noise import DEFAULT_BLOCK
+from rpdist.smoothing import sequential as seq
 from rpdist.smoothing.seqjob import SEQUENTIAL_BLOCK
 
 DATASET = typer.Option(..., "--dataset", "-d", help="Built-in name (see `rpdist datasets`) or a .csv/.parquet/.npz file.")
@@ -20,14 +22,10 @@ N = typer.Option(None, "--n", help="Monte Carlo samples for estimation (CERTIFY)
 N0 = typer.Option(100, "--n0", help="Selection samples (CERTIFY only); never reused for estimation.")
 ALPHA = typer.Option(0.001, "--alpha", help="Failure probability of each certificate.")
 SEED = typer.Option(0, "--seed", help="Seed of the counter-based noise streams.")
-BATCH = typer.Option(None, "--batch-size", help="Samples per forward pass. Default 4096 on CPU, 32768 on CUDA.")
-WORKERS = typer.Option(None, "--workers", "-w", help="Model replicas. Default: one per CPU (or GPU) of the Ray cluster.")
-ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto or ray://host:10001). Default: an embedded local Ray.")
 SPLIT = typer.Option("test", "--split", help="train, test or all.")
 LIMIT = typer.Option(None, "--limit", help="Only the first LIMIT inputs of the split.")
 LABEL = typer.Option("label", "--label-column", help="Label column of a .csv/.parquet dataset.")
 OUT = typer.Option("results", "--out", "-o", help="Output root: a directory or a pyarrow URI (s3://bucket/x); the run writes OUT/RUN_ID/.")
-RUN_ID = typer.Option(None, "--run-id", help="Run directory name. Rerunning an interrupted run id resumes it.")
 NOISE_BLOCK = typer.Option(None, "--noise-block", help=f"Samples per counter-based noise block. Default {DEFAULT_BLOCK}; "
                            f"{SEQUENTIAL_BLOCK} for sequential runs.")
 TARGET = typer.Option(None, "--target-radius", help="Decide each input sequentially: certified at this ℓ2 radius or "
@@ -38,8 +36,8 @@ MODE = typer.Option(None, "--mode", help="sequential (default with --target-radi
 TOLERANCE = typer.Option(None, "--radius-tolerance", help="Adaptive mode: stop once the radius is known to within this.")
 AGAINST_LABEL = typer.Option(False, "--against-label", help="Sequential runs: test the true label's probability, "
                              "without selection samples (certified accuracy only).")
-DEVICE = typer.Option(None, "--device", help="cpu or cuda. Default: cuda when the cluster has GPUs.")
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+LOOK_GROWTH = typer.Option(None, "--look-growth", help=f"Sequential runs: looks grow by this factor (default "
+                           f"{seq.LOOK_GROWTH}; larger: fewer engine rounds, a little more samples).")
 RELEASE = typer.Option(DEFAULT_RELEASE, "--release", help="The release you deploy (predict, majority or certify), "
                                                           "at this N and α: its per-input privacy columns.")
 ADVANTAGE = typer.Option(list(DEFAULT_ADVANTAGE), "--advantage", help="τ: report the largest distance at which "
@@ -61,7 +59,7 @@ def register(app: typer.Typer) -> None:
                     queries: List[int] = QUERIES, quiet: bool = QUIET,
                     target_radius: Optional[List[float]] = TARGET, max_n: Optional[int] = MAX_N,
                     mode: Optional[str] = MODE, radius_tolerance: Optional[float] = TOLERANCE,
-                    against_label: bool = AGAINST_LABEL) -> None:
+                    against_label: bool = AGAINST_LABEL, look_growth: Optional[float] = LOOK_GROWTH) -> None:
         """CERTIFY each input: smoothed prediction and certified ℓ2 radius (Cohen et al.); with --target-radius
         or --mode, sequentially, with as few samples per input as its decision needs."""
         _run(CERTIFY, locals())
@@ -80,7 +78,7 @@ def register(app: typer.Typer) -> None:
 
 # What rpdist.pipelines.run.run_spec takes from a command's options (predict has no n0 or sequential ones).
 SPEC_OPTIONS = ("sigma", "n", "alpha", "n0", "seed", "batch_size", "noise_block", "target_radius", "max_n", "mode",
-                "radius_tolerance", "against_label", "dataset", "split", "label_column", "limit", "model", "arch",
+                "radius_tolerance", "against_label", "look_growth", "dataset", "split", "label_column", "limit", "model", "arch",
                 "train_sigma", "workers", "address", "device", "run_id")
 
 

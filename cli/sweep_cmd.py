@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rpdist.cli.options import ADDRESS, DEVICE, QUIET, WORKERS
 from rpdist.cli.printing import print_outcome
 
 
@@ -15,10 +16,10 @@ def register(app: typer.Typer) -> None:
         sweep_file: Path = typer.Argument(..., help="YAML file: dataset, model, analysis and lists of sigma, n, alpha, seed."),
         out: str = typer.Option("results", "--out", "-o", help="Output root: a directory or a pyarrow URI (s3://bucket/x); the sweep writes OUT/SWEEP_ID/."),
         sweep_id: Optional[str] = typer.Option(None, "--sweep-id", help="Default: the YAML file's name, so rerunning resumes."),
-        workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Model replicas. Default: one per CPU or GPU."),
-        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join. Default: an embedded local Ray."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda. Default: cuda when the cluster has GPUs."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+        workers: Optional[int] = WORKERS,
+        address: Optional[str] = ADDRESS,
+        device: Optional[str] = DEVICE,
+        quiet: bool = QUIET,
     ) -> None:
         """Run a sweep; one run at the largest N per (σ, seed) serves every N and α of the grid."""
         from rpdist.pipelines.sweep import load_sweep, run_sweep
