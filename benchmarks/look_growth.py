@@ -29,23 +29,24 @@ from rpdist.smoothing import sequential as seq  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--growth", type=float, nargs="+", default=[1.1, 1.02, 1.01])
+    parser.add_argument("--block", type=int, nargs="+", default=[32], help="noise blocks (first look = one block)")
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
     cases = [(r, selection) for r in se.MULTIPLES for selection in (False, True)]
     for name, sigmas in se.SIGMAS.items():
         for sigma in sigmas:
             p_hat, labels, _, _ = se.pilot(name, sigma)
-            for growth in args.growth:
-                se.GROWTH = growth
+            for block, growth in [(b, g) for b in args.block for g in args.growth]:
+                se.GROWTH, se.BLOCK, se.FIRST = growth, block, block
                 sim = se.simulate_methods(p_hat, labels, sigma, args.repeats)
                 ours = {c: sim[("sequential", *c)] for c in cases}
                 theirs = {c: sim[("voracek_hein", *c)] for c in cases}
                 worst = max(ours[c]["mean_samples"] / theirs[c]["mean_samples"] for c in cases)
                 accuracy = min(ours[c]["certified_accuracy"] - theirs[c]["certified_accuracy"] for c in cases)
-                looks = len(seq.look_points(se.MAX_N, 32, seq.SEQUENTIAL, 32, growth))
+                looks = len(seq.look_points(se.MAX_N, block, seq.SEQUENTIAL, block, growth))
                 means = {f"{r:g}σ/{'selection' if s else 'label'}": round(ours[(r, s)]["mean_samples"])
                          for r, s in cases}
-                print(f"{name} σ={sigma:g} growth={growth:g}: {looks} looks, ours/theirs at most {worst:.4f}, "
+                print(f"{name} σ={sigma:g} block={block} growth={growth:g}: {looks} looks, ours/theirs at most {worst:.4f}, "
                       f"accuracy difference at least {accuracy:+.4f}; ours {json.dumps(means, ensure_ascii=False)}", flush=True)
 
 

@@ -40,6 +40,7 @@ from rpdist.smoothing import stats
 
 ALPHA, MAX_N, N0, PILOT = 0.001, 100_000, 100, 10_000
 GROWTH = seq.LOOK_GROWTH
+BLOCK = FIRST = 32  # the sequential noise block and first look (set by look_growth.py)
 MULTIPLES = (0.25, 0.5, 1.0)
 SIGMAS = {"insurance": (0.5, 1.0), "digits": (0.25, 0.5)}
 
@@ -64,7 +65,7 @@ def _first_hit(hit: np.ndarray) -> np.ndarray:
 def simulate_methods(p_hat: np.ndarray, labels: np.ndarray, sigma: float, repeats: int, seed: int = 0) -> dict:
     """Mean samples and certified accuracy per (method, r, selection) on shared Bernoulli streams."""
     rng = np.random.default_rng(seed)
-    looks = np.asarray(seq.look_points(MAX_N, 32, seq.SEQUENTIAL, 32, GROWTH))
+    looks = np.asarray(seq.look_points(MAX_N, BLOCK, seq.SEQUENTIAL, FIRST, GROWTH))
     stages = np.asarray(seq.look_points(MAX_N, 100, seq.STAGED))
     results: dict = {}
     for selection in (False, True):

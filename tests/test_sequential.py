@@ -128,6 +128,8 @@ def test_looks_are_geometric_block_boundaries():
     (dict(target_radius=[0.25], n=1000, max_n=2000), "disagree"),
     (dict(target_radius=[0.25], mode="bogus"), "mode must be"),
     (dict(mode="staged"), "needs at least one --target-radius"),
+    (dict(target_radius=[0.25], look_growth=1.0), "look growth must be > 1"),
+    (dict(look_growth=1.1), "applies to sequential runs"),
 ])
 def test_bad_sequential_input_is_refused_before_any_work(kwargs, fragment):
     from rpdist.smoothing.job import certify
@@ -193,6 +195,8 @@ def test_sequential_results_are_identical_for_one_and_two_workers(ray_session, o
     (["--mode", "adaptive", "--radius-tolerance", "0"], "radius tolerance must be"),
     (["--target-radius", "0.25", "--n", "1000", "--max-n", "5000"], "disagree"),
     (["--target-radius", "0.25", "--radius-tolerance", "0.1"], "only to --mode adaptive"),
+    (["--target-radius", "0.25", "--look-growth", "0.9"], "look growth must be > 1"),
+    (["--look-growth", "1.1"], "applies to sequential runs"),
 ])
 def test_bad_sequential_options_exit_2_with_one_line_and_no_output(tmp_path, capsys, args, fragment):
     from tests.test_cli import run_cli
@@ -223,5 +227,8 @@ def test_cli_sequential_run_writes_table_and_manifest(ray_session, tmp_path, cap
     assert samples["naive_at_max_n"] == 24 * (100 + 2000) and samples["waste"] >= 0
     assert samples["forward_samples"] == samples["used"] + samples["waste"]  # rounds span looks: blocks past a stop
     assert "mean samples per input" in out
+    assert manifest["config"]["sequential"]["growth"] == seq.LOOK_GROWTH
     again = run_cli(args, capsys)  # a finished run is returned as it is
     assert again[0] == 0
+    code, _, err = run_cli([*args, "--look-growth", "1.1"], capsys)  # another look schedule: not the same run
+    assert code == 2 and "growth" in err, err

@@ -92,6 +92,7 @@ class SequentialSweepKeys(BaseModel):
     mode: str | None = None
     radius_tolerance: float | None = None
     against_label: bool = False
+    look_growth: float | None = None
     model: str | None = None
     arch: str | None = None
     train_sigma: float | None = None

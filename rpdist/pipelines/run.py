@@ -45,7 +45,8 @@ class RunSpec:
 def run_spec(analysis: str, *, sigma: float, n: int | None = None, alpha: float = 0.001, n0: int | None = None,
              seed: int = 0, batch_size: int | None = None, noise_block: int | None = None, privacy: dict | None = None,
              target_radius=None, max_n: int | None = None, mode: str | None = None,
-             radius_tolerance: float | None = None, against_label: bool = False, **where) -> RunSpec:
+             radius_tolerance: float | None = None, against_label: bool = False, look_growth: float | None = None,
+             **where) -> RunSpec:
     """A certify or predict run from the options of ``rpdist certify``/``predict`` (the CLI and sweeps of
     sequential certification build it here). N defaults to 100,000; any sequential option (certify only)
     makes a sequential run whose N is its max N; the noise block defaults to 1,000, or to 32 for a
@@ -53,7 +54,7 @@ def run_spec(analysis: str, *, sigma: float, n: int | None = None, alpha: float 
     dataset, model and engine fields of :class:`RunSpec`."""
     sequential = None if analysis != CERTIFY else sequential_config(
         target_radius=target_radius or None, max_n=max_n, n=n, mode=mode, radius_tolerance=radius_tolerance,
-        against_label=against_label)
+        against_label=against_label, look_growth=look_growth)
     n = sequential.max_n if sequential is not None else 100_000 if n is None else n
     block = noise_block if noise_block is not None else DEFAULT_BLOCK if sequential is None else SEQUENTIAL_BLOCK
     config = SmoothingConfig(analysis, sigma, n, alpha, n0, seed, batch_size, block, **(privacy or {}))

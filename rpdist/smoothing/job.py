@@ -314,7 +314,8 @@ def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int | None = No
             input_ids=None, noise_block: int | None = None, device: str | None = None,
             progress: bool = False, release: str = DEFAULT_RELEASE, advantage=DEFAULT_ADVANTAGE,
             queries=DEFAULT_QUERIES, target_radius=None, max_n: int | None = None, mode: str | None = None,
-            radius_tolerance: float | None = None, against_label: bool = False) -> pd.DataFrame:
+            radius_tolerance: float | None = None, against_label: bool = False,
+            look_growth: float | None = None) -> pd.DataFrame:
     """CERTIFY every row of X: one row per input with the columns of DESIGN §3.
 
     ``prediction`` is −1 where the smoothed classifier abstains (then ``radius`` is 0). With
@@ -325,14 +326,16 @@ def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int | None = No
     (:mod:`rpdist.privacy.per_input`).
 
     Sequential certification (:mod:`rpdist.smoothing.seqjob`): ``target_radius`` (one or several),
-    ``max_n``, ``mode`` (sequential, adaptive with ``radius_tolerance``, staged) or ``against_label``
+    ``max_n``, ``mode`` (sequential, adaptive with ``radius_tolerance``, staged), ``against_label`` or
+    ``look_growth`` (the look schedule's factor)
     draw estimation samples per input only until its anytime-valid test decides; the table gains
     ``samples_used``, ``decision`` and the other sequential columns.
     """
     from rpdist.smoothing.seqjob import SEQUENTIAL_BLOCK, SequentialRun, sequential_config
 
     sequential = sequential_config(target_radius=target_radius, max_n=max_n, n=n, mode=mode,
-                                   radius_tolerance=radius_tolerance, against_label=against_label)
+                                   radius_tolerance=radius_tolerance, against_label=against_label,
+                                   look_growth=look_growth)
     block = noise_block if noise_block is not None else DEFAULT_BLOCK if sequential is None else SEQUENTIAL_BLOCK
     n = (100_000 if n is None else n) if sequential is None else sequential.max_n
     config = SmoothingConfig(CERTIFY, sigma, n, alpha, n0, seed, batch_size, block, release, tuple(advantage),

@@ -106,7 +106,7 @@ class SequentialConfig:
 
 def sequential_config(*, target_radius=None, max_n: int | None = None, n: int | None = None,
                       mode: str | None = None, radius_tolerance: float | None = None,
-                      against_label: bool = False) -> SequentialConfig | None:
+                      against_label: bool = False, look_growth: float | None = None) -> SequentialConfig | None:
     """The sequential options of a certify call, or None for a fixed-N run (none of them given).
 
     ``n`` and ``max_n`` name the same thing in a sequential run, so both given must agree.
@@ -114,13 +114,16 @@ def sequential_config(*, target_radius=None, max_n: int | None = None, n: int | 
     radii = () if target_radius is None else (
         (target_radius,) if isinstance(target_radius, (int, float, np.integer, np.floating)) else tuple(target_radius))
     if not radii and max_n is None and mode is None and radius_tolerance is None and not against_label:
+        if look_growth is not None:
+            raise InputError("--look-growth applies to sequential runs (give --target-radius or --mode)")
         return None
     if n is not None and max_n is not None and n != max_n:
         raise InputError(f"--n {n} and --max-n {max_n} disagree: a sequential run's --max-n is its largest N; "
                          "give --max-n alone")
     max_n = max_n if max_n is not None else n if n is not None else 100_000
     return SequentialConfig.build(max_n=max_n, target_radius=radii, mode=mode or seq.SEQUENTIAL,
-                                  radius_tolerance=radius_tolerance, against_label=against_label)
+                                  radius_tolerance=radius_tolerance, against_label=against_label,
+                                  growth=seq.LOOK_GROWTH if look_growth is None else look_growth)
 
 
 def round_unit_batches(samples: int, batch_size: int) -> int:
