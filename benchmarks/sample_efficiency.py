@@ -10,7 +10,7 @@ run at N = 10,000 per (model, σ) estimates each test input's class probabilitie
 gets ``--repeats`` Bernoulli(p̂) streams of 100,000 samples, and every method reads the *same*
 streams: fixed-N CERTIFY (one-sided Clopper–Pearson at N = 100,000), staged (looks at 100, 1k,
 10k, 100k, each at α/4), ours (the beta-binomial mixture confidence sequence at α, looks every 32
-samples growing by 1.1×), and Voráček & Hein's test as published (Jeffreys/KT mixture likelihood
+samples growing by LOOK_GROWTH, 1.02×), and Voráček & Hein's test as published (Jeffreys/KT mixture likelihood
 ratio at level α/2 per side, checked after every single sample, against the true label). "with
 selection" first draws n0 = 100 selection samples from p̂ (multinomial), tests the selected class
 and charges the 100 samples; "against label" tests the true label's probability.
