@@ -46,6 +46,7 @@ CHOICES = {"defense": (DEFENSES, "defense"), "query_source": (SOURCES, "query so
 ROLE_SEED = 4321  # the private/public cut of the train split, independent of the train/test split
 SYNTHETIC_SCALE = 0.5  # synthetic queries: public input + N(0, (0.5 · feature std)²)
 STUDENT_STEPS = 1000  # Adam steps per student, whatever the budget: small budgets are not under-trained
+CERTIFY_N0 = 100  # selection samples of the certify release, charged to its forward passes
 TEST_ID_BASE = 1 << 40  # query ids of the held-out scoring, disjoint from the attack's
 
 
@@ -186,12 +187,13 @@ def release_labels(spec: ExtractionSpec, setting: dict, ref, X: np.ndarray, ids:
         call = certify if setting["release"] == Certify.name else predict
         key = (call.__name__, ref.sha256, setting["sigma"], setting["n"], spec.alpha, seed, ids.tobytes())
         answers = {} if answers is None else answers
+        selection = dict(n0=CERTIFY_N0) if call is certify else {}
         if key not in answers:
             answers[key] = call(ref, X, sigma=setting["sigma"], n=setting["n"], alpha=spec.alpha, seed=seed,
-                                  input_ids=ids, **engine)
+                                  input_ids=ids, **selection, **engine)
         df = answers[key]
         column = "top_class" if setting["release"] == Majority.name else "prediction"
-        samples = setting["n"] + (100 if setting["release"] == Certify.name else 0)  # certify's n0
+        samples = setting["n"] + selection.get("n0", 0)
         return df[column].to_numpy(dtype=np.int64), len(X) * samples
     if spec.defense == "rr":
         release = RandomizedResponse(ref, setting["epsilon"], _classes(ref, X), seed=seed)
