@@ -47,7 +47,8 @@ def paper_protocol(part: pd.DataFrame) -> pd.Series:
     """Per target, the success of the restart whose reconstruction the evaluator is most confident in
     (the paper's protocol: its best image per class). Restarts that never found a start point made no
     reconstruction and lose to any that did; ties go to the lowest restart."""
-    order = part.assign(_found=part["found"] if "found" in part else True)
+    order = part.assign(_found=part["found"] if "found" in part else True,
+                        restart=part["restart"] if "restart" in part else 0)
     order = order.sort_values(["target", "_found", "eval_confidence", "restart"],
                               ascending=[True, False, False, True], kind="stable")
     return order.groupby("target", sort=True)["success"].first()
@@ -111,7 +112,7 @@ class AttackAnalysis(Analysis):
             nan = float("nan")
             gain = (paired_difference(part["success"], part["start_success"], 0.05) if "start_success" in part
                     else (nan, nan, nan))
-            paper = (paper_protocol(part) if {"target", "restart", "eval_confidence"} <= set(part.columns)
+            paper = (paper_protocol(part) if {"target", "eval_confidence"} <= set(part.columns)
                      else pd.Series(dtype=bool))
             paper_ci = clopper_pearson(int(paper.sum()), len(paper), 0.05) if len(paper) else (nan, nan)
             row.update({
@@ -167,7 +168,7 @@ class AttackAnalysis(Analysis):
         rows = [[*(r[k] for k in keys), int(r["targets"]),
                  f"{pct(r['asr'])} [{pct(r['asr_low'])}–{pct(r['asr_high'])}]", pct(r["start_asr"]),
                  _points(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"]),
-                 _interval(r["paper_asr"], r["paper_asr_low"], r["paper_asr_high"]),
+                 f"{pct(r['paper_asr'])} [{pct(r['paper_asr_low'])}–{pct(r['paper_asr_high'])}]",
                  pct(r["utility_accuracy"]), pct(r["abstain_rate"]), num(r["eval_confidence"], 3),
                  f"{r['mean_queries']:,.0f}", f"{r['forward_passes']:,}"] for r in summary]
         w.add(*md_table(header, rows))
