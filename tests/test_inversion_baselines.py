@@ -1,5 +1,5 @@
 """Issue 13's baselines and measures for model inversion: random abstention, Gaussian input noise (N = 1),
-the abstain-aware attacker, the paper-protocol ASR and ASR − start ASR with Newcombe's paired interval."""
+the abstain-aware attacker, the paper-protocol ASR and ASR − start ASR with Tango's paired score interval."""
 
 import numpy as np
 import pandas as pd
@@ -126,30 +126,53 @@ def test_abstain_aware_attacker_shrinks_after_abstaining_candidates_and_weights_
 # --- summary: paired difference and the paper protocol ------------------------------------------------------------
 
 
-def _newcombe_independently(x, y, alpha=0.05):
-    """Method 10 of Newcombe (1998) from scipy's Wilson intervals and numpy's correlation of the pairs."""
-    n = len(x)
-    p1, p2 = x.mean(), y.mean()
-    w1 = binomtest(int(x.sum()), n).proportion_ci(1 - alpha, method="wilson")
-    w2 = binomtest(int(y.sum()), n).proportion_ci(1 - alpha, method="wilson")
-    phi = 0.0 if min(x.std(), y.std()) == 0 else float(np.corrcoef(x, y)[0, 1])
-    low = (p1 - p2) - np.sqrt((p1 - w1.low) ** 2 - 2 * phi * (p1 - w1.low) * (w2.high - p2) + (w2.high - p2) ** 2)
-    high = (p1 - p2) + np.sqrt((w1.high - p1) ** 2 - 2 * phi * (w1.high - p1) * (p2 - w2.low) + (p2 - w2.low) ** 2)
-    return p1 - p2, low, high
+def _tango_independently(x, y, alpha=0.05, step=1e-4):
+    """Tango's score interval by brute force: on a grid of Δ, the restricted MLE of P(y only) by numeric
+    maximisation of the multinomial likelihood, the score statistic, and the extremes of |T| ≤ z."""
+    from scipy.optimize import minimize_scalar
+
+    n, b, c = len(x), int((x & ~y).sum()), int((~x & y).sum())
+    m, z = n - b - c, norm.ppf(1 - alpha / 2)
+
+    def restricted_q(delta):
+        lo, hi = max(0.0, -delta), (1 - delta) / 2
+        if hi - lo < 1e-12:
+            return lo
+        nll = lambda q: -(b * np.log(max(q + delta, 1e-300)) + c * np.log(max(q, 1e-300))  # noqa: E731
+                          + m * np.log(max(1 - 2 * q - delta, 1e-300)))
+        return minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-12}).x
+
+    def accepted(grid):
+        out = []
+        for delta in grid:
+            var = n * (2 * restricted_q(delta) + delta * (1 - delta))
+            gap = b - c - n * delta
+            out.append(abs(gap) <= z * np.sqrt(var) if var > 0 else abs(gap) < 1e-9)
+        return grid[np.array(out)]
+
+    coarse = accepted(np.linspace(-1 + 1e-9, 1 - 1e-9, 201))  # a 0.01 grid, then 1e-4 steps across each end
+    lows = accepted(np.arange(coarse.min() - 0.01, coarse.min() + step / 2, step).clip(-1 + 1e-9))
+    highs = accepted(np.arange(coarse.max(), coarse.max() + 0.01 + step / 2, step).clip(None, 1 - 1e-9))
+    return (b - c) / n, lows.min(), highs.max()
 
 
-@pytest.mark.parametrize("a, b, c, d", [(10, 15, 5, 20), (25, 4, 0, 1), (0, 0, 0, 30), (12, 9, 2, 21), (3, 0, 7, 0)])
+@pytest.mark.parametrize("a, b, c, d", [(10, 15, 5, 20), (25, 4, 0, 1), (0, 0, 0, 30), (13, 0, 0, 17), (3, 0, 7, 0)])
 def test_paired_difference_matches_an_independent_computation(a, b, c, d):
-    x = np.array([1] * a + [1] * b + [0] * c + [0] * d, dtype=float)
-    y = np.array([1] * a + [0] * b + [1] * c + [0] * d, dtype=float)
-    assert paired_difference(x, y) == pytest.approx(_newcombe_independently(x, y), abs=1e-12)
+    x = np.array([1] * a + [1] * b + [0] * c + [0] * d, dtype=bool)
+    y = np.array([1] * a + [0] * b + [1] * c + [0] * d, dtype=bool)
     diff, low, high = paired_difference(x, y)
-    assert low <= diff <= high and low < high  # never collapses, even when every pair agrees
+    ref = _tango_independently(x, y)
+    assert diff == ref[0] and low == pytest.approx(ref[1], abs=2e-4) and high == pytest.approx(ref[2], abs=2e-4)
+    assert low < diff < high or (diff == 0 and low < 0 < high)
+    if b == c == 0:  # no discordant pair: ±z²/(n + z²), whatever the marginal rate
+        z2 = norm.ppf(0.975) ** 2
+        assert (low, high) == pytest.approx((-z2 / (len(x) + z2), z2 / (len(x) + z2)), abs=1e-6)
 
 
 def test_paired_difference_covers_at_its_level():
     """Coverage over 4000 simulated data sets of 30 correlated pairs (p1 = 0.8, p2 = 0.7, 60% agreeing by
-    construction): Newcombe reports method 10 close to nominal; 0.95 ± 3 binomial sd (0.010) either way."""
+    construction): close to nominal, 0.95 ± 3 binomial sd (0.010) either way, as Fagerland et al. (2013) report
+    for Tango's interval."""
     rng = np.random.default_rng(0)
     cells = np.array([0.65, 0.15, 0.05, 0.15])  # (1,1), (1,0), (0,1), (0,0): p1 = 0.8, p2 = 0.7
     covered = 0
@@ -186,7 +209,7 @@ def test_summary_has_paper_protocol_and_asr_gain():
     assert (row["paper_asr_low"], row["paper_asr_high"]) == pytest.approx((exact.low, exact.high))
     assert row["asr"] == 5 / 12 and row["start_asr"] == 4 / 12
     assert (row["asr_gain"], row["asr_gain_low"], row["asr_gain_high"]) == pytest.approx(
-        _newcombe_independently(table.success.to_numpy(float), table.start_success.to_numpy(float)))
+        _tango_independently(table.success.to_numpy(bool), table.start_success.to_numpy(bool)), abs=2e-4)
     assert row["abstain_rate"] == pytest.approx(0.1)
 
 

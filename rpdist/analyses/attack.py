@@ -100,7 +100,7 @@ class AttackAnalysis(Analysis):
 
     def summarize(self, table: pd.DataFrame) -> list[dict]:
         """Per defense setting: ASR with its 95% Clopper–Pearson interval over targets × restarts, the
-        starting points' ASR and ASR − start ASR with Newcombe's paired interval (each attack is a pair:
+        starting points' ASR and ASR − start ASR with Tango's paired score interval (each attack is a pair:
         its verdict and its start's), the paper-protocol ASR (best restart per target, Clopper–Pearson
         over targets), utility, abstain rate, queries and forward passes."""
         keys = [c for c in SETTING if c in table.columns]
@@ -174,7 +174,7 @@ class AttackAnalysis(Analysis):
         w.add(*md_table(header, rows))
         w.add("ASR (attack success rate): share of attacks (targets × restarts) whose reconstruction the independent "
               "evaluation classifier labels as the target, with a 95% Clopper–Pearson interval. Start ASR: the same "
-              "verdict on the walk's starting points; ASR − start ASR has Newcombe's paired 95% interval (method 10). "
+              "verdict on the walk's starting points; ASR − start ASR has Tango's paired 95% score interval (each attack pairs its verdict with its start's). "
               "Paper protocol: per target class, only the restart whose reconstruction the evaluator is most "
               "confident in is judged (Clopper–Pearson over classes). Utility accuracy: the released labels' "
               "accuracy on the held-out test split; abstain rate: their share of −1 there.", "")

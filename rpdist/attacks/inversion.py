@@ -5,6 +5,10 @@ PNG grid of the reconstructions and a manifest. Every target class is attacked b
 its own. Queries to smoothed targets go through :func:`rpdist.predict` on the replicas the driver
 started (the tasks hold handles to them), so a round's sphere points × N samples share forward
 batches there.
+
+Baselines without a certificate: ``abstain`` answers with the undefended label or abstains at random at
+the rate RP's PREDICT release abstains on the test split at the same (σ, N, noise); ``noise`` answers
+with one forward pass on Gaussian-noised input (N = 1) on the same replicas.
 """
 
 from __future__ import annotations

@@ -91,40 +91,43 @@ def clopper_pearson(count: int, n: int, alpha: float = 0.05) -> tuple[float, flo
     return low, high
 
 
-def wilson(count: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Two-sided (1 − α) Wilson score interval for a binomial proportion (no continuity correction)."""
-    z = float(norm.ppf(1 - alpha / 2))
-    p, z2 = count / n, z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def paired_difference(x, y, alpha: float = 0.05) -> tuple[float, float, float]:
-    """Mean of x − y for paired 0/1 outcomes, with Newcombe's (1998, method 10) (1 − α) interval.
+    """Mean of x − y for paired 0/1 outcomes, with Tango's (1998) (1 − α) score interval.
 
-    The Wilson intervals of the two marginal rates are combined with the φ correlation of the
-    pairs, so a walk that rarely changes the verdict of its start gets a narrow interval; unlike a
-    Wald or bootstrap interval it does not collapse to a point when every pair agrees. Returns
-    (difference, low, high); NaNs for no pairs.
+    Only discordant pairs (b: x only, c: y only) move the difference (b − c)/n. The interval inverts
+    the score test of Δ with the nuisance P(y only) at its restricted maximum likelihood, as
+    Fagerland, Lydersen and Laake (2013) recommend for paired proportions. With no discordant pair it
+    is ±z²/(n + z²), a function of n alone: a Wald or bootstrap interval collapses to a point there,
+    and Newcombe's square-and-add interval narrows with the marginal rate (±2 points at 13 of 30 both
+    ways, ±11 at 30 of 30). Returns (difference, low, high); NaNs for no pairs.
     """
+    from scipy.optimize import brentq
+
     x, y = np.asarray(x, dtype=bool).ravel(), np.asarray(y, dtype=bool).ravel()
     if x.shape != y.shape:
         raise InputError(f"paired outcomes need equal lengths, got {x.size} and {y.size}")
     n = x.size
     if n == 0:
         return float("nan"), float("nan"), float("nan")
-    a, b = int((x & y).sum()), int((x & ~y).sum())
-    c, d = int((~x & y).sum()), int((~x & ~y).sum())
-    p1, p2 = (a + b) / n, (a + c) / n
-    l1, u1 = wilson(a + b, n, alpha)
-    l2, u2 = wilson(a + c, n, alpha)
-    margins = (a + b) * (c + d) * (a + c) * (b + d)
-    phi = (a * d - b * c) / math.sqrt(margins) if margins > 0 else 0.0
-    delta = p1 - p2
-    low = delta - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
-    high = delta + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
-    return delta, max(-1.0, low), min(1.0, high)
+    check_alpha(alpha)
+    b, c = int((x & ~y).sum()), int((~x & y).sum())
+    z = float(norm.ppf(1 - alpha / 2))
+    diff = (b - c) / n
+
+    def excess(delta: float) -> float:
+        """Score statistic of H0: Δ = delta (it decreases in Δ)."""
+        w = -(b + c) + delta * (2 * n - b + c)
+        q = (math.sqrt(max(0.0, w * w + 8 * n * c * delta * (1 - delta))) - w) / (4 * n)  # restricted MLE of P(y only)
+        var = n * (2 * q + delta * (1 - delta))
+        gap = b - c - n * delta
+        if gap == 0:
+            return 0.0
+        return gap / math.sqrt(var) if var > 0 else math.copysign(math.inf, gap)
+
+    edge = 1 - 1e-12
+    low = -1.0 if excess(-edge) <= z else brentq(lambda d: excess(d) - z, -edge, diff, xtol=1e-12)
+    high = 1.0 if excess(edge) >= -z else brentq(lambda d: excess(d) + z, diff, edge, xtol=1e-12)
+    return diff, float(max(-1.0, low)), float(min(1.0, high))
 
 
 def radius(pa_lower: np.ndarray | float, sigma: float) -> np.ndarray:
