@@ -19,9 +19,12 @@ def register(app: typer.Typer) -> None:
     def inversion_cmd(
         dataset: str = typer.Option("digits", "--dataset", "-d", help="Built-in image dataset (digits)."),
         attack: str = typer.Option("brep", "--attack", help="Attack: brep (label-only BREP-MI)."),
-        defense: str = typer.Option("none", "--defense", help="none, rp, dpsgd or rr."),
-        sigma: Optional[List[float]] = typer.Option(None, "--sigma", "-s", help="rp: σ (repeatable)."),
-        n: Optional[List[int]] = typer.Option(None, "--n", help="rp: Monte Carlo samples per query (repeatable)."),
+        defense: str = typer.Option("none", "--defense", help="none, rp, dpsgd, rr, abstain (random "
+                                     "abstention at rp PREDICT's abstain rate) or noise (one pass on x + N(0, σ²I))."),
+        sigma: Optional[List[float]] = typer.Option(None, "--sigma", "-s", help="rp, abstain: σ (repeatable; default "
+                                                    "0.1, 0.25, 0.5); noise: required."),
+        n: Optional[List[int]] = typer.Option(None, "--n", help="rp, abstain: Monte Carlo samples per query "
+                                              "(repeatable; default 200)."),
         epsilon: Optional[List[float]] = typer.Option(None, "--epsilon", help="dpsgd/rr: ε (repeatable; inf = "
                                                       "DP-SGD clip-only)."),
         release: Optional[List[str]] = typer.Option(None, "--release", help="rp: predict (abstain = not the target) "
@@ -33,6 +36,8 @@ def register(app: typer.Typer) -> None:
         nudge: Optional[List[str]] = typer.Option(None, "--nudge", help="Nudged repeats: move repetitions 2..k by "
                                                   "δ = this × σ in a random direction, or 'ulp' (every pixel one "
                                                   "ulp); 0 = exact repeats (repeatable)."),
+        attacker: Optional[List[str]] = typer.Option(None, "--attacker", help="plain (abstain = another class) or "
+                                                     "abstain-aware (abstain = near the boundary; repeatable)."),
         noise_key_file: Optional[Path] = typer.Option(None, "--noise-key-file", help="Secret key of keyed noise "
                                                       "(else $RPDIST_NOISE_KEY, else a random key for this run)."),
         targets: Optional[str] = typer.Option(None, "--targets", help="Comma-separated classes; default all."),
@@ -57,8 +62,8 @@ def register(app: typer.Typer) -> None:
             target_list = [int(t) for t in targets.split(",")] if targets else None
         except ValueError:
             raise InputError(f"--targets must be comma-separated class numbers, got {targets!r}") from None
-        spec = InversionSpec(dataset=dataset, attack=attack, defense=defense, sigmas=sigma or [0.1, 0.25, 0.5],
-                             ns=n or [200], epsilons=epsilon or None, releases=release or ["majority"],
+        spec = InversionSpec(dataset=dataset, attack=attack, defense=defense, sigmas=sigma or None,
+                             ns=n or None, attackers=attacker or ["plain"], epsilons=epsilon or None, releases=release or ["majority"],
                              repeats=repeat or [1], noises=noise or ["fresh"], nudges=nudge or ["0"],
                              noise_key_file=str(noise_key_file) if noise_key_file else None, targets=target_list,
                              restarts=restarts, query_budget=query_budget, alpha=alpha, seed=seed,

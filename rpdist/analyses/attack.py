@@ -10,20 +10,48 @@ import pandas as pd
 from rpdist.analyses.base import Analysis, Column, Outcome
 from rpdist.reporting.format import fmt, md_table, num, pct
 from rpdist.reporting.plots import figure, style
-from rpdist.smoothing.stats import clopper_pearson
+from rpdist.smoothing.stats import clopper_pearson, paired_difference
 
 # A defense setting is identified by these columns (those present); sweeps add their partition values.
-SETTING = ("defense", "sigma", "n", "epsilon", "release", "noise", "repeat", "nudge", "alpha", "seed")
+SETTING = ("defense", "sigma", "n", "epsilon", "release", "noise", "repeat", "nudge", "attacker", "alpha", "seed")
 NAMES = {"defense": "defense", "sigma": "σ", "n": "N", "alpha": "α", "seed": "seed", "epsilon": "ε",
-         "release": "release", "noise": "noise", "repeat": "k", "nudge": "δ/σ"}
+         "release": "release", "noise": "noise", "repeat": "k", "nudge": "δ/σ", "attacker": "attacker"}
+PAPER = "ASR, paper protocol (best of restarts per class)"
+DIFF = "ASR − start ASR [95% CI]"
 
 
 RECONSTRUCTIONS = "reconstructions.png"  # each attack run's grid of reconstructed images
-RP = "rp"  # the one defense that smooths: its sweeps have a (σ, N) grid
+RP = "rp"  # the one defense that smooths
+GRID_DEFENSES = (RP, "abstain", "noise")  # defenses with a σ (and N) grid in sweeps: rp, its abstain-matched
+# random-abstention baseline, and the Gaussian-input-noise baseline (N = 1)
 
 
 def _knob(value) -> str:
     return "—" if value is None or value != value else fmt(value)
+
+
+def _interval(value, low, high) -> str:
+    return "—" if value != value else f"{100 * value:.0f}% [{100 * low:.0f}–{100 * high:.0f}]"
+
+
+def _points(value, low, high) -> str:
+    """A difference of rates in percentage points, signed."""
+    return "—" if value != value else f"{100 * value:+.0f} pp [{100 * low:+.0f}, {100 * high:+.0f}]"
+
+
+def _rate(value) -> str:
+    return "—" if value != value else f"{100 * value:.1f}%"
+
+
+def paper_protocol(part: pd.DataFrame) -> pd.Series:
+    """Per target, the success of the restart whose reconstruction the evaluator is most confident in
+    (the paper's protocol: its best image per class). Restarts that never found a start point made no
+    reconstruction and lose to any that did; ties go to the lowest restart."""
+    order = part.assign(_found=part["found"] if "found" in part else True,
+                        restart=part["restart"] if "restart" in part else 0)
+    order = order.sort_values(["target", "_found", "eval_confidence", "restart"],
+                              ascending=[True, False, False, True], kind="stable")
+    return order.groupby("target", sort=True)["success"].first()
 
 
 class AttackAnalysis(Analysis):
@@ -37,9 +65,13 @@ class AttackAnalysis(Analysis):
         Column("release", lambda r: str(r.get("release")), key=True), Column("noise", lambda r: str(r.get("noise", "—")), key=True),
         Column("k", lambda r: _knob(r.get("repeat")), key=True),
         Column("δ/σ", lambda r: str(r.get("nudge", "—")), key=True),
+        Column("attacker", lambda r: str(r.get("attacker", "plain")), key=True),
         Column("ASR [95% CI]", lambda r: f"{100 * r['asr']:.0f}% [{100 * r['asr_low']:.0f}–{100 * r['asr_high']:.0f}]"),
         Column("start ASR", lambda r: "—" if r["start_asr"] != r["start_asr"] else f"{100 * r['start_asr']:.0f}%"),
+        Column(DIFF, lambda r: _points(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"])),
+        Column(PAPER, lambda r: _interval(r["paper_asr"], r["paper_asr_low"], r["paper_asr_high"])),
         Column("utility", lambda r: f"{100 * r['utility_accuracy']:.1f}%"),
+        Column("abstain rate", lambda r: _rate(r["abstain_rate"])),
         Column("mean queries", lambda r: f"{r['mean_queries']:.0f}"),
         Column("forward passes", lambda r: f"{r['forward_passes']:,}"),
     )
@@ -50,13 +82,13 @@ class AttackAnalysis(Analysis):
         return run_inversion(spec, progress=progress)
 
     def smoothing_grid(self, options: dict) -> bool:
-        return options.get("defense", RP) == RP
+        return options.get("defense", RP) in GRID_DEFENSES
 
     def point_spec(self, sweep, point: dict, **fixed):
         """One attack run per grid point: every release × repeat × noise (× ε for dpsgd and rr) of the sweep."""
         from rpdist.attacks.inversion import InversionSpec
 
-        grid = dict(sigmas=[point["sigma"]], ns=[point["n"]]) if sweep.defense == RP else {}
+        grid = dict(sigmas=[point["sigma"]], ns=[point["n"]]) if sweep.defense in GRID_DEFENSES else {}
         releases = [sweep.release] if isinstance(sweep.release, str) else list(sweep.release)
         return InversionSpec(dataset=sweep.dataset, defense=sweep.defense, **grid, alpha=point["alpha"],
                              seed=point["seed"], releases=releases, repeats=list(sweep.repeat),
@@ -67,17 +99,29 @@ class AttackAnalysis(Analysis):
                              batch_size=sweep.batch_size, **fixed)
 
     def summarize(self, table: pd.DataFrame) -> list[dict]:
-        """Per defense setting: ASR with its 95% Clopper–Pearson interval over targets × restarts,
-        the starting points' ASR, utility, queries and forward passes."""
+        """Per defense setting: ASR with its 95% Clopper–Pearson interval over targets × restarts, the
+        starting points' ASR and ASR − start ASR with Tango's paired score interval (each attack is a pair:
+        its verdict and its start's), the paper-protocol ASR (best restart per target, Clopper–Pearson
+        over targets), utility, abstain rate, queries and forward passes."""
         keys = [c for c in SETTING if c in table.columns]
         rows = []
         for key, part in table.groupby(keys, dropna=False, sort=True):
             wins, total = int(part["success"].sum()), len(part)
             low, high = clopper_pearson(wins, total, 0.05)
             row = dict(zip(keys, key))
+            nan = float("nan")
+            gain = (paired_difference(part["success"], part["start_success"], 0.05) if "start_success" in part
+                    else (nan, nan, nan))
+            paper = (paper_protocol(part) if {"target", "eval_confidence"} <= set(part.columns)
+                     else pd.Series(dtype=bool))
+            paper_ci = clopper_pearson(int(paper.sum()), len(paper), 0.05) if len(paper) else (nan, nan)
             row.update({
                 "targets": total, "asr": wins / total, "asr_low": low, "asr_high": high,
                 "start_asr": float(part["start_success"].mean()) if "start_success" in part else float("nan"),
+                "asr_gain": gain[0], "asr_gain_low": gain[1], "asr_gain_high": gain[2],
+                "paper_classes": len(paper), "paper_asr": float(paper.mean()) if len(paper) else nan,
+                "paper_asr_low": paper_ci[0], "paper_asr_high": paper_ci[1],
+                "abstain_rate": float(part["abstain_rate"].mean()) if "abstain_rate" in part else nan,
                 "found_rate": float(part["found"].mean()) if "found" in part else float("nan"),
                 "utility_accuracy": float(part["utility_accuracy"].mean()),
                 "eval_confidence": float(part["eval_confidence"].mean()) if "eval_confidence" in part else float("nan"),
@@ -118,16 +162,22 @@ class AttackAnalysis(Analysis):
         keys = first + [c for c in SETTING if c in g.columns and (c == "defense" or g[c].nunique(dropna=True) > 1
                                                                  or c in ("sigma", "n", "epsilon", "release"))]
         w.add("### Summary", "")
-        header = [names[k] for k in keys] + ["targets", "ASR [95% CI]", "start ASR", "utility accuracy",
-                                            "mean eval. confidence", "mean queries", "forward passes"]
+        header = [names[k] for k in keys] + ["attacks", "ASR [95% CI]", "start ASR", DIFF, PAPER,
+                                            "utility accuracy", "abstain rate", "mean eval. confidence",
+                                            "mean queries", "forward passes"]
         rows = [[*(r[k] for k in keys), int(r["targets"]),
                  f"{pct(r['asr'])} [{pct(r['asr_low'])}–{pct(r['asr_high'])}]", pct(r["start_asr"]),
-                 pct(r["utility_accuracy"]), num(r["eval_confidence"], 3), f"{r['mean_queries']:,.0f}",
-                 f"{r['forward_passes']:,}"] for r in summary]
+                 _points(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"]),
+                 f"{pct(r['paper_asr'])} [{pct(r['paper_asr_low'])}–{pct(r['paper_asr_high'])}]",
+                 pct(r["utility_accuracy"]), pct(r["abstain_rate"]), num(r["eval_confidence"], 3),
+                 f"{r['mean_queries']:,.0f}", f"{r['forward_passes']:,}"] for r in summary]
         w.add(*md_table(header, rows))
         w.add("ASR (attack success rate): share of attacks (targets × restarts) whose reconstruction the independent "
               "evaluation classifier labels as the target, with a 95% Clopper–Pearson interval. Start ASR: the same "
-              "verdict on the walk's starting points. Utility accuracy: the released model's accuracy.", "")
+              "verdict on the walk's starting points; ASR − start ASR has Tango's paired 95% score interval (each attack pairs its verdict with its start's). "
+              "Paper protocol: per target class, only the restart whose reconstruction the evaluator is most "
+              "confident in is judged (Clopper–Pearson over classes). Utility accuracy: the released labels' "
+              "accuracy on the held-out test split; abstain rate: their share of −1 there.", "")
         w.add("### Plots", "")
         w.image(privacy_utility(g), plot, "attack success rate against accuracy",
                 "Attack success rate against the released model's accuracy, one point per defense setting, one line "

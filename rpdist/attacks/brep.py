@@ -5,6 +5,21 @@ labels on a sphere of radius r around it; step away from the sphere points label
 keep the step only if its point is still labelled as the target; when every sphere point agrees,
 grow r (the point is deep inside the class region). The budget is a number of queries.
 
+The plain attacker reads an abstention (−1) as "another class". The *abstain-aware* attacker
+(``BrepConfig(abstain_aware=True)``) knows the release is PREDICT at some σ and N, so −1 means "the
+vote here is split": the point lies in a band around a decision boundary, not past it. Its rule:
+
+- sphere: an abstaining point repels with weight ``abstain_weight`` (0.5) instead of 1, since it marks
+  the boundary band, while a point labelled otherwise lies beyond it; the sphere grows only when every
+  point is the target (as plain);
+- check: an abstaining candidate is rejected (it is not known to be the target), but it shows the step
+  reached the band, so the radius, and with it the step, shrinks by ``abstain_shrink`` (not below
+  ``min_radius``); a candidate labelled otherwise is rejected with the radius kept (as plain).
+
+σ and N enter only through what an abstention means; the rule uses no numeric σ or N (the band's
+width in latent units is unknown to the attacker). Against releases that never abstain it is the
+plain attacker.
+
 Each attack is a small state machine (:class:`BrepAttack`: ``propose`` points, ``observe`` labels),
 so many target classes can share one release call: their sphere points × N samples then fill one
 forward batch on the engine's replicas.
@@ -16,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+ABSTAIN = -1
 STREAM_SHIFT = 32  # query id = (stream << 32) | counter: unique per attack and per query
 
 
@@ -31,6 +47,10 @@ class BrepConfig:
     repeat: int = 1          # adaptive attacker: ask each point k times, keep the majority
     nudge: float = 0.0       # nudged repeats: repetitions 2..k move δ (ℓ2, input units) in a random direction
     nudge_ulp: bool = False  # ... or move every pixel one ulp up or down at random
+    abstain_aware: bool = False  # read −1 as "near the boundary", not "another class" (module docstring)
+    abstain_weight: float = 0.5  # abstain-aware: repulsion of an abstaining sphere point (other class: 1)
+    abstain_shrink: float = 0.7  # abstain-aware: radius factor after an abstaining candidate
+    min_radius: float = 0.05     # abstain-aware: the radius never shrinks below this
 
 
 class BrepAttack:
@@ -50,6 +70,7 @@ class BrepAttack:
         self.queries = 0
         self.steps = 0
         self.accepted = 0
+        self.shrunk = 0                    # abstain-aware: radius shrinks after abstaining candidates
         self._pending = None
         self._candidate = None
 
@@ -111,6 +132,8 @@ class BrepAttack:
                 return
             # Repel from the points labelled otherwise: mean of ±u, outside points count −1.
             phi = np.where(inside, 1.0, -1.0)
+            if self.config.abstain_aware:
+                phi[labels == ABSTAIN] = -self.config.abstain_weight
             direction = (phi[:, None] * self._pending).mean(axis=0)
             norm = np.linalg.norm(direction)
             if norm == 0:
@@ -121,6 +144,9 @@ class BrepAttack:
         if inside[0]:
             self.z = self._candidate
             self.accepted += 1
+        elif self.config.abstain_aware and labels[0] == ABSTAIN:
+            self.radius = max(self.radius * self.config.abstain_shrink, self.config.min_radius)
+            self.shrunk += 1
         self.phase = "sphere"
 
     def result(self) -> np.ndarray:

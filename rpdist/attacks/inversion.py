@@ -5,6 +5,10 @@ PNG grid of the reconstructions and a manifest. Every target class is attacked b
 its own. Queries to smoothed targets go through :func:`rpdist.predict` on the replicas the driver
 started (the tasks hold handles to them), so a round's sphere points × N samples share forward
 batches there.
+
+Baselines without a certificate: ``abstain`` answers with the undefended label or abstains at random at
+the rate RP's PREDICT release abstains on the test split at the same (σ, N, noise); ``noise`` answers
+with one forward pass on Gaussian-noised input (N = 1) on the same replicas.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from pydantic import AfterValidator, Field, model_validator
 
 from rpdist.attacks import roles
 from rpdist.attacks.brep import BrepAttack, BrepConfig, run_lockstep
-from rpdist.defenses.releases import (FRESH, KEYED, MAJORITY, PREDICT, LabelRelease, RandomizedResponse,
-                                      SmoothedRelease, KEY_GRID_SIGMAS, noise_key,
-                                      random_seed)
+from rpdist.defenses.releases import (ABSTAIN, FRESH, KEYED, MAJORITY, PREDICT, LabelRelease, NoisyInputRelease,
+                                      RandomAbstention, RandomizedResponse, SmoothedRelease, KEY_GRID_SIGMAS,
+                                      noise_key, random_seed)
 from rpdist.analyses import REGISTRY
 from rpdist.analyses.attack import RECONSTRUCTIONS, AttackAnalysis
 from rpdist.analyses.base import Outcome
@@ -38,6 +42,8 @@ from rpdist.specs import Alpha, Count, Must, OutRoot, Positive, Seed, Sigma, spe
 ATTACK = REGISTRY[AttackAnalysis.name]
 CLIP_ONLY = float("inf")  # the epsilon of the DP-SGD clip-only control (no noise: no privacy)
 EXACT, ULP = "0", "ulp"  # nudges: exact repeats, and every pixel moved one ulp; else δ as a multiple of σ
+PLAIN, ABSTAIN_AWARE = "plain", "abstain-aware"  # attackers; see rpdist.attacks.brep
+DEFAULT_SIGMAS, DEFAULT_NS = [0.1, 0.25, 0.5], [200]
 
 
 def _distinct(values: list | None) -> list | None:
@@ -54,8 +60,9 @@ class InversionSpec:
                                                     "supports")] = roles.DATASET
     attack: Annotated[Literal["brep"], Must("must be brep, the one attack available", "--attack")] = "brep"
     defense: Annotated[Literal[DEFENSES], Must(f"must be one of {', '.join(DEFENSES)}", "--defense")] = "none"
-    sigmas: Annotated[list[Sigma], Must(name="--sigma")] = field(default_factory=lambda: [0.1, 0.25, 0.5])
-    ns: Annotated[list[Count], Must(name="--n")] = field(default_factory=lambda: [200])
+    # rp, abstain: None = DEFAULT_SIGMAS × DEFAULT_NS; noise needs σ given and has N = 1
+    sigmas: Annotated[list[Sigma] | None, Must(name="--sigma")] = None
+    ns: Annotated[list[Count] | None, Must(name="--n")] = None
     # dpsgd, rr: None = the defense's default grid; inf = DP-SGD clip-only (no noise)
     epsilons: Annotated[list[Positive] | None, Must(name="--epsilon")] = None
     releases: Annotated[list[Literal[PREDICT, MAJORITY]], Must(f"must be {PREDICT} or {MAJORITY}", "--release")] = \
@@ -65,6 +72,9 @@ class InversionSpec:
         field(default_factory=lambda: [FRESH])
     # repeated queries moved by δ (0, ulp or a multiple of σ) against keyed noise; see rpdist.attacks.brep
     nudges: Annotated[list, Must(name="--nudge")] = field(default_factory=lambda: [EXACT])
+    attackers: Annotated[list[Literal[PLAIN, ABSTAIN_AWARE]], AfterValidator(_distinct),
+                         Must(f"must be {PLAIN} or {ABSTAIN_AWARE}", "--attacker")] = \
+        field(default_factory=lambda: [PLAIN])
     noise_key_file: str | None = None  # the keyed noise's secret; else $RPDIST_NOISE_KEY, else a random key
     targets: Annotated[list[Annotated[int, Field(strict=True, ge=0, lt=roles.NUM_CLASSES)]] | None,
                        AfterValidator(_distinct),
@@ -95,15 +105,24 @@ def defense_configs(spec: InversionSpec) -> list[dict]:
     nudges = [nudge_name(d) for d in spec.nudges]
     if any(d != EXACT for d in nudges) and all(int(k) == 1 for k in spec.repeats):
         raise InputError("--nudge moves repeated queries; it needs --repeat k >= 2")
-    base = [dict(repeat=int(k), noise=noise, nudge=d) for k in spec.repeats for noise in spec.noises
-            for d in (nudges if int(k) > 1 else [EXACT])]
+    base = [dict(repeat=int(k), noise=noise, nudge=d, attacker=att) for k in spec.repeats for noise in spec.noises
+            for d in (nudges if int(k) > 1 else [EXACT]) for att in spec.attackers]
     base = [b for i, b in enumerate(base) if b not in base[:i]]
     nan = float("nan")
+    sigmas, ns = spec.sigmas or DEFAULT_SIGMAS, spec.ns or DEFAULT_NS
     if spec.defense == "none":
         return [dict(sigma=nan, n=0, epsilon=nan, release="label", **b) for b in base]
     if spec.defense == "rp":
         return [dict(sigma=s, n=n, epsilon=nan, release=r, **b)
-                for s in spec.sigmas for n in spec.ns for r in spec.releases for b in base]
+                for s in sigmas for n in ns for r in spec.releases for b in base]
+    if spec.defense == "abstain":  # matched to the rp PREDICT release at each (σ, N)
+        return [dict(sigma=s, n=n, epsilon=nan, release="label", **b) for s in sigmas for n in ns for b in base]
+    if spec.defense == "noise":
+        if not spec.sigmas:
+            raise InputError("--defense noise needs --sigma (the input noise; there is no default)")
+        if spec.ns and list(spec.ns) != [1]:
+            raise InputError(f"--n does not apply to --defense noise (one noisy forward pass, N = 1), got {spec.ns}")
+        return [dict(sigma=s, n=1, epsilon=nan, release="label", **b) for s in sigmas for b in base]
     eps = spec.epsilons or ([1.0, 3.0, 8.0, CLIP_ONLY] if spec.defense == "dpsgd" else [1.0, 3.0, 5.0])
     return [dict(sigma=nan, n=0, epsilon=e, release="label", **b) for e in eps for b in base]
 
@@ -166,12 +185,24 @@ def attack_release(release, targets, restarts, config: BrepConfig, seed: int, ge
     return [a for attacks, _ in outs for a in attacks], sum(fp for _, fp in outs)
 
 
-def utility(release, X: np.ndarray, y: np.ndarray) -> float:
-    """Accuracy of released labels on the test split (abstain = wrong); ids distinct from attack ids."""
+def utility(release, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Accuracy of released labels on the test split (abstain = wrong) and the abstain rate there; ids
+    distinct from attack ids."""
     before = release.forward_passes
     labels = release(X, np.arange(len(X), dtype=np.int64))
     release.forward_passes = before  # utility evaluation is not part of the attack's cost
-    return float((labels == y).mean())
+    return float((labels == y).mean()), float((labels == ABSTAIN).mean())
+
+
+def matched_abstain_rate(cfg: dict, spec: InversionSpec, target_ref, seed: int, key, cache: dict) -> float:
+    """The abstain rate, on the test split, of the rp PREDICT release at the config's (σ, N, noise): what
+    the random-abstention baseline matches. Measured once per point of a run."""
+    point = (cfg["sigma"], cfg["n"], cfg["noise"])
+    if point not in cache:
+        rp = {**cfg, "release": PREDICT}
+        release, _ = make_release("rp", rp, spec, target_ref, seed, key)
+        cache[point] = utility(release, *roles.role_data("test"))[1]
+    return cache[point]
 
 
 def make_release(defense: str, cfg: dict, spec: InversionSpec, target_ref, seed: int, key=None):
@@ -185,6 +216,11 @@ def make_release(defense: str, cfg: dict, spec: InversionSpec, target_ref, seed:
                                address=spec.address, device=spec.device, **common), target_ref
     if defense == "rr":
         return RandomizedResponse(target_ref, cfg["epsilon"], roles.NUM_CLASSES, seed=seed, **common), target_ref
+    if defense == "abstain":
+        return RandomAbstention(target_ref, cfg["abstain_rate"], seed=seed, **common), target_ref
+    if defense == "noise":
+        return NoisyInputRelease(target_ref, cfg["sigma"], seed=seed, batch_size=spec.batch_size, workers=spec.workers,
+                                 address=spec.address, device=spec.device, **common), target_ref
     ref = roles.dpsgd_model(None if math.isinf(cfg["epsilon"]) else cfg["epsilon"])
     return LabelRelease(ref, **common), ref
 
@@ -222,11 +258,14 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     evaluator = eval_ref.load("cpu")
     decode = _decoder(generator)
     X_test, y_test = roles.role_data("test")
-    rows, images, labels = [], [], []
+    rows, images, labels, matched = [], [], [], {}
     for cfg in configs:
+        if spec.defense == "abstain":
+            cfg = {**cfg, "abstain_rate": matched_abstain_rate(cfg, spec, target_ref, seed, key, matched)}
         release, _ = make_release(spec.defense, cfg, spec, target_ref, seed, key)
-        acc = utility(release, X_test, y_test)
-        brep = BrepConfig(budget=spec.query_budget, points=spec.points, repeat=cfg["repeat"], **nudge_config(cfg))
+        acc, abstain_rate = utility(release, X_test, y_test)
+        brep = BrepConfig(budget=spec.query_budget, points=spec.points, repeat=cfg["repeat"],
+                          abstain_aware=cfg["attacker"] == ABSTAIN_AWARE, **nudge_config(cfg))
         t0 = time.perf_counter()
         attacks, passes = attack_release(release, targets, spec.restarts, brep, seed, generator)
         seconds = time.perf_counter() - t0
@@ -238,6 +277,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
         for a, p, s0, img, fp in zip(attacks, prob, start, recon, per_attack):
             rows.append({"defense": spec.defense, **{k: cfg[k] for k in ("sigma", "n", "epsilon", "release")},
                          "noise": cfg["noise"], "repeat": cfg["repeat"], "nudge": cfg["nudge"],
+                         "attacker": cfg["attacker"],
                          "nudge_distance": brep.nudge if not brep.nudge_ulp else float("nan"),
                          "target": a.target, "restart": a.restart,
                          "success": bool(a.found and int(p.argmax()) == a.target),
@@ -245,12 +285,13 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
                          "start_success": bool(a.found and int(s0) == a.target),
                          "found": a.found, "queries": a.queries, "forward_passes": fp, "steps": a.steps,
                          "accepted_steps": a.accepted, "final_radius": float(a.radius),
-                         "utility_accuracy": acc, "query_budget": spec.query_budget, "seconds": seconds})
+                         "utility_accuracy": acc, "abstain_rate": abstain_rate, "query_budget": spec.query_budget, "seconds": seconds})
             images.append(img[0])
         labels.append(_label(spec.defense, cfg))
         if progress:
             done = [r for r in rows if r["release"] == cfg["release"]][-len(attacks):]
             print(f"  {labels[-1]}: ASR {np.mean([r['success'] for r in done]):.0%}, utility {acc:.1%}, "
+                  f"abstain {abstain_rate:.1%}, "
                   f"{seconds:.1f}s", file=sys.stderr)
     table = pd.DataFrame(rows)
     run_dir.write_table(pa.Table.from_pandas(table, preserve_index=False), run_dir.final_name)
@@ -277,7 +318,7 @@ def _split_passes(attacks, total: int, defense: str, cfg: dict) -> list[int]:
     """Forward passes per attack. Every fresh query costs 1 (label) or N (rp) evaluations, so the split
     is exact; keyed releases answer repeated identical queries once, so their measured total is
     spread by queries (and the per-config sum stays exact)."""
-    per_query = cfg["n"] if defense == "rp" else 1
+    per_query = cfg["n"] if defense in ("rp", "noise") else 1
     exact = [a.queries * per_query for a in attacks]
     if sum(exact) == total:
         return exact
@@ -291,12 +332,18 @@ def _label(defense: str, cfg: dict) -> str:
     parts = [defense]
     if defense == "rp":
         parts += [f"σ={cfg['sigma']:g}", f"N={cfg['n']}", cfg["release"]]
+    elif defense == "abstain":
+        parts += [f"σ={cfg['sigma']:g}", f"N={cfg['n']}", f"rate={cfg['abstain_rate']:.2f}"]
+    elif defense == "noise":
+        parts.append(f"σ={cfg['sigma']:g}")
     elif defense in ("dpsgd", "rr"):
         parts.append("clip-only" if math.isinf(cfg["epsilon"]) else f"ε={cfg['epsilon']:g}")
     if cfg["repeat"] > 1 or cfg["noise"] == KEYED:
         parts += [f"k={cfg['repeat']}", cfg["noise"]]
     if cfg.get("nudge", EXACT) != EXACT:
         parts.append(f"δ={cfg['nudge']}" + ("" if cfg["nudge"] == ULP else "σ"))
+    if cfg.get("attacker", PLAIN) != PLAIN:
+        parts.append(cfg["attacker"])
     return " ".join(parts)
 
 

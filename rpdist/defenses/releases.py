@@ -32,6 +32,7 @@ from rpdist.models.refs import ModelRef
 _MASK63 = (1 << 63) - 1
 FRESH, KEYED = "fresh", "keyed"
 PREDICT, MAJORITY = "predict", "majority"
+ABSTAIN = -1
 KEY_ENV = "RPDIST_NOISE_KEY"
 MIN_KEY_BYTES = 16
 # Width of a keyed-grid cell, in units of the release's σ. Over keys, a nudge δ moves a point into another
@@ -277,3 +278,65 @@ class SmoothedRelease(Release):
         self.forward_passes += len(images) * self.n
         column = "prediction" if self.release == PREDICT else "top_class"
         return df[column].to_numpy(dtype=np.int64)
+
+
+class RandomAbstention(LabelRelease):
+    """Baseline for RP's PREDICT release: the undefended label, replaced by −1 (abstain) with probability
+    ``rate`` per query, independently of the image. The coin is a hash of (seed, query id), as for
+    randomized response, so keyed noise answers a repeated query alike. Abstention without a
+    certificate: if RP's abstentions protect only through their rate, this does as well."""
+
+    def __init__(self, model_ref: ModelRef, rate: float, seed: int | None = None, **kw):
+        super().__init__(model_ref, **kw)
+        if not (isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0):
+            raise InputError(f"the abstain rate must lie in [0, 1], got {rate!r}")
+        self.rate = float(rate)
+        self.seed = random_seed() if seed is None else int(seed)
+
+    def _release(self, images, ids):
+        labels = self.labels(images)
+        return np.where(_uniforms(self.seed, ids, 2) < self.rate, ABSTAIN, labels)
+
+
+class NoisyInputRelease(SmoothedRelease):
+    """Baseline without a certificate: the label of one forward pass on x + N(0, σ²I) (N = 1), never abstaining
+    (except on non-finite logits, as everywhere in the engine).
+
+    The pass runs on the engine's replicas with its counter-based noise (stream (seed, query id),
+    PREDICT phase, block 0), so answers do not depend on batching and keyed ids give keyed noise. It
+    bypasses :func:`rpdist.predict` only because PREDICT's config refuses N = 1 (no N < 11 can pass
+    its test at α = 0.001); the counts come from the same scheduler and replicas.
+    """
+
+    def __init__(self, model_ref: ModelRef, sigma: float, **kw):
+        super().__init__(model_ref, sigma, 1, release=MAJORITY, **kw)
+
+    def _release(self, images, ids):
+        counts = engine_votes(self.model_ref, images, ids, sigma=self.sigma, n=self.n, seed=self.seed,
+                              shared=self.shared, **self.options)
+        self.forward_passes += len(images) * self.n
+        return np.where(counts[:, -1] > 0, ABSTAIN, counts[:, :-1].argmax(axis=1))
+
+
+def engine_votes(model_ref: ModelRef, images: np.ndarray, ids: np.ndarray, *, sigma: float, n: int, seed: int,
+                 shared=None, batch_size: int | None = None, workers: int | None = None, address: str | None = None,
+                 device: str | None = None) -> np.ndarray:
+    """Vote counts [images, classes + 1] (last slot: non-finite samples) of n noisy samples per image, in
+    the PREDICT phase of stream (seed, id), from the engine's scheduler and replicas, with no decision."""
+    from rpdist.distributed.plan import PhaseSpec, Plan
+    from rpdist.distributed.pool import default_batch_size, ensure_ray, get_pool
+    from rpdist.distributed.scheduler import run_plan
+    from rpdist.smoothing.job import check_inputs, probe_model
+    from rpdist.smoothing.noise import DEFAULT_BLOCK, Phase
+
+    X, _, ids = check_inputs(images, None, ids)
+    classes = probe_model(model_ref, X)
+    ensure_ray(address)
+    pool = get_pool(model_ref, workers, device, shared)
+    plan = Plan(len(X), (PhaseSpec(Phase.PREDICT, n),), DEFAULT_BLOCK, batch_size or default_batch_size(pool.device))
+    out = np.zeros((len(X), classes + 1), dtype=np.int64)
+    for chunk, counts in run_plan(pool, X, ids, plan, sigma=sigma, seed=seed, num_classes=classes,
+                                  chunks=range(plan.num_chunks)):
+        start, stop = plan.chunk_rows(chunk)
+        out[start:stop] = counts[Phase.PREDICT].sum(axis=1)
+    return out
