@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from rpdist.analyses.attack import AttackAnalysis
+from rpdist.cli.options import ADDRESS, BATCH, DEVICE, QUIET, RUN_ID, WORKERS
 from rpdist.cli.printing import print_outcome
 
 
@@ -46,13 +47,13 @@ def register(app: typer.Typer) -> None:
         alpha: float = typer.Option(0.001, "--alpha", help="rp PREDICT level."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Secret noise seed of the release and attack seed; "
                                            "default: drawn from os.urandom and recorded in the manifest."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per forward pass."),
-        workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Model replicas."),
-        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join."),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
+        batch_size: Optional[int] = BATCH,
+        workers: Optional[int] = WORKERS,
+        address: Optional[str] = ADDRESS,
+        device: Optional[str] = DEVICE,
         out: Path = typer.Option(Path("results"), "--out", "-o", help="Writes OUT/RUN_ID/attack.parquet."),
-        run_id: Optional[str] = typer.Option(None, "--run-id", help="Run directory name."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+        run_id: Optional[str] = RUN_ID,
+        quiet: bool = QUIET,
     ) -> None:
         """Reconstruct each class from labels only; ASR (judged by an independent classifier) and utility."""
         from rpdist.attacks.inversion import InversionSpec, run_inversion

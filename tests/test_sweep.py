@@ -40,7 +40,7 @@ BASE = {"dataset": "insurance", "sigma": [0.5], "n": [1000]}
     ({"limit": 2.5}, "limit", "must be a whole number, got 2.5"),
     ({"train_sigma": "0.1"}, "train_sigma", "must be a number, got '0.1'"),
     ({"model": 3}, "model", "must be a string, got 3"),
-    ({"analysis": "attack", "defense": "dpsgd"}, "sigma", "applies to defense rp only, not to defense 'dpsgd'"),
+    ({"analysis": "attack", "defense": "dpsgd"}, "sigma", "applies only to defenses with a σ grid, not to defense 'dpsgd'"),
     ({"analysis": "attack", "noise": ["fresh", "loud"]}, "noise", "'fresh' or 'keyed', got 'loud'"),
     ({"analysis": "attack", "epsilon": [0.0]}, "epsilon", "greater than 0"),
     ({"analysis": "rap", "l1_non_sensitive": [0.01, -1]}, "l1_non_sensitive", "greater than or equal to 0"),
@@ -200,6 +200,21 @@ def test_attack_keys_are_checked():
         parse_sweep({**BASE, "analysis": "attack", "release": "loud"})
     with pytest.raises(InputError, match="'targets'"):
         parse_sweep({**BASE, "analysis": "attack", "targets": 3})
+    with pytest.raises(InputError, match="'attacker'"):
+        parse_sweep({**BASE, "analysis": "attack", "attacker": ["clever"]})
+    with pytest.raises(InputError, match="'nudge'.*must be 0, ulp or a number"):
+        parse_sweep({**BASE, "analysis": "attack", "repeat": [3], "nudge": [-1]})
+
+
+def test_attack_sweep_points_carry_attackers_and_nudges():
+    from rpdist import analyses
+
+    spec = parse_sweep({**BASE, "dataset": "digits", "analysis": "attack", "defense": "abstain", "repeat": [3], "noise": ["keyed"],
+                        "nudge": ["ulp", 0.001], "attacker": ["plain", "abstain-aware"]})
+    point = {"sigma": spec.sigma[0], "n": spec.n[0], "alpha": 0.001, "seed": 0}
+    inversion = analyses.get("attack").point_spec(spec, point, out="o", run_id="r")
+    assert inversion.defense == "abstain" and inversion.attackers == ["plain", "abstain-aware"]
+    assert inversion.nudges == ["ulp", "0.001"] and inversion.sigmas == [spec.sigma[0]]
 
 
 AUDIT = {"dataset": "insurance", "analysis": "audit", "sigma": [0.5, 1.0], "n": [100], "releases": ["predict"],
@@ -237,7 +252,7 @@ def test_own_spec_keys_become_settings_and_identity_keeps_old_sweeps():
     ({"seed": [1]}, "no noise seed to sweep"),
     ({"sigmas": [1.0]}, "'sigmas'"),
     ({"query_budgets": [0]}, "'query_budgets'"),
-    ({"defense": "none"}, "'sigma': applies to defense rp only, not to defense 'none'"),
+    ({"defense": "none"}, "'sigma': applies only to defenses with a σ grid, not to defense 'none'"),
 ])
 def test_extraction_sweep_keys_are_checked(change, fragment):
     with pytest.raises(InputError, match=fragment):

@@ -92,7 +92,8 @@ class AttackAnalysis(Analysis):
         releases = [sweep.release] if isinstance(sweep.release, str) else list(sweep.release)
         return InversionSpec(dataset=sweep.dataset, defense=sweep.defense, **grid, alpha=point["alpha"],
                              seed=point["seed"], releases=releases, repeats=list(sweep.repeat),
-                             noises=list(sweep.noise), epsilons=list(sweep.epsilon) if sweep.epsilon else None,
+                             noises=list(sweep.noise), nudges=list(sweep.nudge), attackers=list(sweep.attacker),
+                             epsilons=list(sweep.epsilon) if sweep.epsilon else None,
                              restarts=sweep.restarts, query_budget=sweep.query_budget,
                              generator_epochs=sweep.generator_epochs,
                              targets=list(sweep.targets) if sweep.targets else None,

@@ -29,9 +29,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
+from rpdist.errors import InputError
+
 ABSTAIN = -1
+EXACT, ULP = "0", "ulp"  # nudges: exact repeats, and every pixel moved one ulp; else δ as a multiple of σ
+PLAIN, ABSTAIN_AWARE = "plain", "abstain-aware"  # the attackers: abstain read as another class, or as the boundary
 STREAM_SHIFT = 32  # query id = (stream << 32) | counter: unique per attack and per query
 
 
@@ -161,6 +167,19 @@ class BrepAttack:
 
     def _fallback(self) -> np.ndarray:
         return np.random.default_rng([7, self.target, self.restart]).standard_normal(self.latent).astype(np.float32)
+
+
+def nudge_name(value) -> str:
+    """Canonical name of a nudge: "0" (exact repeats), "ulp", or δ/σ as a number ("0.001")."""
+    if isinstance(value, str) and value.strip().lower() == ULP:
+        return ULP
+    try:
+        d = float(value)
+    except (TypeError, ValueError):
+        d = float("nan")
+    if isinstance(value, bool) or not math.isfinite(d) or d < 0:
+        raise InputError(f"--nudge must be 0, ulp or a number > 0 (δ in units of σ), got {value!r}")
+    return EXACT if d == 0 else f"{d:g}"
 
 
 def nudged(x: np.ndarray, delta: float, ulp: bool, rng: np.random.Generator) -> np.ndarray:

@@ -26,7 +26,7 @@ import pyarrow as pa
 from pydantic import AfterValidator, Field, model_validator
 
 from rpdist.attacks import roles
-from rpdist.attacks.brep import BrepAttack, BrepConfig, run_lockstep
+from rpdist.attacks.brep import ABSTAIN_AWARE, EXACT, PLAIN, ULP, BrepAttack, nudge_name, BrepConfig, run_lockstep
 from rpdist.defenses.releases import (ABSTAIN, FRESH, KEYED, MAJORITY, PREDICT, LabelRelease, NoisyInputRelease,
                                       RandomAbstention, RandomizedResponse, SmoothedRelease, KEY_GRID_SIGMAS,
                                       noise_key, random_seed)
@@ -41,8 +41,6 @@ from rpdist.specs import Alpha, Count, Must, OutRoot, Positive, Seed, Sigma, spe
 
 ATTACK = REGISTRY[AttackAnalysis.name]
 CLIP_ONLY = float("inf")  # the epsilon of the DP-SGD clip-only control (no noise: no privacy)
-EXACT, ULP = "0", "ulp"  # nudges: exact repeats, and every pixel moved one ulp; else δ as a multiple of σ
-PLAIN, ABSTAIN_AWARE = "plain", "abstain-aware"  # attackers; see rpdist.attacks.brep
 DEFAULT_SIGMAS, DEFAULT_NS = [0.1, 0.25, 0.5], [200]
 
 
@@ -125,19 +123,6 @@ def defense_configs(spec: InversionSpec) -> list[dict]:
         return [dict(sigma=s, n=1, epsilon=nan, release="label", **b) for s in sigmas for b in base]
     eps = spec.epsilons or ([1.0, 3.0, 8.0, CLIP_ONLY] if spec.defense == "dpsgd" else [1.0, 3.0, 5.0])
     return [dict(sigma=nan, n=0, epsilon=e, release="label", **b) for e in eps for b in base]
-
-
-def nudge_name(value) -> str:
-    """Canonical name of a nudge: "0" (exact repeats), "ulp", or δ/σ as a number ("0.001")."""
-    if isinstance(value, str) and value.strip().lower() == ULP:
-        return ULP
-    try:
-        d = float(value)
-    except (TypeError, ValueError):
-        d = float("nan")
-    if isinstance(value, bool) or not math.isfinite(d) or d < 0:
-        raise InputError(f"--nudge must be 0, ulp or a number > 0 (δ in units of σ), got {value!r}")
-    return EXACT if d == 0 else f"{d:g}"
 
 
 def nudge_config(cfg: dict) -> dict:

@@ -31,6 +31,7 @@ from rpdist.errors import InputError
 from rpdist.specs import input_error
 from rpdist.smoothing.noise import DEFAULT_BLOCK, NOISE_SCHEME, Phase
 from rpdist.analyses.base import Outcome
+from rpdist.attacks.brep import ABSTAIN_AWARE, EXACT, PLAIN, nudge_name
 from rpdist.defenses import DEFENSES
 from rpdist.defenses.releases import FRESH, KEYED
 from rpdist.io.manifest import new_manifest
@@ -81,6 +82,8 @@ class SweepSpec(BaseModel):
     release: Literal["predict", "majority"] | tuple[Literal["predict", "majority"], ...] = "majority"
     noise: tuple[Literal[FRESH, KEYED], ...] = (FRESH,)  # attack only: fresh or query-keyed randomness
     repeat: tuple[Count, ...] = (1,)  # attack only: each query asked k times, majority kept
+    nudge: tuple[str | float, ...] = (EXACT,)  # attack only: repeats moved by δ (0, ulp or a multiple of σ)
+    attacker: tuple[Literal[PLAIN, ABSTAIN_AWARE], ...] = (PLAIN,)  # attack only
     epsilon: tuple[Annotated[float, Field(gt=0)], ...] | None = None  # attack, dpsgd or rr: ε (default: its grid)
     query_budget: Count = 400  # attack only
     restarts: Count = 1  # attack only
@@ -101,7 +104,8 @@ class SweepSpec(BaseModel):
             return data
         given = [key for key in ("sigma", "n") if data.get(key) is not None]
         if given:
-            raise ValueError(f"{given[0]}: applies to defense rp only, not to defense {options.get('defense')!r}")
+            raise ValueError(f"{given[0]}: applies only to defenses with a σ grid, not to defense "
+                             f"{options.get('defense')!r}")
         return {**data, "sigma": None, "n": None}
 
     @field_validator("sigma", "n", "alpha", "seed", mode="before")
@@ -119,6 +123,11 @@ class SweepSpec(BaseModel):
         if len(set(items)) != len(items):
             raise ValueError(f"lists a value twice: {list(items)!r}")
         return tuple(int(v) if whole else float(v) for v in items)
+
+    @field_validator("nudge")
+    @classmethod
+    def _nudges(cls, values):
+        return tuple(nudge_name(v) for v in values)
 
     @field_validator("sigma")
     @classmethod
