@@ -28,8 +28,8 @@ def register(app: typer.Typer) -> None:
                                               "(repeatable; default 200)."),
         epsilon: Optional[List[float]] = typer.Option(None, "--epsilon", help="dpsgd/rr: ε (repeatable; inf = "
                                                       "DP-SGD clip-only)."),
-        release: Optional[List[str]] = typer.Option(None, "--release", help="rp: predict (abstain = not the target) "
-                                                    "or majority (repeatable)."),
+        release: Optional[List[str]] = typer.Option(None, "--release", help="rp: predict or certify (abstain = not "
+                                                    "the target), or majority (no certificate) (repeatable)."),
         repeat: Optional[List[int]] = typer.Option(None, "--repeat", help="Ask each query k times, keep the "
                                                    "majority (repeatable)."),
         noise: Optional[List[str]] = typer.Option(None, "--noise", help="fresh or keyed (query-consistent) "

@@ -75,6 +75,25 @@ def test_noisy_input_release_gives_label_one_with_probability_phi_d_over_sigma(r
     assert len(set(np.concatenate(answers).tolist())) == 1 and keyed.forward_passes == 2  # one pass per call
 
 
+def test_certify_release_is_certify_output_and_charges_selection_samples(ray_session, linear_model):
+    """The certify release answers with CERTIFY's prediction (−1 where it abstains) for the query's own
+    noise stream, and costs n0 + N forward passes per query."""
+    from rpdist.defenses.releases import CERTIFY_N0, SmoothedRelease
+    from rpdist.smoothing.job import certify
+
+    ref = ModelRef.from_module(linear_model.module, torch.zeros(1, 5))
+    sigma, n = 0.5, 200
+    x = linear_model.inputs_at_distances(np.array([0.0, 0.0, 1.5, -1.5]) * sigma)
+    ids = np.array([3, 4, 5, 6])
+    rel = SmoothedRelease(ref, sigma, n, release="certify", seed=9, workers=1)
+    labels = rel(x, ids)
+    direct = certify(ref, x, sigma=sigma, n0=CERTIFY_N0, n=n, seed=9, input_ids=ids, workers=1)
+    assert np.array_equal(labels, direct["prediction"].to_numpy())
+    assert labels[0] == labels[1] == ABSTAIN  # p_A = 1/2 on the boundary: certified only by an α-event
+    assert labels[2] == linear_model.label(x[2:3])[0] and labels[3] == linear_model.label(x[3:4])[0]
+    assert rel.forward_passes == 4 * (CERTIFY_N0 + n)
+
+
 # --- the abstain-aware attacker -----------------------------------------------------------------------------------
 
 

@@ -26,6 +26,11 @@ GRID_DEFENSES = (RP, "abstain", "noise")  # defenses with a σ (and N) grid in s
 # random-abstention baseline, and the Gaussian-input-noise baseline (N = 1)
 
 
+def release_name(release) -> str:
+    """The majority release has no certificate behind it, so it is never shown as plain RP."""
+    return f"{release} (uncertified)" if release == "majority" else str(release)
+
+
 def _knob(value) -> str:
     return "—" if value is None or value != value else fmt(value)
 
@@ -62,7 +67,7 @@ class AttackAnalysis(Analysis):
     summary_columns = (
         Column("defense", lambda r: str(r["defense"]), key=True), Column("σ", lambda r: _knob(r.get("sigma")), key=True),
         Column("N", lambda r: _knob(r.get("n")), key=True), Column("ε", lambda r: _knob(r.get("epsilon")), key=True),
-        Column("release", lambda r: str(r.get("release")), key=True), Column("noise", lambda r: str(r.get("noise", "—")), key=True),
+        Column("release", lambda r: release_name(r.get("release")), key=True), Column("noise", lambda r: str(r.get("noise", "—")), key=True),
         Column("k", lambda r: _knob(r.get("repeat")), key=True),
         Column("δ/σ", lambda r: str(r.get("nudge", "—")), key=True),
         Column("attacker", lambda r: str(r.get("attacker", "plain")), key=True),

@@ -46,7 +46,6 @@ CHOICES = {"defense": (DEFENSES, "defense"), "query_source": (SOURCES, "query so
 ROLE_SEED = 4321  # the private/public cut of the train split, independent of the train/test split
 SYNTHETIC_SCALE = 0.5  # synthetic queries: public input + N(0, (0.5 · feature std)²)
 STUDENT_STEPS = 1000  # Adam steps per student, whatever the budget: small budgets are not under-trained
-CERTIFY_N0 = 100  # selection samples of the certify release, charged to its forward passes
 TEST_ID_BASE = 1 << 40  # query ids of the held-out scoring, disjoint from the attack's
 
 
@@ -179,7 +178,7 @@ def release_labels(spec: ExtractionSpec, setting: dict, ref, X: np.ndarray, ids:
     """The released labels (−1 = abstain) and the forward passes they cost (each release's own, even
     when the majority reuses the PREDICT job that drew the same noise). ``answers`` keeps a run's
     engine tables, so PREDICT and the majority read one job's counts."""
-    from rpdist.defenses.releases import LabelRelease, RandomizedResponse
+    from rpdist.defenses.releases import CERTIFY_N0, LabelRelease, RandomizedResponse
     from rpdist.smoothing.job import certify, predict
 
     engine = dict(batch_size=spec.batch_size, workers=spec.workers, address=spec.address, device=spec.device)

@@ -26,12 +26,13 @@ import pyarrow as pa
 from pydantic import AfterValidator, Field, model_validator
 
 from rpdist.attacks import roles
-from rpdist.attacks.brep import ABSTAIN_AWARE, EXACT, PLAIN, ULP, BrepAttack, nudge_name, BrepConfig, run_lockstep
-from rpdist.defenses.releases import (ABSTAIN, FRESH, KEYED, MAJORITY, PREDICT, LabelRelease, NoisyInputRelease,
+from rpdist.attacks.brep import ABSTAIN_AWARE, EXACT, PLAIN, ULP, BrepAttack, BrepConfig, nudge_name, run_lockstep
+from rpdist.defenses.releases import (ABSTAIN, FRESH, KEYED, MAJORITY, PREDICT, SMOOTHED_RELEASES, LabelRelease,
+                                      NoisyInputRelease,
                                       RandomAbstention, RandomizedResponse, SmoothedRelease, KEY_GRID_SIGMAS,
                                       noise_key, random_seed)
 from rpdist.analyses import REGISTRY
-from rpdist.analyses.attack import RECONSTRUCTIONS, AttackAnalysis
+from rpdist.analyses.attack import RECONSTRUCTIONS, AttackAnalysis, release_name
 from rpdist.analyses.base import Outcome
 from rpdist.defenses import DEFENSES
 from rpdist.errors import InputError
@@ -63,7 +64,8 @@ class InversionSpec:
     ns: Annotated[list[Count] | None, Must(name="--n")] = None
     # dpsgd, rr: None = the defense's default grid; inf = DP-SGD clip-only (no noise)
     epsilons: Annotated[list[Positive] | None, Must(name="--epsilon")] = None
-    releases: Annotated[list[Literal[PREDICT, MAJORITY]], Must(f"must be {PREDICT} or {MAJORITY}", "--release")] = \
+    releases: Annotated[list[Literal[SMOOTHED_RELEASES]], Must(f"must be one of {', '.join(SMOOTHED_RELEASES)}",
+                                                               "--release")] = \
         field(default_factory=lambda: [MAJORITY])
     repeats: Annotated[list[Count], Must(name="--repeat")] = field(default_factory=lambda: [1])
     noises: Annotated[list[Literal[FRESH, KEYED]], Must(f"must be {FRESH} or {KEYED}", "--noise")] = \
@@ -316,7 +318,7 @@ def _split_passes(attacks, total: int, defense: str, cfg: dict) -> list[int]:
 def _label(defense: str, cfg: dict) -> str:
     parts = [defense]
     if defense == "rp":
-        parts += [f"σ={cfg['sigma']:g}", f"N={cfg['n']}", cfg["release"]]
+        parts += [f"σ={cfg['sigma']:g}", f"N={cfg['n']}", release_name(cfg["release"])]
     elif defense == "abstain":
         parts += [f"σ={cfg['sigma']:g}", f"N={cfg['n']}", f"rate={cfg['abstain_rate']:.2f}"]
     elif defense == "noise":

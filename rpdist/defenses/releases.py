@@ -31,7 +31,9 @@ from rpdist.models.refs import ModelRef
 
 _MASK63 = (1 << 63) - 1
 FRESH, KEYED = "fresh", "keyed"
-PREDICT, MAJORITY = "predict", "majority"
+PREDICT, MAJORITY, CERTIFY = "predict", "majority", "certify"
+SMOOTHED_RELEASES = (PREDICT, MAJORITY, CERTIFY)
+CERTIFY_N0 = 100  # the certify release's selection samples, charged to its forward passes
 ABSTAIN = -1
 KEY_ENV = "RPDIST_NOISE_KEY"
 MIN_KEY_BYTES = 16
@@ -244,7 +246,9 @@ class SmoothedRelease(Release):
     """RP: the smoothed classifier through :func:`rpdist.predict` on the engine's warm replicas.
 
     ``predict`` releases PREDICT's answer (−1 = abstain, which the attacker reads as "not the
-    target"); ``majority`` always releases the Monte-Carlo majority label, as the paper does.
+    target"); ``certify`` releases CERTIFY's label (n0 = ``CERTIFY_N0`` selection samples, then N),
+    −1 where it abstains; ``majority`` always releases the Monte-Carlo majority label, as the paper
+    does, with no certificate behind it.
     Without a ``seed`` the noise seed comes from os.urandom. Keyed cells are ``KEY_GRID_SIGMAS`` σ wide.
     """
 
@@ -252,8 +256,8 @@ class SmoothedRelease(Release):
                  seed: int | None = None, batch_size: int | None = None, workers: int | None = None,
                  address: str | None = None, device: str | None = None, **kw):
         super().__init__(**kw)
-        if release not in (PREDICT, MAJORITY):
-            raise InputError(f"release must be {PREDICT!r} or {MAJORITY!r}, got {release!r}")
+        if release not in SMOOTHED_RELEASES:
+            raise InputError(f"release must be one of {', '.join(SMOOTHED_RELEASES)}, got {release!r}")
         self.model_ref, self.sigma, self.n, self.release, self.alpha = model_ref, sigma, n, release, alpha
         self.seed = random_seed() if seed is None else int(seed)
         self.options = dict(batch_size=batch_size, workers=workers, address=address, device=device)
@@ -271,12 +275,16 @@ class SmoothedRelease(Release):
         self.shared = get_pool(self.model_ref, self.options["workers"], self.options["device"]).share()
 
     def _release(self, images, ids):
-        from rpdist.smoothing.job import predict
+        from rpdist.smoothing.job import certify, predict
 
-        df = predict(self.model_ref, images, sigma=self.sigma, n=self.n, alpha=self.alpha, seed=self.seed,
-                     input_ids=ids, progress=False, shared_pool=self.shared, **self.options)
-        self.forward_passes += len(images) * self.n
-        column = "prediction" if self.release == PREDICT else "top_class"
+        common = dict(sigma=self.sigma, n=self.n, alpha=self.alpha, seed=self.seed, input_ids=ids, **self.options)
+        if self.release == CERTIFY:
+            df = certify(self.model_ref, images, n0=CERTIFY_N0, shared_pool=self.shared, **common)
+            self.forward_passes += len(images) * (CERTIFY_N0 + self.n)
+        else:
+            df = predict(self.model_ref, images, progress=False, shared_pool=self.shared, **common)
+            self.forward_passes += len(images) * self.n
+        column = "top_class" if self.release == MAJORITY else "prediction"
         return df[column].to_numpy(dtype=np.int64)
 
 

@@ -33,7 +33,7 @@ from rpdist.smoothing.noise import DEFAULT_BLOCK, NOISE_SCHEME, Phase
 from rpdist.analyses.base import Outcome
 from rpdist.attacks.brep import ABSTAIN_AWARE, EXACT, PLAIN, nudge_name
 from rpdist.defenses import DEFENSES
-from rpdist.defenses.releases import FRESH, KEYED
+from rpdist.defenses.releases import FRESH, KEYED, SMOOTHED_RELEASES
 from rpdist.io.manifest import new_manifest
 from rpdist.io.store import Store, describe_change, open_run
 from rpdist.smoothing.job import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
@@ -79,7 +79,7 @@ class SweepSpec(BaseModel):
     posterior_level: float = Field(0.9, gt=0, lt=1)  # rap only: credible level of the posterior's HDI length
     defense: Literal[DEFENSES] = "rp"  # attack only; none, dpsgd and rr have no (σ, N) grid
     # attack only: the smoothed release(s) the attacker queries
-    release: Literal["predict", "majority"] | tuple[Literal["predict", "majority"], ...] = "majority"
+    release: Literal[SMOOTHED_RELEASES] | tuple[Literal[SMOOTHED_RELEASES], ...] = "majority"
     noise: tuple[Literal[FRESH, KEYED], ...] = (FRESH,)  # attack only: fresh or query-keyed randomness
     repeat: tuple[Count, ...] = (1,)  # attack only: each query asked k times, majority kept
     nudge: tuple[str | float, ...] = (EXACT,)  # attack only: repeats moved by δ (0, ulp or a multiple of σ)

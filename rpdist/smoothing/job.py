@@ -315,7 +315,7 @@ def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int | None = No
             progress: bool = False, release: str = DEFAULT_RELEASE, advantage=DEFAULT_ADVANTAGE,
             queries=DEFAULT_QUERIES, target_radius=None, max_n: int | None = None, mode: str | None = None,
             radius_tolerance: float | None = None, against_label: bool = False,
-            look_growth: float | None = None) -> pd.DataFrame:
+            look_growth: float | None = None, shared_pool=None) -> pd.DataFrame:
     """CERTIFY every row of X: one row per input with the columns of DESIGN §3.
 
     ``prediction`` is −1 where the smoothed classifier abstains (then ``radius`` is 0). With
@@ -329,7 +329,7 @@ def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int | None = No
     ``max_n``, ``mode`` (sequential, adaptive with ``radius_tolerance``, staged), ``against_label`` or
     ``look_growth`` (the look schedule's factor)
     draw estimation samples per input only until its anytime-valid test decides; the table gains
-    ``samples_used``, ``decision`` and the other sequential columns.
+    ``samples_used``, ``decision`` and the other sequential columns. ``shared_pool`` as for :func:`predict`.
     """
     from rpdist.smoothing.seqjob import SEQUENTIAL_BLOCK, SequentialRun, sequential_config
 
@@ -342,7 +342,8 @@ def certify(model, X, y=None, *, sigma: float, n0: int = 100, n: int | None = No
                              tuple(queries))
     if sequential is not None:
         sequential.validated(sigma, alpha, block)
-    job = SmoothingJob(model, X, y, config=config, input_ids=input_ids, workers=workers, address=address, device=device)
+    job = SmoothingJob(model, X, y, config=config, input_ids=input_ids, workers=workers, address=address, device=device,
+                       shared_pool=shared_pool)
     if sequential is not None:
         return SequentialRun(job, sequential).run().to_pandas()
     return job.run(progress)
