@@ -206,6 +206,14 @@ def test_attack_keys_are_checked():
         parse_sweep({**BASE, "analysis": "attack", "repeat": [3], "nudge": [-1]})
 
 
+def test_noise_baseline_sweeps_take_n_1_which_smoothing_refuses():
+    """One noisy pass per query (N = 1) makes no PREDICT test, so its grid has no (N, α) to refuse; rp's has."""
+    grid = {"dataset": "digits", "analysis": "attack", "sigma": [0.5], "n": [1]}
+    assert parse_sweep({**grid, "defense": "noise"}).n == (1,)
+    with pytest.raises(InputError, match="n=1 can never certify"):
+        parse_sweep({**grid, "defense": "rp"})
+
+
 def test_attack_sweep_points_carry_attackers_and_nudges():
     from rpdist import analyses
 

@@ -22,7 +22,8 @@ DIFF = "ASR − start ASR [95% CI]"
 
 RECONSTRUCTIONS = "reconstructions.png"  # each attack run's grid of reconstructed images
 RP = "rp"  # the one defense that smooths
-GRID_DEFENSES = (RP, "abstain", "noise")  # defenses with a σ (and N) grid in sweeps: rp, its abstain-matched
+NOISE = "noise"  # the Gaussian-input-noise baseline: one noisy pass per query, no test
+GRID_DEFENSES = (RP, "abstain", NOISE)  # defenses with a σ (and N) grid in sweeps: rp, its abstain-matched
 # random-abstention baseline, and the Gaussian-input-noise baseline (N = 1)
 
 
@@ -88,6 +89,9 @@ class AttackAnalysis(Analysis):
 
     def smoothing_grid(self, options: dict) -> bool:
         return options.get("defense", RP) in GRID_DEFENSES
+
+    def grid_decides(self, options: dict) -> bool:
+        return options.get("defense", RP) != NOISE
 
     def point_spec(self, sweep, point: dict, **fixed):
         """One attack run per grid point: every release × repeat × noise (× ε for dpsgd and rr) of the sweep."""

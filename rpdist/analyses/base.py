@@ -78,6 +78,11 @@ class Analysis:
         """Whether a sweep of this analysis with these (already validated) options has a (σ, N) grid."""
         return True
 
+    def grid_decides(self, options: dict) -> bool:
+        """Whether the grid's (N, α) points make PREDICT/CERTIFY decisions, so that an (N, α) that can never
+        certify is refused; a baseline without a test (one noisy pass, N = 1) has none to refuse."""
+        return True
+
     def sweep_spec_model(self):
         """The spec class that checks this analysis' own keys in a sweep file (every key but the grid and
         ``dataset``), or None where its keys are fields of the sweep file itself (certify, predict, rap, attack)."""

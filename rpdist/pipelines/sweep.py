@@ -167,6 +167,8 @@ class SweepSpec(BaseModel):
             return self
         if analysis.sweep_spec_model() is not None:
             return self  # its points are checked by its own spec (parse_sweep)
+        if not analysis.grid_decides({**self.model_dump(), **self.settings}):
+            return self  # no PREDICT/CERTIFY test at these points: no (N, α) to refuse
         bad = [n for n in self.n if n % self.block]
         if bad:
             raise ValueError(f"n: {bad[0]} is not a multiple of noise_block {self.block}, so it is no prefix of the "
