@@ -193,6 +193,9 @@ def test_mnist5k_run_writes_28_pixel_reconstructions_and_knn_columns(ray_session
     found = df[df.found]
     assert (found.knn_distance >= 0).all() and (found.start_knn_distance >= 0).all()
     assert (df.success == (df.found & (df.eval_prediction == df.target) & (df.eval_confidence >= 0.2))).all()
+    (row,) = outcome.summary
+    assert row["median_knn_distance"] == pytest.approx(df.knn_distance.median())
+    assert row["median_start_knn_distance"] == pytest.approx(df.start_knn_distance.median())
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["details"]["judge_threshold"] == 0.2 and manifest["config"]["dataset"] == "mnist5k"
     assert manifest["models"]["target"]["recipe"]["dataset"] == "mnist5k"

@@ -68,7 +68,8 @@ class AttackAnalysis(Analysis):
 
     def summarize(self, table: pd.DataFrame) -> list[dict]:
         """Per defense setting: ASR with its 95% Clopper–Pearson interval over targets × restarts,
-        the starting points' ASR, utility, queries and forward passes."""
+        the starting points' ASR, the median KNN distances of ends and starts, utility, queries and
+        forward passes."""
         keys = [c for c in SETTING if c in table.columns]
         rows = []
         for key, part in table.groupby(keys, dropna=False, sort=True):
@@ -81,6 +82,8 @@ class AttackAnalysis(Analysis):
                 "found_rate": float(part["found"].mean()) if "found" in part else float("nan"),
                 "utility_accuracy": float(part["utility_accuracy"].mean()),
                 "eval_confidence": float(part["eval_confidence"].mean()) if "eval_confidence" in part else float("nan"),
+                **{f"median_{c}": float(part[c].median()) if c in part else float("nan")
+                   for c in ("knn_distance", "start_knn_distance")},
                 "mean_queries": float(part["queries"].mean()) if "queries" in part else float("nan"),
                 "forward_passes": int(part["forward_passes"].sum()) if "forward_passes" in part else 0,
             })
