@@ -110,42 +110,40 @@ def test_knn_distance_without_private_images_of_the_class_is_nan():
     assert np.isnan(out[0]) and out[1] >= 0
 
 
-def test_judge_applies_the_threshold_to_ends_and_starts_alike():
+def test_judge_applies_the_threshold_to_ends_and_starts_alike(monkeypatch):
     from rpdist.attacks.brep import BrepAttack, BrepConfig
     from rpdist.attacks.inversion import judge
 
-    class Fixed(torch.nn.Module):
-        """Confidence in class 0 = the image's mean pixel (a 2-class evaluator with known softmax)."""
+    class Flat:
+        """A generator whose image is flat at 0.5 + 0.1·z₀: the evaluator below reads its confidence off it."""
+        latent, side = 2, 8
 
-        def __init__(self):
-            super().__init__()
-            self.layers = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Identity())
+        def decode(self, z):
+            return (0.5 + 0.1 * z[:, :1]).view(-1, 1, 1, 1).expand(-1, 1, 8, 8).clone()
+
+    class MeanPixel(torch.nn.Module):
+        """Two classes; confidence in class 0 = the image's mean pixel."""
 
         def forward(self, x):
-            p = torch.flatten(x, 1).mean(1).clamp(1e-6, 1 - 1e-6)
+            p = torch.flatten(x, 1).mean(1)
             return torch.stack([p.log(), (1 - p).log()], 1)
 
-    vae = roles.VAE(latent=2, hidden=4, side=8)
     attacks = []
-    for restart in range(4):
+    for restart, z0 in enumerate((1.0, 2.0, 3.0, 4.0, -3.0)):  # end confidences 0.6, 0.7, 0.8, 0.9, 0.2
         a = BrepAttack(0, restart, 2, BrepConfig(), seed=0)
-        a.z = np.full(2, restart, np.float64)
-        a.start = np.zeros(2)
+        a.z, a.start = np.array([z0, 0.0]), np.array([2.0, 0.0])  # every start at 0.7
         attacks.append(a)
-    images = vae.decode(torch.tensor(np.stack([a.z for a in attacks]), dtype=torch.float32)).detach().numpy()
-    confidence = images.reshape(4, -1).mean(1)
     private = (np.zeros((3, 1, 8, 8), np.float32), np.zeros(3, np.int64))
-    monkey = roles.penultimate
-    try:
-        roles.penultimate = lambda model, x: torch.flatten(x, 1)
-        for threshold in (0.0, float(np.median(confidence))):
-            v = judge(Fixed(), vae, attacks, threshold, private)
-            np.testing.assert_allclose(v["eval_confidence"], confidence, rtol=1e-5)
-            assert v["success"].tolist() == [bool(c > 0.5 and c >= threshold) for c in v["eval_confidence"]]
-            start = float(v["start_eval_confidence"][0])
-            assert v["start_success"].tolist() == [start > 0.5 and start >= threshold] * 4
-    finally:
-        roles.penultimate = monkey
+    monkeypatch.setattr(roles, "penultimate", lambda model, x: torch.flatten(x, 1))
+    for threshold, ends, start in ((0.0, [1, 1, 1, 1, 0], 1), (0.75, [0, 0, 1, 1, 0], 0), (0.65, [0, 1, 1, 1, 0], 1)):
+        v = judge(MeanPixel(), Flat(), attacks, threshold, private)
+        np.testing.assert_allclose(v["eval_confidence"], [0.6, 0.7, 0.8, 0.9, 0.2], rtol=1e-5)
+        np.testing.assert_allclose(v["start_eval_confidence"], 0.7, rtol=1e-5)
+        assert v["success"].tolist() == [bool(e) for e in ends]
+        assert v["start_success"].tolist() == [bool(start)] * 5
+        assert v["images"].shape == (5, 1, 8, 8)
+    attacks[0].z = None  # an attack that found no start fails whatever its fallback image looks like
+    assert not judge(MeanPixel(), Flat(), attacks, 0.0, private)["success"][0]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -199,3 +197,34 @@ def test_mnist5k_run_writes_28_pixel_reconstructions_and_knn_columns(ray_session
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["details"]["judge_threshold"] == 0.2 and manifest["config"]["dataset"] == "mnist5k"
     assert manifest["models"]["target"]["recipe"]["dataset"] == "mnist5k"
+
+
+def _benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inversion_setting.py"
+    spec = importlib.util.spec_from_file_location("inversion_setting", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_paired_difference_interval_covers_the_true_difference_at_its_level():
+    """The README's ASR − start ASR interval (Agresti–Min): coverage over 2,000 simulated 100-attack
+    tables with a known difference; 4 binomial standard errors (0.02) around 95% decide."""
+    paired_difference = _benchmark().paired_difference
+    rng = np.random.default_rng(1)
+    cells = np.array([0.55, 0.25, 0.05, 0.15])  # (end, start) = (1,1), (1,0), (0,1), (0,0): difference 0.20
+    covered = 0
+    for _ in range(2000):
+        kind = rng.choice(4, size=100, p=cells)
+        end, start = np.isin(kind, [0, 1]), np.isin(kind, [0, 2])
+        diff, low, high = paired_difference(end, start)
+        assert diff == pytest.approx(end.mean() - start.mean())
+        covered += low <= 0.20 <= high
+    assert 0.93 <= covered / 2000 <= 0.97
+    d, low, high = paired_difference(np.array([1, 1, 0, 1], bool), np.array([0, 1, 0, 0], bool))
+    assert (-d, -high, -low) == pytest.approx(paired_difference(np.array([0, 1, 0, 0], bool),
+                                                                  np.array([1, 1, 0, 1], bool)))
