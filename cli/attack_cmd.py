@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
     @attack_app.command("inversion")
     def inversion_cmd(
-        dataset: str = typer.Option("digits", "--dataset", "-d", help="Built-in image dataset (digits)."),
+        dataset: str = typer.Option("digits", "--dataset", "-d", help="Built-in image dataset: digits or mnist5k."),
         attack: str = typer.Option("brep", "--attack", help="Attack: brep (label-only BREP-MI)."),
         defense: str = typer.Option("none", "--defense", help="none, rp, dpsgd, rr, abstain (random "
                                      "abstention at rp PREDICT's abstain rate) or noise (one pass on x + N(0, σ²I))."),
@@ -53,6 +53,10 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = DEVICE,
         out: Path = typer.Option(Path("results"), "--out", "-o", help="Writes OUT/RUN_ID/attack.parquet."),
         run_id: Optional[str] = RUN_ID,
+        prior: str = typer.Option("public", "--prior", help="Generator per target: public (all public images) or "
+                                  "disjoint (none of the target's class)."),
+        judge_threshold: float = typer.Option(0.0, "--judge-threshold", help="Success needs the evaluator's top-1 "
+                                              "to be the target with at least this confidence (0: top-1 alone)."),
         quiet: bool = QUIET,
     ) -> None:
         """Reconstruct each class from labels only; ASR (judged by an independent classifier) and utility."""
@@ -69,5 +73,5 @@ def register(app: typer.Typer) -> None:
                              noise_key_file=str(noise_key_file) if noise_key_file else None, targets=target_list,
                              restarts=restarts, query_budget=query_budget, alpha=alpha, seed=seed,
                              batch_size=batch_size, workers=workers, address=address, device=device,
-                             out=str(out), run_id=run_id)
+                             prior=prior, judge_threshold=judge_threshold, out=str(out), run_id=run_id)
         print_outcome(run_inversion(spec, progress=not quiet), title="BREP-MI model inversion")

@@ -218,11 +218,15 @@ def test_attack_sweep_points_carry_attackers_and_nudges():
     from rpdist import analyses
 
     spec = parse_sweep({**BASE, "dataset": "digits", "analysis": "attack", "defense": "abstain", "repeat": [3], "noise": ["keyed"],
-                        "nudge": ["ulp", 0.001], "attacker": ["plain", "abstain-aware"]})
+                        "nudge": ["ulp", 0.001], "attacker": ["plain", "abstain-aware"], "prior": "disjoint",
+                        "judge_threshold": 0.9})
     point = {"sigma": spec.sigma[0], "n": spec.n[0], "alpha": 0.001, "seed": 0}
     inversion = analyses.get("attack").point_spec(spec, point, out="o", run_id="r")
     assert inversion.defense == "abstain" and inversion.attackers == ["plain", "abstain-aware"]
     assert inversion.nudges == ["ulp", "0.001"] and inversion.sigmas == [spec.sigma[0]]
+    assert (inversion.prior, inversion.judge_threshold) == ("disjoint", 0.9)
+    with pytest.raises(InputError, match="'judge_threshold'"):
+        parse_sweep({**BASE, "dataset": "digits", "analysis": "attack", "judge_threshold": 1.5})
 
 
 AUDIT = {"dataset": "insurance", "analysis": "audit", "sigma": [0.5, 1.0], "n": [100], "releases": ["predict"],

@@ -102,6 +102,7 @@ class AttackAnalysis(Analysis):
         return InversionSpec(dataset=sweep.dataset, defense=sweep.defense, **grid, alpha=point["alpha"],
                              seed=point["seed"], releases=releases, repeats=list(sweep.repeat),
                              noises=list(sweep.noise), nudges=list(sweep.nudge), attackers=list(sweep.attacker),
+                             prior=sweep.prior, judge_threshold=sweep.judge_threshold,
                              epsilons=list(sweep.epsilon) if sweep.epsilon else None,
                              restarts=sweep.restarts, query_budget=sweep.query_budget,
                              generator_epochs=sweep.generator_epochs,
@@ -112,7 +113,8 @@ class AttackAnalysis(Analysis):
         """Per defense setting: ASR with its 95% Clopper–Pearson interval over targets × restarts, the
         starting points' ASR and ASR − start ASR with Tango's paired score interval (each attack is a pair:
         its verdict and its start's), the paper-protocol ASR (best restart per target, Clopper–Pearson
-        over targets), utility, abstain rate, queries and forward passes."""
+        over targets), the median KNN distances of ends and starts, utility, abstain rate, queries and
+        forward passes."""
         keys = [c for c in SETTING if c in table.columns]
         rows = []
         for key, part in table.groupby(keys, dropna=False, sort=True):
@@ -135,6 +137,8 @@ class AttackAnalysis(Analysis):
                 "found_rate": float(part["found"].mean()) if "found" in part else float("nan"),
                 "utility_accuracy": float(part["utility_accuracy"].mean()),
                 "eval_confidence": float(part["eval_confidence"].mean()) if "eval_confidence" in part else float("nan"),
+                **{f"median_{c}": float(part[c].median()) if c in part else float("nan")
+                   for c in ("knn_distance", "start_knn_distance")},
                 "mean_queries": float(part["queries"].mean()) if "queries" in part else float("nan"),
                 "forward_passes": int(part["forward_passes"].sum()) if "forward_passes" in part else 0,
             })

@@ -37,6 +37,8 @@ from rpdist.errors import InputError
 
 ABSTAIN = -1
 EXACT, ULP = "0", "ulp"  # nudges: exact repeats, and every pixel moved one ulp; else δ as a multiple of σ
+PUBLIC, DISJOINT = "public", "disjoint"  # the attacker's prior: every public image, or none of the target's class
+PRIORS = (PUBLIC, DISJOINT)
 PLAIN, ABSTAIN_AWARE = "plain", "abstain-aware"  # the attackers: abstain read as another class, or as the boundary
 STREAM_SHIFT = 32  # query id = (stream << 32) | counter: unique per attack and per query
 

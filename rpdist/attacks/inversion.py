@@ -26,7 +26,7 @@ import pyarrow as pa
 from pydantic import AfterValidator, Field, model_validator
 
 from rpdist.attacks import roles
-from rpdist.attacks.brep import ABSTAIN_AWARE, EXACT, PLAIN, ULP, BrepAttack, BrepConfig, nudge_name, run_lockstep
+from rpdist.attacks.brep import ABSTAIN_AWARE, DISJOINT, EXACT, PLAIN, PRIORS, PUBLIC, ULP, BrepAttack, BrepConfig, nudge_name, run_lockstep
 from rpdist.defenses.releases import (ABSTAIN, FRESH, KEYED, MAJORITY, PREDICT, SMOOTHED_RELEASES, LabelRelease,
                                       NoisyInputRelease,
                                       RandomAbstention, RandomizedResponse, SmoothedRelease, KEY_GRID_SIGMAS,
@@ -55,8 +55,8 @@ def _distinct(values: list | None) -> list | None:
 class InversionSpec:
     """Everything a user chooses for one attack benchmark; validated when built."""
 
-    dataset: Annotated[Literal[roles.DATASET], Must(f"must be {roles.DATASET!r}, the one dataset model inversion "
-                                                    "supports")] = roles.DATASET
+    dataset: Annotated[Literal[roles.DATASETS], Must(f"must be one of {', '.join(roles.DATASETS)}",
+                                                     "--dataset")] = roles.DATASET
     attack: Annotated[Literal["brep"], Must("must be brep, the one attack available", "--attack")] = "brep"
     defense: Annotated[Literal[DEFENSES], Must(f"must be one of {', '.join(DEFENSES)}", "--defense")] = "none"
     # rp, abstain: None = DEFAULT_SIGMAS × DEFAULT_NS; noise needs σ given and has N = 1
@@ -89,6 +89,11 @@ class InversionSpec:
     address: str | None = None
     device: str | None = None
     generator_epochs: Count | None = None
+    # the generator per target: trained on all public images, or on those of the other classes only
+    prior: Annotated[Literal[PRIORS], Must(f"must be one of {', '.join(PRIORS)}", "--prior")] = PUBLIC
+    # success = the evaluator's top-1 is the target with at least this confidence (0: top-1 alone)
+    judge_threshold: Annotated[float, Field(strict=True, ge=0, lt=1),
+                               Must("must be a number in [0, 1)", "--judge-threshold")] = 0.0
     out: OutRoot = "results"
     run_id: str | None = None
 
@@ -144,32 +149,62 @@ def _decoder(generator):
     return decode
 
 
-def _attack_task(target: int, restarts: int, config: BrepConfig, seed: int, gen_state: dict, latent: int, hidden: int,
-                 release) -> tuple[list[BrepAttack], int]:
-    """One target class's attacks with a label-only release (runs as a Ray task)."""
+def _attack_task(target: int, restarts: int, config: BrepConfig, seed: int, gen: tuple, release
+                 ) -> tuple[list[BrepAttack], int]:
+    """One target class's attacks with a label-only release (runs as a Ray task); ``gen`` is the
+    generator's (state, latent, hidden, side)."""
     import torch
 
     torch.set_num_threads(1)
-    gen = roles.VAE(latent, hidden)
-    gen.load_state_dict(gen_state)
-    gen.eval()
+    state, latent, hidden, side = gen
+    vae = roles.VAE(latent, hidden, side)
+    vae.load_state_dict(state)
+    vae.eval()
     attacks = [BrepAttack(target, r, latent, config, seed) for r in range(restarts)]
-    run_lockstep(attacks, _decoder(gen), release)
+    run_lockstep(attacks, _decoder(vae), release)
     return attacks, release.forward_passes
 
 
-def attack_release(release, targets, restarts, config: BrepConfig, seed: int, generator) -> tuple[list[BrepAttack], int]:
-    """Run BREP-MI on every target, one Ray task per class; returns the attacks and the exact forward
-    passes of the release."""
+def _per_target(generators, targets) -> dict:
+    """{target: VAE}, from one generator for all targets or a dict of them."""
+    return generators if isinstance(generators, dict) else {t: generators for t in targets}
+
+
+def attack_release(release, targets, restarts, config: BrepConfig, seed: int, generators) -> tuple[list[BrepAttack], int]:
+    """Run BREP-MI on every target, one Ray task per class, each in the latent space of its generator (one
+    VAE, or {target: VAE}); returns the attacks and the exact forward passes of the release."""
     import ray
 
     release.share()
     # num_cpus=0: the replica actors may hold every CPU of a small machine; the tasks mostly wait on them.
     task = ray.remote(num_cpus=0)(_attack_task)
-    state = {k: v for k, v in generator.state_dict().items()}
-    hidden = generator.decoder[0].out_features
-    outs = ray.get([task.remote(t, restarts, config, seed, state, generator.latent, hidden, release) for t in targets])
+    gens = _per_target(generators, targets)
+    packed = {t: (dict(g.state_dict()), g.latent, g.hidden, g.side) for t, g in gens.items()}
+    outs = ray.get([task.remote(t, restarts, config, seed, packed[t], release) for t in targets])
     return [a for attacks, _ in outs for a in attacks], sum(fp for _, fp in outs)
+
+
+def judge(evaluator, generators, attacks, threshold: float, private: tuple[np.ndarray, np.ndarray]) -> dict:
+    """The evaluator's verdicts on the walks' ends and starts: reconstructions, confidences, top-1,
+    success (top-1 is the target with confidence ≥ ``threshold``) and the KNN distance to the nearest
+    private image of the target class, for the end and the start alike."""
+    import torch
+
+    gens = _per_target(generators, sorted({a.target for a in attacks}))
+    targets = np.array([a.target for a in attacks])
+    found = np.array([a.found for a in attacks])
+    out = {}
+    for name, latent in (("", lambda a: a.result()), ("start_", lambda a: a.starting_point())):
+        images = np.stack([_decoder(gens[a.target])(latent(a)[None])[0] for a in attacks])
+        with torch.inference_mode():
+            prob = torch.softmax(evaluator(torch.from_numpy(images)), 1).numpy()
+        confidence = prob[np.arange(len(attacks)), targets]
+        out[name + "images"] = images
+        out[name + "eval_confidence"] = confidence
+        out[name + "eval_prediction"] = prob.argmax(1)
+        out[name + "success"] = found & (prob.argmax(1) == targets) & (confidence >= threshold)
+        out[name + "knn_distance"] = roles.knn_distance(evaluator, images, targets, *private)
+    return out
 
 
 def utility(release, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -188,7 +223,7 @@ def matched_abstain_rate(cfg: dict, spec: InversionSpec, target_ref, seed: int, 
     if point not in cache:
         rp = {**cfg, "release": PREDICT}
         release, _ = make_release("rp", rp, spec, target_ref, seed, key)
-        cache[point] = utility(release, *roles.role_data("test"))[1]
+        cache[point] = utility(release, *roles.role_data("test", spec.dataset))[1]
     return cache[point]
 
 
@@ -208,7 +243,7 @@ def make_release(defense: str, cfg: dict, spec: InversionSpec, target_ref, seed:
     if defense == "noise":
         return NoisyInputRelease(target_ref, cfg["sigma"], seed=seed, batch_size=spec.batch_size, workers=spec.workers,
                                  address=spec.address, device=spec.device, **common), target_ref
-    ref = roles.dpsgd_model(None if math.isinf(cfg["epsilon"]) else cfg["epsilon"])
+    ref = roles.dpsgd_model(None if math.isinf(cfg["epsilon"]) else cfg["epsilon"], dataset=spec.dataset)
     return LabelRelease(ref, **common), ref
 
 
@@ -224,8 +259,6 @@ def run_secrets(spec: InversionSpec, configs: list[dict]) -> tuple[int, str, obj
 
 def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     """Attack every defense config; write attack.parquet, reconstructions.png and manifest.json."""
-    import torch
-
     configs = defense_configs(spec)
     targets = spec.targets or list(range(roles.NUM_CLASSES))
     run_id = spec.run_id or f"attack-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
@@ -239,12 +272,15 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
 
     ensure_ray(spec.address)
     started = time.perf_counter()
-    target_ref = roles.target_model()
-    eval_ref = roles.eval_model()
-    generator = roles.generator(epochs=spec.generator_epochs)
+    data = spec.dataset
+    target_ref = roles.target_model(dataset=data)
+    eval_ref = roles.eval_model(dataset=data)
+    exclude = (lambda t: t) if spec.prior == DISJOINT else (lambda t: None)
+    gen_recipes = {t: roles.generator_recipe(spec.generator_epochs, data, exclude(t)) for t in targets}
+    generators = {t: roles.generator(epochs=spec.generator_epochs, dataset=data, exclude=exclude(t)) for t in targets}
     evaluator = eval_ref.load("cpu")
-    decode = _decoder(generator)
-    X_test, y_test = roles.role_data("test")
+    private = roles.role_data("private", data)
+    X_test, y_test = roles.role_data("test", data)
     rows, images, labels, matched = [], [], [], {}
     for cfg in configs:
         if spec.defense == "abstain":
@@ -254,48 +290,53 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
         brep = BrepConfig(budget=spec.query_budget, points=spec.points, repeat=cfg["repeat"],
                           abstain_aware=cfg["attacker"] == ABSTAIN_AWARE, **nudge_config(cfg))
         t0 = time.perf_counter()
-        attacks, passes = attack_release(release, targets, spec.restarts, brep, seed, generator)
+        attacks, passes = attack_release(release, targets, spec.restarts, brep, seed, generators)
         seconds = time.perf_counter() - t0
-        recon = decode(np.stack([a.result() for a in attacks]))
-        with torch.inference_mode():
-            prob = torch.softmax(evaluator(torch.from_numpy(recon)), 1).numpy()
-            start = evaluator(torch.from_numpy(decode(np.stack([a.starting_point() for a in attacks])))).argmax(1).numpy()
+        v = judge(evaluator, generators, attacks, spec.judge_threshold, private)
         per_attack = _split_passes(attacks, passes, spec.defense, cfg)
-        for a, p, s0, img, fp in zip(attacks, prob, start, recon, per_attack):
+        for i, (a, fp) in enumerate(zip(attacks, per_attack)):
             rows.append({"defense": spec.defense, **{k: cfg[k] for k in ("sigma", "n", "epsilon", "release")},
                          "noise": cfg["noise"], "repeat": cfg["repeat"], "nudge": cfg["nudge"],
                          "attacker": cfg["attacker"],
                          "nudge_distance": brep.nudge if not brep.nudge_ulp else float("nan"),
                          "target": a.target, "restart": a.restart,
-                         "success": bool(a.found and int(p.argmax()) == a.target),
-                         "eval_confidence": float(p[a.target]), "eval_prediction": int(p.argmax()),
-                         "start_success": bool(a.found and int(s0) == a.target),
+                         "success": bool(v["success"][i]),
+                         "eval_confidence": float(v["eval_confidence"][i]),
+                         "eval_prediction": int(v["eval_prediction"][i]),
+                         "knn_distance": float(v["knn_distance"][i]),
+                         "start_success": bool(v["start_success"][i]),
+                         "start_eval_confidence": float(v["start_eval_confidence"][i]),
+                         "start_knn_distance": float(v["start_knn_distance"][i]),
                          "found": a.found, "queries": a.queries, "forward_passes": fp, "steps": a.steps,
                          "accepted_steps": a.accepted, "final_radius": float(a.radius),
-                         "utility_accuracy": acc, "abstain_rate": abstain_rate, "query_budget": spec.query_budget, "seconds": seconds})
-            images.append(img[0])
+                         "utility_accuracy": acc, "abstain_rate": abstain_rate, "query_budget": spec.query_budget,
+                         "seconds": seconds})
+            images.append(v["images"][i][0])
         labels.append(_label(spec.defense, cfg))
         if progress:
-            done = [r for r in rows if r["release"] == cfg["release"]][-len(attacks):]
-            print(f"  {labels[-1]}: ASR {np.mean([r['success'] for r in done]):.0%}, utility {acc:.1%}, "
-                  f"abstain {abstain_rate:.1%}, "
+            done = rows[-len(attacks):]
+            print(f"  {labels[-1]}: ASR {np.mean([r['success'] for r in done]):.0%} (start "
+                  f"{np.mean([r['start_success'] for r in done]):.0%}), utility {acc:.1%}, abstain {abstain_rate:.1%}, "
                   f"{seconds:.1f}s", file=sys.stderr)
     table = pd.DataFrame(rows)
     run_dir.write_table(pa.Table.from_pandas(table, preserve_index=False), run_dir.final_name)
-    grid = np.stack(images).reshape(len(configs), len(targets) * spec.restarts, 8, 8)
+    side = roles.side(data)
+    grid = np.stack(images).reshape(len(configs), len(targets) * spec.restarts, side, side)
     png = save_grid(grid, labels, [str(t) for t in targets for _ in range(spec.restarts)], run_dir)
     manifest = new_manifest(
         ATTACK.name, config, status="complete",
-        models={"target": {"sha256": target_ref.sha256, "recipe": roles.target_recipe(),
-                           "clean_accuracy_test": roles.accuracy(target_ref)},
-                "eval": {"sha256": eval_ref.sha256, "recipe": roles.eval_recipe(),
-                         "clean_accuracy_test": roles.accuracy(eval_ref)},
-                "generator": {"recipe": roles.generator_recipe(spec.generator_epochs)}},
+        models={"target": {"sha256": target_ref.sha256, "recipe": roles.target_recipe(dataset=data),
+                           "clean_accuracy_test": roles.accuracy(target_ref, dataset=data)},
+                "eval": {"sha256": eval_ref.sha256, "recipe": roles.eval_recipe(data),
+                         "clean_accuracy_test": roles.accuracy(eval_ref, dataset=data)},
+                "generator": ({"recipe": gen_recipes[targets[0]]} if spec.prior == PUBLIC else
+                              {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})},
         dataset={"spec": spec.dataset}, device={"batch_size": spec.batch_size},
         timings={"seconds": time.perf_counter() - started, "finished": dt.datetime.now(dt.timezone.utc).isoformat()},
         details={"reconstructions": png, "seed": seed, "seed_source": seed_source,
                  "noise_key": key.describe() if key is not None else {"source": "none (no keyed noise)"},
-                 "keyed_grid_sigmas": KEY_GRID_SIGMAS})
+                 "keyed_grid_sigmas": KEY_GRID_SIGMAS, "judge_threshold": spec.judge_threshold,
+                 "prior": spec.prior})
     run_dir.write_manifest(manifest)
     reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731
     return Outcome(ATTACK.name, run_dir.path, manifest, ATTACK.summarize(table), reader=reader)

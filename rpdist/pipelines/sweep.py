@@ -31,7 +31,7 @@ from rpdist.errors import InputError
 from rpdist.specs import input_error
 from rpdist.smoothing.noise import DEFAULT_BLOCK, NOISE_SCHEME, Phase
 from rpdist.analyses.base import Outcome
-from rpdist.attacks.brep import ABSTAIN_AWARE, EXACT, PLAIN, nudge_name
+from rpdist.attacks.brep import ABSTAIN_AWARE, EXACT, PLAIN, PRIORS, PUBLIC, nudge_name
 from rpdist.defenses import DEFENSES
 from rpdist.defenses.releases import FRESH, KEYED, SMOOTHED_RELEASES
 from rpdist.io.manifest import new_manifest
@@ -84,6 +84,8 @@ class SweepSpec(BaseModel):
     repeat: tuple[Count, ...] = (1,)  # attack only: each query asked k times, majority kept
     nudge: tuple[str | float, ...] = (EXACT,)  # attack only: repeats moved by δ (0, ulp or a multiple of σ)
     attacker: tuple[Literal[PLAIN, ABSTAIN_AWARE], ...] = (PLAIN,)  # attack only
+    prior: Literal[PRIORS] = PUBLIC  # attack only: the generator's public data (disjoint: without the target's class)
+    judge_threshold: float = Field(0.0, ge=0, le=1)  # attack only: the evaluator's confidence a success needs
     epsilon: tuple[Annotated[float, Field(gt=0)], ...] | None = None  # attack, dpsgd or rr: ε (default: its grid)
     query_budget: Count = 400  # attack only
     restarts: Count = 1  # attack only
