@@ -13,7 +13,7 @@ from rpdist.pipelines.sweep import load_sweep, parse_sweep, read_sweep, run_swee
 from rpdist.reporting.report import write_report
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-MIA = ("none", "rp", "dpsgd", "rr", "repeat-k1", "repeat-k5")
+MIA = ("none", "rp", "abstain", "noise", "dpsgd", "rr", "repeat", "nudge")
 
 
 def _small(path: Path, **changes):
@@ -25,18 +25,24 @@ def test_reproduction_sweep_files_hold_the_documented_grids():
     rap = load_sweep(RESULTS / "rap" / "sweep.yaml")
     assert (rap.analysis, rap.sigma, rap.n, rap.l1_non_sensitive, rap.grid_step, rap.limit) == (
         "rap", (0.5, 1.0, 2.0, 3.0), (1000, 10000), (0.01, 1.0), 0.1, None)
-    for dataset in ("insurance-recommend", "insurance"):  # issue 12's reproduction at N = 1,000, grid step 0.5
-        post = load_sweep(RESULTS / "rap" / "posterior-n1000" / f"{dataset}.yaml")
-        assert (post.analysis, post.dataset, post.attribute, post.sigma, post.n, post.alpha, post.seed,
-                post.l1_non_sensitive, post.grid_step, post.limit) == (
-            "rap", dataset, "bmi", (0.5, 1.0, 2.0, 3.0), (1000,), (0.001,), (0,), (0.01, 1.0), 0.5, None)
+    # issue 12's reproduction at N = 1,000 and 10,000 (grid step 0.5), and its full grid (not run on CPU)
+    for folder, ns, step in (("posterior-n1000", (1000,), 0.5), ("posterior-n10000", (10000,), 0.5),
+                             ("posterior-full", (1000, 10000, 100000), 0.1)):
+        for dataset in ("insurance-recommend", "insurance"):
+            post = load_sweep(RESULTS / "rap" / folder / f"{dataset}.yaml")
+            assert (post.analysis, post.dataset, post.attribute, post.sigma, post.n, post.alpha, post.seed,
+                    post.l1_non_sensitive, post.grid_step, post.limit) == (
+                "rap", dataset, "bmi", (0.5, 1.0, 2.0, 3.0), ns, (0.001,), (0,), (0.01, 1.0), step, None)
     mia = {name: load_sweep(RESULTS / "mia" / f"{name}.yaml") for name in MIA}
     assert {name: (s.defense, len(s.points)) for name, s in mia.items()} == {
-        "none": ("none", 1), "rp": ("rp", 8), "dpsgd": ("dpsgd", 1), "rr": ("rr", 1), "repeat-k1": ("rp", 1),
-        "repeat-k5": ("rp", 1)}
-    assert mia["rp"].release == ("predict", "majority") and mia["dpsgd"].epsilon == (1.0, 3.0, 8.0, float("inf"))
-    assert (mia["repeat-k5"].query_budget, mia["repeat-k5"].repeat) == (5 * mia["repeat-k1"].query_budget, (5,))
-    assert mia["repeat-k1"].noise == mia["repeat-k5"].noise == ("fresh", "keyed")
+        "none": ("none", 1), "rp": ("rp", 4), "abstain": ("abstain", 4), "noise": ("noise", 4), "dpsgd": ("dpsgd", 1),
+        "rr": ("rr", 1), "repeat": ("rp", 1), "nudge": ("rp", 1)}
+    assert all((s.restarts, s.dataset) == (5, "digits") for s in mia.values())
+    assert mia["rp"].release == ("predict", "certify", "majority") and mia["dpsgd"].epsilon == (1.0, 3.0, 8.0)
+    assert mia["rp"].sigma == mia["abstain"].sigma == mia["noise"].sigma == (0.1, 0.25, 0.5, 1.0)
+    for adaptive, noise, nudge in (("repeat", ("fresh",), ("0",)), ("nudge", ("keyed",), ("0.001",))):
+        assert (mia[adaptive].query_budget, mia[adaptive].repeat) == (5 * mia["rp"].query_budget, (5,))
+        assert (mia[adaptive].noise, mia[adaptive].nudge) == (noise, nudge)
 
 
 @pytest.mark.slow
@@ -58,13 +64,13 @@ def test_small_mia_reproduction_runs_and_is_reported_together(ray_session, tmp_p
     budget; the rp sweep's rows are those of one `attack inversion` run over the same grid."""
     from rpdist.attacks.inversion import InversionSpec, run_inversion
 
-    quick = dict(targets=[0, 1], generator_epochs=40, query_budget=60)
-    for name in ("none", "rp", "rr", "repeat-k1"):
+    quick = dict(targets=[0, 1], generator_epochs=40, query_budget=60, restarts=1)
+    for name in ("none", "rp", "rr", "nudge"):
         grid = dict(sigma=[0.5, 1.0], n=[20]) if name == "rp" else {}
         run_sweep(_small(RESULTS / "mia" / f"{name}.yaml", **quick, **grid), out=tmp_path / "sweeps", sweep_id=name,
                   progress=False)
     rows = read_sweep(tmp_path / "sweeps" / "rp").to_pandas()
-    one = run_inversion(InversionSpec(defense="rp", sigmas=[0.5, 1.0], ns=[20], releases=["predict", "majority"],
+    one = run_inversion(InversionSpec(defense="rp", sigmas=[0.5, 1.0], ns=[20], releases=["predict", "certify", "majority"],
                                       query_budget=60, targets=[0, 1], generator_epochs=40, seed=0, out=str(tmp_path),
                                       run_id="one")).table()
     keys = ["sigma", "release", "target"]
@@ -72,9 +78,9 @@ def test_small_mia_reproduction_runs_and_is_reported_together(ray_session, tmp_p
     pd.testing.assert_frame_equal(rows[same].sort_values(keys).reset_index(drop=True),
                                   one[same].sort_values(keys).reset_index(drop=True))
     assert set(read_sweep(tmp_path / "sweeps" / "rr").to_pandas()["epsilon"]) == {1.0, 3.0, 5.0}
-    assert set(read_sweep(tmp_path / "sweeps" / "repeat-k1").to_pandas()["noise"]) == {"fresh", "keyed"}
+    assert set(read_sweep(tmp_path / "sweeps" / "nudge").to_pandas()["nudge"]) == {"0.001"}
     text = write_report(tmp_path / "sweeps").read_text()
     overview = text[text.index("## All attack results"):text.index("## Sweep of")]
     results = {line.split("|")[1].strip() for line in overview.splitlines() if line.startswith("| ")}
-    assert {"none", "rp", "rr", "repeat-k1"} <= results  # the first column names the sweep of each row
+    assert {"none", "rp", "rr", "nudge"} <= results  # the first column names the sweep of each row
     assert "report-all-attack-asr.png" in overview and "### Reconstructions" in text

@@ -33,7 +33,7 @@ REFUSED = [
     (lambda: RapSpec(grid_step=0), "grid step must be a finite number > 0, got 0"),
     (lambda: RapSpec(abstain_rule="sometimes"), "--abstain-rule must be 'neutral' or 'distinct', got 'sometimes'"),
     (lambda: RapSpec(n=9), "n=9 can never certify"),
-    (lambda: InversionSpec(releases=["majority", "loud"]), "--release must be predict or majority, got 'loud'"),
+    (lambda: InversionSpec(releases=["majority", "loud"]), "--release must be one of predict, majority, certify, got 'loud'"),
     (lambda: InversionSpec(targets=[3, 3]), "--targets must be distinct classes in [0, 10), got [3, 3]"),
     (lambda: InversionSpec(targets=[10]), "--targets must be distinct classes in [0, 10), got 10"),
     (lambda: InversionSpec(defense="rr", epsilons=[float("inf")]), "--epsilon must be a finite number > 0 for rr"),

@@ -28,10 +28,11 @@ import numpy as np
 
 from rpdist.errors import InputError
 from rpdist.models.refs import ModelRef
+from rpdist.privacy.mechanisms import Certify, Majority, Predict
 
 _MASK63 = (1 << 63) - 1
 FRESH, KEYED = "fresh", "keyed"
-PREDICT, MAJORITY, CERTIFY = "predict", "majority", "certify"
+PREDICT, MAJORITY, CERTIFY = Predict.name, Majority.name, Certify.name
 SMOOTHED_RELEASES = (PREDICT, MAJORITY, CERTIFY)
 CERTIFY_N0 = 100  # the certify release's selection samples, charged to its forward passes
 ABSTAIN = -1
