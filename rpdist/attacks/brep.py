@@ -27,9 +27,8 @@ forward batch on the engine's replicas.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
