@@ -27,6 +27,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return exit_info.value.code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_certify_writes_parquet_manifest_and_summary(ray_session, tmp_path, capsys):
     code, out, err = run_cli(["certify", "--dataset", "insurance", "--sigma", "0.5", "--n", "2000", "--n0", "50",
                               "--limit", "30", "--out", str(tmp_path), "--run-id", "r1", "--quiet"], capsys)
@@ -180,6 +181,7 @@ def test_cli_package_is_not_installed_as_top_level_cli():
     assert not (site / "cli").exists() and not (site / "cli.py").exists()
 
 
+@pytest.mark.slow
 def test_results_through_a_non_local_filesystem(ray_session, tmp_path):
     """The object-store path of the writer (no rename), exercised through a pyarrow filesystem."""
     import pyarrow.fs as pafs

@@ -68,6 +68,7 @@ def test_label_release_counts_one_pass_per_query(constant_ref):
     assert rel.forward_passes == 7
 
 
+@pytest.mark.slow
 def test_keyed_smoothed_release_is_query_consistent(ray_session, constant_ref):
     from rpdist.defenses.releases import SmoothedRelease
 

@@ -288,6 +288,7 @@ def test_killed_replica_does_not_change_counts(reference, model_ref, inputs):
     _assert_same_counts(pa.concat_tables(tables).to_pandas(), reference)
 
 
+@pytest.mark.slow
 def test_one_worker_equals_two_workers(reference, model_ref, inputs):
     """The plan has no worker dimension: one replica runs the very same units."""
     one = _certify(model_ref, inputs, workers=1)

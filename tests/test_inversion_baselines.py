@@ -54,6 +54,7 @@ def test_keyed_random_abstention_answers_a_repeated_query_alike(constant_ref):
 # --- Gaussian input noise, N = 1 ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_noisy_input_release_gives_label_one_with_probability_phi_d_over_sigma(ray_session, linear_model):
     """One forward pass on x + N(0, σ²I) of a linear classifier says 1 with probability Φ(d/σ) exactly."""
     from rpdist.defenses.releases import NoisyInputRelease
@@ -75,6 +76,7 @@ def test_noisy_input_release_gives_label_one_with_probability_phi_d_over_sigma(r
     assert len(set(np.concatenate(answers).tolist())) == 1 and keyed.forward_passes == 2  # one pass per call
 
 
+@pytest.mark.slow
 def test_certify_release_is_certify_output_and_charges_selection_samples(ray_session, linear_model):
     """The certify release answers with CERTIFY's prediction (−1 where it abstains) for the query's own
     noise stream, and costs n0 + N forward passes per query."""

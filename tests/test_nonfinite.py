@@ -130,6 +130,7 @@ def test_a_raising_model_becomes_one_model_error():
 # --- the engine -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_all_nan_model_abstains_everywhere(ray_session):
     X = np.random.default_rng(0).normal(size=(10, 5)).astype(np.float32)
     y = np.arange(10) % 2

@@ -157,6 +157,7 @@ def test_certify_run_report_numbers_and_plot(tmp_path, capsys):
     assert [p.name for p in pngs_of(tmp_path / "docs" / "cert.md")] == ["cert-certified-accuracy.png"]
 
 
+@pytest.mark.slow
 def test_sweep_report_tables_and_plots(tmp_path):
     root, df = write_sweep(tmp_path / "sw")
     out = tmp_path / "elsewhere" / "sweep.md"
@@ -230,6 +231,7 @@ def test_attack_only_directory(tmp_path):
     assert "Attack benchmark" in text and "Certified robustness" not in text
 
 
+@pytest.mark.slow
 def test_folder_of_runs(tmp_path):
     write_certify_run(tmp_path, "a", sigma=0.25)
     write_certify_run(tmp_path, "b", sigma=0.5, dataset="digits")

@@ -110,6 +110,7 @@ def test_resumed_sweep_refuses_another_default_batch_size(ray_session, tmp_path,
     assert len(table) == 20 and table["input_id"].is_unique
 
 
+@pytest.mark.slow
 def test_certify_run_refuses_another_batch_size(ray_session, tmp_path):
     from rpdist.pipelines import run as runs
     from rpdist.smoothing.job import CERTIFY, SmoothingConfig
@@ -123,6 +124,7 @@ def test_certify_run_refuses_another_batch_size(ray_session, tmp_path):
         runs.execute(spec(1024), progress=False)
 
 
+@pytest.mark.slow
 def test_run_with_explicit_batch_size_refuses_another_device_type(ray_session, tmp_path, monkeypatch, capsys):
     """Same --batch-size, but CPU and CUDA draw noise with different generators: never mixed."""
     from rpdist.pipelines import run as runs

@@ -208,6 +208,7 @@ def test_bad_sequential_options_exit_2_with_one_line_and_no_output(tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_sequential_run_writes_table_and_manifest(ray_session, tmp_path, capsys):
     import json
 

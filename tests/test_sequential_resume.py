@@ -128,6 +128,7 @@ def test_chunks_are_the_whole_runs_rows_and_skip_what_is_done(centre_run):
     assert run.forward_samples == sum(spent["forward_samples"] for _, _, spent in parts)
 
 
+@pytest.mark.slow
 def test_rounds_over_several_looks_give_the_rows_of_one_round_per_look(centre_run, monkeypatch):
     """A round that spans several looks decides each input at the same look, on the same blocks, as
     one round per look; the blocks it drew past an input's stop are counted as forward samples only."""
@@ -150,6 +151,7 @@ def test_rounds_over_several_looks_give_the_rows_of_one_round_per_look(centre_ru
     assert wide.forward_samples == 24 * 32 + sum(r["samples"] for r in engine)
 
 
+@pytest.mark.slow
 def test_a_failing_chunk_stops_the_chunk_running_beside_it(centre_run):
     """An exception in one chunk's thread (here an interrupt from on_unit) ends the run: the chunk
     beside it stops at its next unit, and no chunk thread is left behind."""
