@@ -72,7 +72,7 @@ class AttackAnalysis(Analysis):
         Column("k", lambda r: _knob(r.get("repeat")), key=True),
         Column("δ/σ", lambda r: str(r.get("nudge", "—")), key=True),
         Column("attacker", lambda r: str(r.get("attacker", "plain")), key=True),
-        Column("ASR [95% CI]", lambda r: f"{100 * r['asr']:.0f}% [{100 * r['asr_low']:.0f}–{100 * r['asr_high']:.0f}]"),
+        Column("ASR [95% CI]", lambda r: _interval(r["asr"], r["asr_low"], r["asr_high"])),
         Column("start ASR", lambda r: "—" if r["start_asr"] != r["start_asr"] else f"{100 * r['start_asr']:.0f}%"),
         Column(DIFF, lambda r: _points(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"])),
         Column(PAPER, lambda r: _interval(r["paper_asr"], r["paper_asr_low"], r["paper_asr_high"])),
