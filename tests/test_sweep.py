@@ -117,7 +117,7 @@ def _sweep_command(path: Path, out: Path) -> list[str]:
 @pytest.mark.slow
 def test_sweep_killed_by_sigkill_resumes_to_the_same_dataset(ray_session, tmp_path):
     sweep_file = tmp_path / "grid.yaml"
-    sweep_file.write_text(yaml.safe_dump({"dataset": "insurance", "sigma": [0.25, 0.5, 1.0], "n": [1000, 2000],
+    sweep_file.write_text(yaml.safe_dump({"dataset": "insurance", "sigma": [0.25, 0.5], "n": [1000, 2000],
                                           "alpha": [0.001], "limit": 60}))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
@@ -136,13 +136,13 @@ def test_sweep_killed_by_sigkill_resumes_to_the_same_dataset(ray_session, tmp_pa
         _kill_group(proc)
     assert proc.returncode == -signal.SIGKILL
     written = list(root.glob("sigma=*/n=*/alpha=*/seed=*/chunk-*.parquet"))
-    assert 0 < len(written) < 6, "the kill must land mid-sweep"
+    assert 0 < len(written) < 4, "the kill must land mid-sweep"
 
     spec = load_sweep(sweep_file)
     resumed = run_sweep(spec, out=tmp_path, sweep_id="grid", progress=False)
     fresh = run_sweep(spec, out=tmp_path / "fresh", sweep_id="grid", progress=False)
     a, b = read_sweep(resumed.path).to_pandas(), read_sweep(fresh.path).to_pandas()
-    assert len(a) == 60 * 3 * 2 and not a.duplicated(["sigma", "n", "alpha", "seed", "input_id"]).any()
+    assert len(a) == 60 * 2 * 2 and not a.duplicated(["sigma", "n", "alpha", "seed", "input_id"]).any()
     pd.testing.assert_frame_equal(a, b)
     assert resumed.manifest["status"] == "complete"
 

@@ -45,10 +45,6 @@ def _points(value, low, high) -> str:
     return "—" if value != value else f"{100 * value:+.0f} pp [{100 * low:+.0f}, {100 * high:+.0f}]"
 
 
-def _rate(value) -> str:
-    return "—" if value != value else f"{100 * value:.1f}%"
-
-
 def paper_protocol(part: pd.DataFrame) -> pd.Series:
     """Per target, the success of the restart whose reconstruction the evaluator is most confident in
     (the paper's protocol: its best image per class). Restarts that never found a start point made no
@@ -77,7 +73,7 @@ class AttackAnalysis(Analysis):
         Column(DIFF, lambda r: _points(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"])),
         Column(PAPER, lambda r: _interval(r["paper_asr"], r["paper_asr_low"], r["paper_asr_high"])),
         Column("utility", lambda r: f"{100 * r['utility_accuracy']:.1f}%"),
-        Column("abstain rate", lambda r: _rate(r["abstain_rate"])),
+        Column("abstain rate", lambda r: pct(r["abstain_rate"], missing="—")),
         Column("mean queries", lambda r: f"{r['mean_queries']:.0f}"),
         Column("forward passes", lambda r: f"{r['forward_passes']:,}"),
     )

@@ -14,6 +14,8 @@ from rpdist.reporting.format import UNITS, dataset_name, md_table, num, pct, rad
 from rpdist.reporting.plots import caps_note, curves_plot, figure, labelled, style
 from rpdist.smoothing.job import CERTIFY, PREDICT
 
+NO_LABELS = "n/a (no labels)"  # a rate over true labels, of a dataset that has none
+
 RADIUS_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 2.0)  # radii reported, in units of σ
 PARAMETERS = ("sigma", "n", "alpha", "seed")
 
@@ -178,9 +180,9 @@ class CertifyAnalysis(SmoothingAnalysis):
         Column("σ", lambda r: f"{r['sigma']:g}", key=True), Column("N", lambda r: f"{r['n']:,}", key=True),
         Column("α", lambda r: f"{r['alpha']:g}", key=True), Column("seed", lambda r: str(r["seed"]), key=True),
         Column("inputs", lambda r: f"{r['inputs']:,}"),
-        *(Column(f"certified accuracy @ r ≥ {m:g}σ", lambda r, m=m: _pct(r["certified_accuracy"][f"{m * r['sigma']:g}"]))
+        *(Column(f"certified accuracy @ r ≥ {m:g}σ", lambda r, m=m: pct(r["certified_accuracy"][f"{m * r['sigma']:g}"], missing=NO_LABELS))
           for m in RADIUS_MULTIPLES),
-        Column("abstain rate", lambda r: _pct(r["abstain_rate"])), Column("mean radius", lambda r: f"{r['mean_radius']:.4f}"),
+        Column("abstain rate", lambda r: pct(r["abstain_rate"], missing=NO_LABELS)), Column("mean radius", lambda r: f"{r['mean_radius']:.4f}"),
         Column("release advantage at R ≤ (median)",
                lambda r: "—" if r.get("median_advantage_at_radius") is None else f"{r['median_advantage_at_radius']:.3f}"),
     )
@@ -215,13 +217,9 @@ class PredictAnalysis(SmoothingAnalysis):
         Column("σ", lambda r: f"{r['sigma']:g}", key=True), Column("N", lambda r: f"{r['n']:,}", key=True),
         Column("α", lambda r: f"{r['alpha']:g}", key=True), Column("seed", lambda r: str(r["seed"]), key=True),
         Column("inputs", lambda r: f"{r['inputs']:,}"),
-        Column("accuracy (abstain = wrong)", lambda r: _pct(r["accuracy"])),
-        Column("abstain rate", lambda r: _pct(r["abstain_rate"])),
+        Column("accuracy (abstain = wrong)", lambda r: pct(r["accuracy"], missing=NO_LABELS)),
+        Column("abstain rate", lambda r: pct(r["abstain_rate"], missing=NO_LABELS)),
     )
-
-
-def _pct(value: float) -> str:
-    return "n/a (no labels)" if value != value else f"{100 * value:.1f}%"
 
 
 def versus_n(summary: pd.DataFrame, certified: bool, source):

@@ -11,8 +11,9 @@ UNITS = {"insurance": "standardised units", "insurance-recommend": "standardised
          "digits": "input units, pixels in [0, 1]", "mnist5k": "input units, pixels in [0, 1]"}
 
 
-def pct(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+def pct(value, missing: str = "n/a") -> str:
+    """A rate as a percentage with one decimal; ``missing`` says why there is none (None or NaN)."""
+    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
 
 
 def num(value, digits: int = 4) -> str:

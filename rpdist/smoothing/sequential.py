@@ -77,9 +77,11 @@ def cs_bounds(k, n, alpha: float, prior: tuple[float, float] = PRIOR) -> tuple[n
     Each end is returned on its rejected side (M ≥ 1/α there), so L and U are never narrower than
     the exact interval: rounding can only make a decision more conservative. n = 0 gives (0, 1).
     """
-    k = np.asarray(k, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    k, n = np.broadcast_arrays(k, n)
+    k, n = np.broadcast_arrays(np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64))
+    shape = k.shape
+    # Many inputs share a (k, n), all-agreeing ones above all: bisect each distinct pair once.
+    pairs, inverse = np.unique(np.stack([k.ravel(), n.ravel()]), axis=1, return_inverse=True)
+    k, n = pairs
     level = math.log(1.0 / alpha)
     mle = np.divide(k, n, out=np.full(k.shape, 0.5), where=n > 0)
     # lower end: rejected at lo (or lo = 0), accepted at hi = mle
@@ -95,7 +97,8 @@ def cs_bounds(k, n, alpha: float, prior: tuple[float, float] = PRIOR) -> tuple[n
         rejected = log_mixture(k, n, mid, prior) >= level
         lo, hi = np.where(rejected, lo, mid), np.where(rejected, mid, hi)
     upper = np.where(k < n, hi, 1.0)
-    return lower, upper
+    inverse = inverse.reshape(-1)
+    return lower[inverse].reshape(shape), upper[inverse].reshape(shape)
 
 
 def staged_bounds(k, n, alpha: float, stages: int) -> tuple[np.ndarray, np.ndarray]:
