@@ -103,6 +103,19 @@ def test_easy_inputs_decide_within_a_few_looks():
     assert np.median(used_near) > 1000
 
 
+def test_bounds_of_repeated_pairs_equal_each_pairs_own_bounds():
+    """cs_bounds bisects each distinct (k, n) once and scatters back: the result must be the
+    element-wise one, in the input's shape."""
+    rng = np.random.default_rng(3)
+    n = rng.choice([32, 64, 96], size=(40, 3))
+    k = rng.binomial(n, 0.8)
+    lower, upper = seq.cs_bounds(k, n, 0.01)
+    assert lower.shape == upper.shape == (40, 3)
+    for i, j in np.ndindex(*k.shape):
+        one = seq.cs_bounds(k[i, j], n[i, j], 0.01)
+        assert (lower[i, j], upper[i, j]) == (float(one[0]), float(one[1]))
+
+
 def test_staged_bounds_are_clopper_pearson_at_alpha_over_k():
     k, n = np.array([5, 90, 100]), np.array([100, 100, 100])
     lower, upper = seq.staged_bounds(k, n, 0.001, 4)
