@@ -454,3 +454,32 @@ def test_posterior_matches_a_linear_models_exact_posterior(ray_session):
     assert one["posterior"] @ one["centres"] == pytest.approx(smoothed.loc[3, "posterior_mean"], rel=1e-12)
     assert (smoothed["released_label"] == -1).sum() >= 5  # the boundary inputs: abstain has its own posterior
     assert np.median(far_neutral) > 0 and max(far_neutral) >= 2 * step  # the artifact the posterior removes
+
+
+def test_summary_pairs_the_smoothed_release_with_the_base_model_by_input():
+    """The smoothed rows carry mean(smoothed − base) over the same inputs with a bootstrap interval:
+    rows in another order, and an input only one release has, must not change it."""
+    from rpdist.privacy.rap import summarize
+    from rpdist.smoothing.stats import bootstrap_interval
+
+    rng = np.random.default_rng(8)
+    common = dict(sigma=1.0, n=100, alpha=0.001, radius=np.nan, attribute_scale=6.0, compatible_length=20.0,
+                  abs_error=1.0, posterior_true_ratio=1.0, correct=True, released_label=1, certified_low=np.nan,
+                  grid_step=0.1)
+    ids = np.arange(150)
+    base_err, base_hdi = rng.exponential(3, 150), rng.uniform(8, 12, 150)
+    shift = rng.normal(0.5, 1.0, 150)
+    base = pd.DataFrame({"input_id": ids, "release_model": "base", "posterior_abs_error": base_err,
+                         "posterior_hdi_length": base_hdi, **common})
+    smoothed = pd.DataFrame({"input_id": ids[::-1], "release_model": "smoothed",
+                             "posterior_abs_error": (base_err + shift)[::-1], "posterior_hdi_length": base_hdi[::-1] - 1.0,
+                             **common})
+    extra = smoothed.iloc[:1].assign(input_id=999, posterior_abs_error=100.0)  # no base row: not paired
+    table = pd.concat([smoothed, extra, base.sample(frac=1.0, random_state=0)], ignore_index=True)
+    records = summarize(table).set_index("release_model")
+    row = records.loc["smoothed"]
+    assert row["posterior_mae_vs_base"] == pytest.approx(shift.mean())
+    assert (row["posterior_mae_vs_base_low"], row["posterior_mae_vs_base_high"]) == pytest.approx(
+        bootstrap_interval(shift, np.mean, resamples=2000, seed=0), abs=1e-12)
+    assert row["hdi_length_vs_base"] == pytest.approx(-1.0)
+    assert np.isnan(records.loc["base"]["posterior_mae_vs_base"])

@@ -24,6 +24,14 @@ def _ci(record: dict, key: str, digits: int = 2) -> str:
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def _versus_base(record: dict, key: str) -> str:
+    """A paired smoothed − base difference, signed, with its interval; — on base rows."""
+    value = record.get(key)
+    if record.get("release_model") != SMOOTHED or value is None or value != value:
+        return "—"
+    return f"{value:+.2f} [{record[f'{key}_low']:+.2f}, {record[f'{key}_high']:+.2f}]"
+
+
 class RapAnalysis(Analysis):
     name = "rap"
     final_file = "rap.parquet"
@@ -36,6 +44,8 @@ class RapAnalysis(Analysis):
         Column("release", lambda r: r["release_model"], key=True), Column("inputs", lambda r: f"{r['inputs']:,}"),
         Column("median HDI length", lambda r: _ci(r, "median_hdi_length")),
         Column("posterior MAE", lambda r: _ci(r, "posterior_mae")),
+        Column("MAE − base (paired)", lambda r: _versus_base(r, "posterior_mae_vs_base")),
+        Column("HDI length − base (paired)", lambda r: _versus_base(r, "hdi_length_vs_base")),
         Column("median compatible length", lambda r: _ci(r, "median_compatible_length")),
         Column("compatible-set MAE", lambda r: _ci(r, "adversary_mae")),
         Column("accuracy", lambda r: f"{100 * r['accuracy']:.1f}%"),
@@ -80,6 +90,7 @@ def report_rap(w, source, summary: list[dict], slug: str) -> None:
     by = [c for c in ("l1_non_sensitive", "sigma", "n", "alpha") if c in df.columns and df[c].nunique() > 1]
     w.add("### Summary", "")
     rows = [[*(r[c] for c in by), r["release_model"], r["inputs"], _ci(r, "median_hdi_length"), _ci(r, "posterior_mae"),
+             _versus_base(r, "posterior_mae_vs_base"), _versus_base(r, "hdi_length_vs_base"),
              num(r.get("median_true_ratio", float("nan")), 2), _ci(r, "median_compatible_length"),
              num(r["mean_compatible_length"], 2), _ci(r, "adversary_mae"), pct(r["accuracy"]),
              pct(r["abstain_rate"]), pct(r["certified_rate"]) if r["release_model"] == SMOOTHED else "—",
@@ -90,6 +101,7 @@ def report_rap(w, source, summary: list[dict], slug: str) -> None:
     level = df["posterior_level"].iloc[0] if "posterior_level" in df.columns else 0.9
     w.add(*md_table([*(names[c] for c in by), "release", "inputs",
                    f"median {100 * level:g}% HDI length ({attribute})", "posterior MAE",
+                   "posterior MAE, smoothed − base (paired)", "HDI length, smoothed − base (paired mean)",
                    "median posterior/prior of the true cell", "median compatible length",
                    "mean compatible length", "compatible-set MAE", "accuracy", "abstain", "certified",
                    "median certified half-width", "PREDICT's advantage at R ≤ (median)"], rows))
@@ -102,7 +114,9 @@ def report_rap(w, source, summary: list[dict], slug: str) -> None:
           "a kernel-density prior from the training values times the release's probability at each value "
           "(the indicator for the base model; PREDICT's exact output probability at each grid cell's plug-in "
           "class probability for the smoothed one, abstain included). HDI length: the total length of its "
-          "highest-density region; MAE: mean absolute error of its mean; posterior/prior of the true cell: "
+          "highest-density region; MAE: mean absolute error of its mean; smoothed − base (paired): the mean "
+          "over inputs of the smoothed release's value minus the base model's on the same input (> 0: "
+          "smoothing leaves the adversary less precise), with its bootstrap interval; posterior/prior of the true cell: "
           "above 1, the release makes the true value more likely. The compatible set (every value whose "
           "release equals the release at the true value, with the run's abstain rule) and the error of the "
           "training mean inside it are kept for reference; under the neutral rule it also counts abstain "
