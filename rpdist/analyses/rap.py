@@ -14,22 +14,20 @@ CURVE_FILE = "rap_curve.parquet"  # release rates over the grid, written beside 
 POSTERIORS_FILE = "rap_posteriors.parquet"  # per-cell posteriors of a few typical inputs, beside rap.parquet
 
 
-def _ci(record: dict, key: str, digits: int = 2) -> str:
-    """A summary value with its 95% bootstrap interval: ``12.30 [11.90, 12.80]``."""
+def _ci(record: dict, key: str, digits: int = 2, sign: str = "") -> str:
+    """A summary value with its 95% bootstrap interval: ``12.30 [11.90, 12.80]`` (``sign="+"``: signed)."""
     value, low, high = record.get(key), record.get(f"{key}_low"), record.get(f"{key}_high")
+    spec = f"{sign}.{digits}f"
     if value is None or value != value:
         return "—"
     if low is None or low != low:
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        return f"{value:{spec}}"
+    return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
-def _versus_base(record: dict, key: str) -> str:
-    """A paired smoothed − base difference, signed, with its interval; — on base rows."""
-    value = record.get(key)
-    if record.get("release_model") != SMOOTHED or value is None or value != value:
-        return "—"
-    return f"{value:+.2f} [{record[f'{key}_low']:+.2f}, {record[f'{key}_high']:+.2f}]"
+def _paired(record: dict, key: str) -> str:
+    """A smoothed − base difference paired by input, signed, with its interval; — on base rows."""
+    return _ci(record, key, sign="+") if record.get("release_model") == SMOOTHED else "—"
 
 
 class RapAnalysis(Analysis):
@@ -44,8 +42,8 @@ class RapAnalysis(Analysis):
         Column("release", lambda r: r["release_model"], key=True), Column("inputs", lambda r: f"{r['inputs']:,}"),
         Column("median HDI length", lambda r: _ci(r, "median_hdi_length")),
         Column("posterior MAE", lambda r: _ci(r, "posterior_mae")),
-        Column("MAE − base (paired)", lambda r: _versus_base(r, "posterior_mae_vs_base")),
-        Column("HDI length − base (paired)", lambda r: _versus_base(r, "hdi_length_vs_base")),
+        Column("MAE − base (paired)", lambda r: _paired(r, "posterior_mae_vs_base")),
+        Column("HDI length − base (paired)", lambda r: _paired(r, "hdi_length_vs_base")),
         Column("median compatible length", lambda r: _ci(r, "median_compatible_length")),
         Column("compatible-set MAE", lambda r: _ci(r, "adversary_mae")),
         Column("accuracy", lambda r: f"{100 * r['accuracy']:.1f}%"),
@@ -90,7 +88,7 @@ def report_rap(w, source, summary: list[dict], slug: str) -> None:
     by = [c for c in ("l1_non_sensitive", "sigma", "n", "alpha") if c in df.columns and df[c].nunique() > 1]
     w.add("### Summary", "")
     rows = [[*(r[c] for c in by), r["release_model"], r["inputs"], _ci(r, "median_hdi_length"), _ci(r, "posterior_mae"),
-             _versus_base(r, "posterior_mae_vs_base"), _versus_base(r, "hdi_length_vs_base"),
+             _paired(r, "posterior_mae_vs_base"), _paired(r, "hdi_length_vs_base"),
              num(r.get("median_true_ratio", float("nan")), 2), _ci(r, "median_compatible_length"),
              num(r["mean_compatible_length"], 2), _ci(r, "adversary_mae"), pct(r["accuracy"]),
              pct(r["abstain_rate"]), pct(r["certified_rate"]) if r["release_model"] == SMOOTHED else "—",

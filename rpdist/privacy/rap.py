@@ -455,16 +455,19 @@ _WITH_INTERVALS = {
 }
 
 
-def _with_interval(record: dict, part: pd.DataFrame, key: str) -> None:
-    column, statistic = _WITH_INTERVALS[key]
-    if column not in part.columns:  # rows written before the posterior existed
-        record[key] = record[f"{key}_low"] = record[f"{key}_high"] = float("nan")
-        return
-    values = part[column].to_numpy(dtype=np.float64)
+def _estimate(record: dict, key: str, values, statistic) -> None:
+    """``record[key]`` = the statistic of the non-NaN values, with its seeded bootstrap interval."""
+    values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
     record[key] = float(statistic(values)) if values.size else float("nan")
     record[f"{key}_low"], record[f"{key}_high"] = stats.bootstrap_interval(
         values, statistic, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
+
+
+def _with_interval(record: dict, part: pd.DataFrame, key: str) -> None:
+    column, statistic = _WITH_INTERVALS[key]
+    # rows written before the posterior existed have no such column: NaN, without an interval
+    _estimate(record, key, part[column] if column in part.columns else [], statistic)
 
 
 # Smoothed minus base, paired by input (same person, same side information): > 0 means the smoothed
@@ -476,15 +479,12 @@ _VERSUS_BASE = {"posterior_mae_vs_base": "posterior_abs_error", "hdi_length_vs_b
 def _versus_base(record: dict, part: pd.DataFrame, base: pd.DataFrame | None) -> None:
     """Mean paired difference (smoothed − base) with its percentile bootstrap interval over inputs."""
     for key, column in _VERSUS_BASE.items():
-        diff = np.array([])
+        diff = []
         if base is not None and column in part.columns and "input_id" in part.columns:
             pairs = part[["input_id", column]].merge(base[["input_id", column]], on="input_id", suffixes=("", "_base"))
             pairs = pairs.sort_values("input_id", kind="stable")  # the interval must not depend on row order
-            diff = (pairs[column] - pairs[f"{column}_base"]).to_numpy(dtype=np.float64)
-            diff = diff[~np.isnan(diff)]
-        record[key] = float(diff.mean()) if diff.size else float("nan")
-        record[f"{key}_low"], record[f"{key}_high"] = stats.bootstrap_interval(
-            diff, np.mean, resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
+            diff = pairs[column] - pairs[f"{column}_base"]
+        _estimate(record, key, diff, np.mean)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
