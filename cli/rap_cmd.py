@@ -11,6 +11,7 @@ from rpdist.cli.options import ADDRESS, BATCH, DEVICE, QUIET, RUN_ID, WORKERS
 from rpdist.cli.printing import print_outcome
 from rpdist.privacy.rap import DEFAULT_GRID_BATCH, NEUTRAL
 from rpdist.privacy.runner import DEFAULT_L1
+from rpdist.privacy.staged import DEFAULT_PILOT
 
 
 def register(app: typer.Typer) -> None:
@@ -44,6 +45,9 @@ def register(app: typer.Typer) -> None:
         posterior_level: float = typer.Option(0.9, "--posterior-level",
                                               help="Credible level of the adversary posterior's highest-density "
                                                    "length, in (0, 1)."),
+        pilot: int = typer.Option(DEFAULT_PILOT, "--pilot",
+                                  help="Samples of the first pilot stage (then 10×, … below N) that settles grid "
+                                       "cells far from the boundary before they would get N; 0: N everywhere."),
         out: str = typer.Option("results", "--out", "-o", help="Output root (a directory or a pyarrow URI such as s3://bucket/x); writes OUT/RUN_ID/rap.parquet."),
         run_id: Optional[str] = RUN_ID,
         quiet: bool = QUIET,
@@ -55,5 +59,5 @@ def register(app: typer.Typer) -> None:
                        grid_step=grid_step, l1_non_sensitive=list(l1_non_sensitive), train_sigma=train_sigma, seed=seed,
                        split=split, limit=limit, batch_size=batch_size, workers=workers, address=address,
                        device=device, grid_batch=grid_batch, abstain_rule=abstain_rule, out=str(out), run_id=run_id,
-                       posterior_level=posterior_level)
+                       posterior_level=posterior_level, pilot=pilot)
         print_outcome(run_rap(spec, progress=not quiet), title=f"RAP of {attribute!r}")

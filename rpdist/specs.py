@@ -42,6 +42,7 @@ Sigma = _number(float, "must be a finite number > 0", gt=0, allow_inf_nan=False)
 Alpha = _number(float, "must lie strictly between 0 and 1", gt=0, lt=1)
 Count = _number(int, "must be a whole number >= 1", ge=1)
 Seed = _number(int, "must be a whole number in [0, 2^63)", ge=0, lt=2**63)
+Pilot = _number(int, "must be a whole number of samples >= 0 (0: no staging)", ge=0)
 NonNegative = _number(float, "must be a finite number >= 0", ge=0, allow_inf_nan=False)
 # Where results go: a directory, a pyarrow URI (s3://…) or an open rpdist.io.store.Store; open_run checks it.
 OutRoot = Any

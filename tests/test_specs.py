@@ -84,7 +84,7 @@ def test_config_dicts_are_unchanged():
     rap = dataclasses.asdict(RapSpec(sigma=0.5, n=1000, l1_non_sensitive=[0.01, 1.0], out="x", run_id="r"))
     assert list(rap) == ["dataset", "attribute", "sigma", "n", "n0", "alpha", "grid_step", "l1_non_sensitive",
                          "train_sigma", "seed", "split", "limit", "batch_size", "workers", "address", "device",
-                         "grid_batch", "abstain_rule", "out", "run_id", "posterior_level"]  # issue 12 added the last
+                         "grid_batch", "abstain_rule", "out", "run_id", "posterior_level", "pilot"]  # issue 12 added the last two
     assert rap["l1_non_sensitive"] == [0.01, 1.0] and rap["abstain_rule"] == "neutral" and rap["grid_batch"] == 50_000
     attack = dataclasses.asdict(InversionSpec(defense="rp", sigmas=[0.5], ns=[100]))
     assert attack["sigmas"] == [0.5] and attack["releases"] == ["majority"] and attack["epsilons"] is None

@@ -77,7 +77,8 @@ class RapAnalysis(Analysis):
         return RapSpec(dataset=sweep.dataset, attribute=sweep.attribute, sigma=point["sigma"], n=point["n"],
                        n0=sweep.n0, alpha=point["alpha"], seed=point["seed"], grid_step=sweep.grid_step,
                        train_sigma=sweep.train_sigma, l1_non_sensitive=sweep.l1_non_sensitive, split=sweep.split,
-                       posterior_level=sweep.posterior_level, limit=sweep.limit, batch_size=sweep.batch_size, **fixed)
+                       posterior_level=sweep.posterior_level, pilot=sweep.pilot, limit=sweep.limit,
+                       batch_size=sweep.batch_size, **fixed)
 
 
 def report_rap(w, source, summary: list[dict], slug: str) -> None:

@@ -36,6 +36,7 @@ from rpdist.defenses import DEFENSES
 from rpdist.defenses.releases import FRESH, KEYED, SMOOTHED_RELEASES
 from rpdist.io.manifest import new_manifest
 from rpdist.io.store import Store, describe_change, open_run
+from rpdist.privacy.staged import DEFAULT_PILOT
 from rpdist.smoothing.job import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
 
 PARTITIONS = (("sigma", pa.float64()), ("n", pa.int64()), ("alpha", pa.float64()), ("seed", pa.int64()))
@@ -77,6 +78,7 @@ class SweepSpec(BaseModel):
     # rap only: λ of one penalised model, or a list of them (one model each, all in each point's table)
     l1_non_sensitive: Annotated[float, Field(ge=0)] | tuple[Annotated[float, Field(ge=0)], ...] = 0.01
     posterior_level: float = Field(0.9, gt=0, lt=1)  # rap only: credible level of the posterior's HDI length
+    pilot: int = Field(DEFAULT_PILOT, ge=0)  # rap only: first pilot stage settling far grid cells (0: N everywhere)
     defense: Literal[DEFENSES] = "rp"  # attack only; none, dpsgd and rr have no (σ, N) grid
     # attack only: the smoothed release(s) the attacker queries
     release: Literal[SMOOTHED_RELEASES] | tuple[Literal[SMOOTHED_RELEASES], ...] = "majority"

@@ -48,6 +48,7 @@ from rpdist.smoothing import stats
 from rpdist.errors import InputError
 from rpdist.privacy.adversary import restricted_mean
 from rpdist.privacy.posterior import DEFAULT_LEVEL, KdePrior, check_level, posterior_summary, predict_likelihood
+from rpdist.privacy.staged import DEFAULT_PILOT, StagedPredict, check_pilot
 
 ABSTAIN = -1
 BASE, SMOOTHED = "base", "smoothed"
@@ -62,7 +63,7 @@ COLUMNS = [
     "posterior_abs_error", "posterior_true_ratio",
 ]
 EXTRA_COLUMNS = ["label", "correct", "certified_label", "n0", "seed", "grid_step", "grid_points", "abstain_rule",
-                 "posterior_level"]
+                 "posterior_level", "pilot", "settled_cells", "grid_samples"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
                  workers: int | None = None, address: str | None = None, device: str | None = None,
                  grid_batch: int = DEFAULT_GRID_BATCH, abstain_rule: str = NEUTRAL,
                  posterior_level: float = DEFAULT_LEVEL, grid_range: tuple[float, float] | None = None,
-                 progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 pilot: int = DEFAULT_PILOT, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RAP rows (one per input and release model) and the release-rate curve over the grid.
 
     ``X`` is what the model sees (standardised); ``column`` the attribute's index in the flattened
@@ -202,12 +203,16 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
     literal reading, with smaller compatible sets, under which certified segments may end short.
     ``posterior_level`` is the credible level of the posterior's highest-density length
     (:mod:`rpdist.privacy.posterior`; the posterior columns are NaN for models with more than two classes).
+    ``pilot``: samples of the first pilot stage that settles grid cells far from the boundary before
+    they would get N (:mod:`rpdist.privacy.staged`; 0: every cell gets N). Rows record the cells
+    settled and the PREDICT samples drawn per input (``settled_cells``, ``grid_samples``).
     """
     from rpdist.privacy.mechanisms import Predict
-    from rpdist.smoothing.job import as_model_ref, certify, check_inputs, predict
+    from rpdist.smoothing.job import as_model_ref, certify, check_inputs
 
     X, y, input_ids = check_inputs(X, y, input_ids)
     check_abstain_rule(abstain_rule)
+    pilot = check_pilot(pilot)
     posterior_level = check_level(posterior_level)
     if isinstance(grid_batch, bool) or not isinstance(grid_batch, (int, np.integer)) or grid_batch < 1:
         raise InputError(f"grid batch must be a whole number >= 1, got {grid_batch!r}")
@@ -224,6 +229,8 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
     true_raw = flat[:, column].astype(np.float64) * scale + mean
     model_ref = as_model_ref(model, X)
     base_release = _BaseReleases(model_ref, shape)
+    staged = StagedPredict(model_ref, sigma=sigma, n=n, alpha=alpha, seed=seed, pilot=pilot, batch_size=batch_size,
+                           workers=workers, address=address, device=device, progress=progress)
 
     # CERTIFY's estimation counts at the true inputs bound the released label's probability.
     cert = certify(model_ref, X, y, sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
@@ -245,12 +252,7 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
         points = points.reshape(len(points), *shape)
         ids = input_ids[i] * stride + k
         released = {BASE: base_release(points)}
-        pred = predict(model_ref, points, sigma=sigma, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
-                       workers=workers, address=address, input_ids=ids, device=device, progress=progress)
-        if not np.array_equal(pred["input_id"].to_numpy(), ids):
-            pred = pred.set_index("input_id").loc[ids].reset_index()
-        released[SMOOTHED] = pred["prediction"].to_numpy()
-        counts = np.stack(pred["counts"].to_numpy()).astype(np.int64)
+        released[SMOOTHED], counts, spent, settled = staged(points, ids, on_grid)
         for model_name, values in released.items():
             g = k[on_grid]
             np.add.at(curve[model_name][:, 0], g, values[on_grid] == 1)
@@ -261,10 +263,13 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
             if int(row) not in buffers:
                 buffers[int(row)] = {m: np.full(stride, -2, dtype=np.int64) for m in (BASE, SMOOTHED)}
                 buffers[int(row)]["counts"] = np.zeros((stride, counts.shape[1]), dtype=np.int64)
+                buffers[int(row)]["spent"] = np.zeros(stride, dtype=np.int64)
+                buffers[int(row)]["settled"] = np.zeros(stride, dtype=bool)
             buf = buffers[int(row)]
             for model_name, values in released.items():
                 buf[model_name][k[sel]] = values[sel]
             buf["counts"][k[sel]] = counts[sel]
+            buf["spent"][k[sel]], buf["settled"][k[sel]] = spent[sel], settled[sel]
             if k[sel][-1] == stride - 1:  # slices run in order, so this input is complete
                 rows.extend(_input_rows(int(row), buffers.pop(int(row)), grid, true_raw, prior, certificate, y,
                                          input_ids, scale, abstain_rule, posterior))
@@ -272,7 +277,8 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
     table = pd.DataFrame(rows)
     params = {"sigma": float(sigma), "n": int(n), "alpha": float(alpha), "attribute": attribute,
               "attribute_scale": float(scale), "n0": int(n0), "seed": int(seed), "grid_step": float(grid_step),
-              "grid_points": int(G), "abstain_rule": abstain_rule, "posterior_level": posterior_level}
+              "grid_points": int(G), "abstain_rule": abstain_rule, "posterior_level": posterior_level,
+              "pilot": pilot}
     for key, value in params.items():
         table[key] = value
     table = table[COLUMNS + EXTRA_COLUMNS]
@@ -287,14 +293,14 @@ def rap_analysis(model, X: np.ndarray, y, input_ids, *, prior: np.ndarray, colum
 
 def input_posterior(model, x: np.ndarray, input_id: int, *, prior: np.ndarray, column: int, mean: float,
                     scale: float, grid: np.ndarray, sigma: float, n: int, alpha: float, seed: int = 0,
-                    release_model: str = SMOOTHED, batch_size: int | None = None, workers: int | None = None,
-                    address: str | None = None, device: str | None = None) -> dict:
-    """The per-cell posterior of one input of a run, recomputed (for plots): same grid, same ids, so the
-    smoothed release sees the run's own noise. Returns :func:`rpdist.privacy.posterior.cell_posterior`'s
+                    release_model: str = SMOOTHED, pilot: int = DEFAULT_PILOT, batch_size: int | None = None,
+                    workers: int | None = None, address: str | None = None, device: str | None = None) -> dict:
+    """The per-cell posterior of one input of a run, recomputed (for plots): same grid, same ids and
+    pilot stages, so the smoothed release sees the run's own noise. Returns :func:`rpdist.privacy.posterior.cell_posterior`'s
     dict plus ``released`` and ``true_value``."""
     from rpdist.privacy.mechanisms import Predict
     from rpdist.privacy.posterior import cell_posterior
-    from rpdist.smoothing.job import as_model_ref, predict
+    from rpdist.smoothing.job import as_model_ref
 
     x = np.asarray(x, dtype=np.float32)
     shape = x.shape
@@ -309,12 +315,11 @@ def input_posterior(model, x: np.ndarray, input_id: int, *, prior: np.ndarray, c
         releases = _BaseReleases(ref, shape)(points)
         likelihood = (releases == releases[-1]).astype(np.float64)
     else:
-        pred = predict(ref, points, sigma=sigma, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
-                       workers=workers, address=address, device=device,
-                       input_ids=int(input_id) * (G + 1) + np.arange(G + 1, dtype=np.int64))
-        releases = pred["prediction"].to_numpy()
-        likelihood = predict_likelihood(Predict(n, alpha), np.stack(pred["counts"].to_numpy()), int(releases[-1]),
-                                        ABSTAIN)
+        staged = StagedPredict(ref, sigma=sigma, n=n, alpha=alpha, seed=seed, pilot=pilot, batch_size=batch_size,
+                               workers=workers, address=address, device=device)
+        ids = int(input_id) * (G + 1) + np.arange(G + 1, dtype=np.int64)
+        releases, counts, _, _ = staged(points, ids, np.arange(G + 1) < G)
+        likelihood = predict_likelihood(Predict(n, alpha), counts, int(releases[-1]), ABSTAIN)
     out = cell_posterior(values, likelihood, KdePrior(prior))
     out.update({"released": int(releases[-1]), "true_value": float(values[-1])})
     return out
@@ -409,6 +414,8 @@ def _input_rows(row, releases, grid, true_raw, prior, certificate, y, input_ids,
             "certified_high": float("nan"), "certified_label": None, "adversary_estimate": estimate,
             "abs_error": abs(estimate - s), "label": None if y is None else int(y[row]),
             "correct": None if y is None else bool(label == int(y[row])),
+            "settled_cells": int(releases["settled"].sum()) if model_name == SMOOTHED else 0,
+            "grid_samples": int(releases["spent"].sum()) if model_name == SMOOTHED else 0,
         }
         post = posterior(values, rel, releases["counts"], model_name)
         record.update({"posterior_hdi_length": post["hdi_length"], "posterior_mean": post["mean"],

@@ -24,8 +24,9 @@ from rpdist.privacy.rap import (DEFAULT_GRID_BATCH, DISTINCT, NEUTRAL, rap_analy
                                 typical_posteriors)
 from rpdist.io.rundir import RunDir
 from rpdist.privacy.posterior import DEFAULT_LEVEL, LIKELIHOOD_KIND, PRIOR_KIND, KdePrior, check_level
+from rpdist.privacy.staged import DEFAULT_PILOT, SETTLE_BETA, SETTLE_EPSILON, STAGE_GROWTH, stage_sizes
 from rpdist.smoothing import stats
-from rpdist.specs import Alpha, Count, Must, NonNegative, OutRoot, Seed, Sigma, spec
+from rpdist.specs import Alpha, Count, Must, NonNegative, OutRoot, Pilot, Seed, Sigma, spec
 
 DEFAULT_L1 = 0.01
 RAP = REGISTRY[RapAnalysis.name]
@@ -59,6 +60,7 @@ class RapSpec:
     out: OutRoot = "results"
     run_id: str | None = None
     posterior_level: float = DEFAULT_LEVEL  # credible level of the adversary posterior's HDI length, in (0, 1)
+    pilot: Annotated[Pilot, Must(name="--pilot")] = DEFAULT_PILOT  # first stage settling far grid cells; 0: N everywhere
 
     @model_validator(mode="after")
     def _feasible(self):
@@ -110,12 +112,12 @@ def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
             n=spec.n, alpha=spec.alpha, n0=spec.n0, grid_step=spec.grid_step, seed=spec.seed,
             batch_size=spec.batch_size, workers=spec.workers, address=spec.address, device=spec.device,
             grid_batch=spec.grid_batch, abstain_rule=spec.abstain_rule, posterior_level=spec.posterior_level,
-            grid_range=grid_range, progress=progress)
+            grid_range=grid_range, pilot=spec.pilot, progress=progress)
         typical = typical_posteriors(
             ref, table, data.X, data.input_ids, grid=grid, prior=train_raw[:, column], column=column,
             mean=float(train.feature_mean[column]), scale=float(train.feature_std[column]), sigma=spec.sigma,
-            n=spec.n, alpha=spec.alpha, seed=spec.seed, batch_size=spec.batch_size, workers=spec.workers,
-            address=spec.address, device=spec.device)
+            n=spec.n, alpha=spec.alpha, seed=spec.seed, pilot=spec.pilot, batch_size=spec.batch_size,
+            workers=spec.workers, address=spec.address, device=spec.device)
         table.insert(len(table.columns), "l1_non_sensitive", lam)
         curve["l1_non_sensitive"] = lam
         typical["l1_non_sensitive"] = lam
@@ -126,6 +128,7 @@ def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
     table = pd.concat(tables, ignore_index=True)
     curve = pd.concat(curves, ignore_index=True)
     summary = RAP.summarize(table)
+    smoothed = table[table["release_model"] == "smoothed"]
     run_dir.write_table(pa.Table.from_pandas(curve, preserve_index=False), CURVE_FILE)
     typical = pd.concat(posteriors, ignore_index=True)
     for key, value in (("sigma", float(spec.sigma)), ("n", int(spec.n)), ("alpha", float(spec.alpha)),
@@ -145,6 +148,10 @@ def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
                                "grid_min": grid_range[0], "grid_max": grid_range[1]},
                  "posterior": {"prior": PRIOR_KIND, "bandwidth": KdePrior(train_raw[:, column]).bandwidth,
                                "likelihood": LIKELIHOOD_KIND, "level": spec.posterior_level},
+                 "staging": {"stages": stage_sizes(spec.pilot, spec.n), "growth": STAGE_GROWTH,
+                             "beta": SETTLE_BETA, "epsilon": SETTLE_EPSILON,
+                             "grid_samples": int(smoothed["grid_samples"].sum()),
+                             "unstaged_samples": int(spec.n * (smoothed["grid_points"] + 1).sum())},
                  "summary": summary})
     run_dir.write_manifest(manifest)
     reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731

@@ -362,3 +362,38 @@ def predict(model, X, y=None, *, sigma: float, n: int = 100_000, alpha: float = 
     job = SmoothingJob(model, X, y, config=config, input_ids=input_ids, workers=workers, address=address, device=device,
                        shared_pool=shared_pool)
     return job.run(progress)
+
+
+def selection_counts(model, X, *, sigma: float, n: int, first_block: int = 0, seed: int = 0,
+                     batch_size: int | None = None, workers: int | None = None, address: str | None = None,
+                     input_ids=None, noise_block: int = DEFAULT_BLOCK, device: str | None = None,
+                     progress: bool = False, shared_pool=None) -> np.ndarray:
+    """Class counts [rows, classes + 1] of ``n`` selection-phase samples per row, from noise block
+    ``first_block`` on; the last slot counts samples whose logits were not all finite.
+
+    For callers that screen inputs before spending PREDICT samples on them: the selection phase
+    never shares a sample with PREDICT (or estimation) samples of the same ids, and successive
+    screens that start past each other's blocks draw disjoint noise, so no decision reuses the
+    samples that selected it.
+    """
+    stats.check_count(n, "n")
+    if isinstance(first_block, bool) or not isinstance(first_block, (int, np.integer)) or first_block < 0:
+        raise InputError(f"first block must be a whole number >= 0, got {first_block!r}")
+    config = SmoothingConfig(PREDICT, sigma, n, 0.5, None, seed, batch_size, noise_block)
+    job = SmoothingJob(model, X, config=config, input_ids=input_ids, workers=workers, address=address, device=device,
+                       shared_pool=shared_pool)
+    spec = PhaseSpec(Phase.SELECTION, first_block * noise_block + n, first_block)
+    if num_blocks(spec.n, noise_block) > MAX_BLOCKS:
+        raise InputError(f"selection blocks up to {num_blocks(spec.n, noise_block)} exceed {MAX_BLOCKS}")
+    plan = Plan(len(job.X), (spec,), noise_block, job.plan.batch_size)
+    out = np.zeros((len(job.X), job.num_classes + 1), dtype=np.int64)
+    meter = SampleProgress(plan.samples(range(plan.num_chunks)), f"selection σ={sigma}", progress)
+    try:
+        for chunk, counts in run_plan(job.pool, job.X, job.input_ids, plan, sigma=sigma, seed=seed,
+                                      num_classes=job.num_classes, chunks=range(plan.num_chunks),
+                                      on_unit=lambda unit, samples: meter.advance(samples)):
+            start, stop = plan.chunk_rows(chunk)
+            out[start:stop] = counts[Phase.SELECTION].sum(axis=1)
+    finally:
+        meter.close()
+    return out
