@@ -110,6 +110,7 @@ def test_grid_and_attribute_refusals():
     (["--posterior-level", "0"], "posterior level must lie strictly between 0 and 1"),
     (["--posterior-level", "-0.5"], "posterior level must lie strictly between 0 and 1"),
     (["--dataset", "insurance-recommended"], "built-in dataset with a default model"),
+    (["--pilot", "-1"], "--pilot must be a whole number of samples >= 0"),
 ])
 def test_cli_bad_input_exit_2_one_line(tmp_path, capsys, args, fragment):
     with pytest.raises(SystemExit) as info:

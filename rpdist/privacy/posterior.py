@@ -13,7 +13,8 @@ posterior also weighs each cell by how likely it makes what was seen.
 * Likelihood: the base model is deterministic, so P[M = L] is the indicator of its release. For
   the smoothed release it is the exact two-class output probability of the mechanism
   (:mod:`rpdist.privacy.mechanisms`) at the *plug-in* class probability p̂ = k/N of each cell's own
-  PREDICT counts. This is an estimate, not a bound: in the band where P[M = L] rises from 0 to 1
+  PREDICT counts (for a cell a pilot settled far from the boundary, its pilot's counts, which pin
+  the likelihood to within 10⁻⁶: :mod:`rpdist.privacy.staged`). This is an estimate, not a bound: in the band where P[M = L] rises from 0 to 1
   (|p − ½| of a few 1/√N) one cell's value can be off by tenths, and these errors are independent
   across cells and average out in the posterior's summaries (``tests/test_rap.py`` works the
   budget out against a linear model's exact likelihood).
