@@ -30,11 +30,12 @@ def test_typical_inputs_are_the_quartiles_and_median_of_the_smoothed_hdi_length(
 
 @pytest.fixture(scope="module")
 def tiny_sweep(ray_session, tmp_path_factory):
-    """The committed insurance-recommend sweep file, shrunk: 2 σ, N = 100, 4 inputs, grid step 4, λ ∈ {0, 1}."""
+    """The committed insurance-recommend sweep file, shrunk: 2 σ, N = 3,000 (a pilot stage of 1,000 before it),
+    4 inputs, grid step 4, λ ∈ {0, 1}."""
     from rpdist.pipelines.sweep import parse_sweep, run_sweep
 
-    path = RESULTS / "rap" / "posterior-n1000" / "insurance-recommend.yaml"
-    spec = parse_sweep({**yaml.safe_load(path.read_text()), "sigma": [1.0, 2.0], "n": [100], "limit": 4,
+    path = RESULTS / "rap" / "posterior-full" / "insurance-recommend.yaml"
+    spec = parse_sweep({**yaml.safe_load(path.read_text()), "sigma": [1.0, 2.0], "n": [3000], "limit": 4,
                         "grid_step": 4.0, "l1_non_sensitive": [1.0]}, str(path))
     return run_sweep(spec, out=tmp_path_factory.mktemp("rap"), sweep_id="tiny", progress=False).path
 
@@ -45,7 +46,7 @@ def test_report_of_a_rap_sweep_draws_hdi_against_sigma_and_the_posteriors(tiny_s
 
     report = write_report(tiny_sweep)
     text = report.read_text()
-    for plot in ("report-rap-hdi-sigma.png", "report-rap-posteriors.png"):
+    for plot in ("report-rap-hdi-sigma.png", "report-rap-mae-vs-base.png", "report-rap-posteriors.png"):
         assert plot in text
         assert (report.parent / plot).stat().st_size > 1000
     assert "median posterior HDI length against σ" in text and "posteriors of typical inputs" in text
@@ -93,7 +94,7 @@ def test_stored_posteriors_are_the_runs_own_and_sum_to_one(tiny_sweep):
         again = input_posterior(model, test.X[np.flatnonzero(test.input_ids == input_id)[0]], int(input_id),
                                 prior=train.raw_features()[:, column], column=column,
                                 mean=float(train.feature_mean[column]), scale=float(train.feature_std[column]),
-                                grid=grid, sigma=float(sigma), n=100, alpha=0.001, seed=0, release_model=release)
+                                grid=grid, sigma=float(sigma), n=3000, alpha=0.001, seed=0, release_model=release)
         np.testing.assert_array_equal(cells["posterior"].to_numpy(), again["posterior"])
         np.testing.assert_array_equal(cells["prior"].to_numpy(), again["prior"])
         assert float(cells["true_value"].iloc[0]) == again["true_value"]

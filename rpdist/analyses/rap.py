@@ -168,6 +168,7 @@ def report_rap(w, source, summary: list[dict], slug: str) -> None:
         release_rates(w, curve, attribute, slug)
     if "sigma" in df.columns and df["sigma"].nunique() > 1:
         hdi_against_sigma(w, summary, attribute, level, slug)
+        paired_against_sigma(w, summary, attribute, slug)
     posteriors = _beside(source, POSTERIORS_FILE)
     if posteriors is not None and len(posteriors):
         typical_posteriors(w, posteriors, attribute, slug)
@@ -184,36 +185,56 @@ def _beside(source, name: str) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.is_file() else None
 
 
-def hdi_against_sigma(w, summary: list[dict], attribute: str, level: float, slug: str) -> None:
-    """Median posterior HDI length against σ with its bootstrap interval, one panel per λ, one colour per N;
-    base dashed, smoothed solid (at the smallest α when several were run)."""
+def _against_sigma(summary: list[dict], key: str, releases: tuple[tuple[str, str, float], ...], ylabel: str):
+    """A figure of the summary ``key`` (with its bootstrap interval) against σ: one panel per λ, one colour
+    per N, one line style per release in ``releases`` = ((release, style, dodge in σ-range units), …), at the
+    smallest α when several were run."""
     frame = pd.DataFrame(summary)
     if "alpha" in frame.columns:
         frame = frame[frame["alpha"] == frame["alpha"].min()]
     if "l1_non_sensitive" not in frame.columns:
         frame = frame.assign(l1_non_sensitive=0.0)
     lambdas = sorted(frame["l1_non_sensitive"].unique())
-    dodge = 0.01 * float(frame["sigma"].max() - frame["sigma"].min())  # base and smoothed bars side by side
+    spread = float(frame["sigma"].max() - frame["sigma"].min())
     fig = figure(5.2 * len(lambdas), 4.2)
     axes = fig.subplots(1, len(lambdas), squeeze=False, sharey=True)[0]
     for ax, lam in zip(axes, lambdas):
         part = frame[frame["l1_non_sensitive"] == lam]
         for i, n in enumerate(sorted(part["n"].unique())):
-            for release, line, shift in (("base", "--", -dodge), (SMOOTHED, "-o", dodge)):
+            for release, line, dodge in releases:
                 c = part[(part["n"] == n) & (part["release_model"] == release)].sort_values("sigma")
-                y = c["median_hdi_length"].to_numpy(dtype=float)
-                errors = np.abs(np.vstack([y - c["median_hdi_length_low"].to_numpy(dtype=float),
-                                           c["median_hdi_length_high"].to_numpy(dtype=float) - y]))
-                ax.errorbar(c["sigma"] + shift, y, yerr=np.nan_to_num(errors), fmt=line, color=f"C{i}", lw=1.4, ms=4,
-                            capsize=3, label=f"{release}, N = {n:,}")
-        style(ax, f"ℓ1 penalty λ = {fmt(lam)}", "σ (the model's input units)",
-              f"median {100 * level:g}% HDI length ({attribute})")
+                y = c[key].to_numpy(dtype=float)
+                errors = np.abs(np.vstack([y - c[f"{key}_low"].to_numpy(dtype=float),
+                                           c[f"{key}_high"].to_numpy(dtype=float) - y]))
+                ax.errorbar(c["sigma"] + dodge * spread, y, yerr=np.nan_to_num(errors), fmt=line, color=f"C{i}",
+                            lw=1.4, ms=4, capsize=3, label=f"{release}, N = {n:,}" if len(releases) > 1 else f"N = {n:,}")
+        style(ax, f"ℓ1 penalty λ = {fmt(lam)}", "σ (the model's input units)", ylabel)
         ax.legend(fontsize=8)
+    return fig, axes
+
+
+def hdi_against_sigma(w, summary: list[dict], attribute: str, level: float, slug: str) -> None:
+    """Median posterior HDI length against σ with its bootstrap interval; base dashed, smoothed solid."""
+    fig, _ = _against_sigma(summary, "median_hdi_length", (("base", "--", -0.01), (SMOOTHED, "-o", 0.01)),
+                            f"median {100 * level:g}% HDI length ({attribute})")
     w.image(fig, f"{slug}rap-hdi-sigma", "median posterior HDI length against σ",
             f"Median length of the Bayes adversary's {100 * level:g}% highest-density region of {attribute} "
             "against σ, with its 95% bootstrap interval over inputs (base and smoothed drawn a little apart); dashed: base model, solid: smoothed (PREDICT); "
             "one colour per N, one panel per ℓ1 penalty λ. Shorter = the adversary pins the attribute down more "
             "precisely. The base model changes with σ too when it is trained at σ.")
+
+
+def paired_against_sigma(w, summary: list[dict], attribute: str, slug: str) -> None:
+    """The paired smoothed − base posterior MAE against σ, one colour per N, with a line at 0."""
+    fig, axes = _against_sigma(summary, "posterior_mae_vs_base", ((SMOOTHED, "-o", 0.0),),
+                               f"posterior MAE, smoothed − base ({attribute})")
+    for ax in axes:
+        ax.axhline(0, color="grey", ls=":", lw=1.2)
+    w.image(fig, f"{slug}rap-mae-vs-base", "posterior MAE, smoothed − base, against σ",
+            f"Mean over inputs of the Bayes adversary's absolute error on {attribute} against the smoothed release "
+            "minus that against the base model on the same input, with its 95% bootstrap interval, against σ; one "
+            "colour per N, one panel per ℓ1 penalty λ. Above 0: smoothing leaves the adversary less precise; below "
+            "0: the smoothed release (its abstentions) tells the adversary more than the base model.")
 
 
 def typical_posteriors(w, posteriors: pd.DataFrame, attribute: str, slug: str) -> None:
