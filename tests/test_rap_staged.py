@@ -114,3 +114,23 @@ def test_staged_run_matches_the_unstaged_run_on_a_linear_model(ray_session):
     assert (s["settled_cells"] > grid_points / 2).all()  # most of the grid is far from the boundary
     assert s["grid_samples"].sum() < 0.15 * f["grid_samples"].sum()  # measured: 6.1%
     assert (staged.loc[staged["release_model"] == "base", "grid_samples"] == 0).all()
+
+
+def test_a_model_with_more_than_two_classes_is_not_staged(ray_session):
+    """No posterior is served for three classes, so nothing is settled: every point gets the unstaged
+    run's N samples (the same releases), after one wasted pilot on the first slice only."""
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(3, 3)
+    X = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
+    kwargs = dict(prior=np.random.default_rng(2).normal(30.0, 6.0, size=500), column=0, attribute="a", mean=30.0,
+                  scale=6.0, sigma=0.5, n=3000, n0=100, alpha=0.001, grid_step=4.0, seed=1, grid_batch=20)
+    staged, _ = rap_analysis(module, X, None, np.arange(4), pilot=1000, **kwargs)
+    full, _ = rap_analysis(module, X, None, np.arange(4), pilot=0, **kwargs)
+    assert np.array_equal(staged["released_label"], full["released_label"])
+    smoothed = staged[staged["release_model"] == "smoothed"]
+    assert smoothed["posterior_hdi_length"].isna().all() and (smoothed["settled_cells"] == 0).all()
+    grid_points = int(smoothed["grid_points"].iloc[0])
+    assert grid_points + 1 == 10  # so the first slice of 20 points holds two inputs' grids, and one pilot each
+    assert smoothed["grid_samples"].sum() == 4 * 3000 * (grid_points + 1) + 1000 * 2 * grid_points

@@ -22,17 +22,16 @@ def _small(path: Path, **changes):
 
 
 def test_reproduction_sweep_files_hold_the_documented_grids():
-    rap = load_sweep(RESULTS / "rap" / "sweep.yaml")
-    assert (rap.analysis, rap.sigma, rap.n, rap.l1_non_sensitive, rap.grid_step, rap.limit) == (
-        "rap", (0.5, 1.0, 2.0, 3.0), (1000, 10000), (0.01, 1.0), 0.1, None)
-    # issue 12's reproduction at N = 1,000 and 10,000 (grid step 0.5), and its full grid (not run on CPU)
-    for folder, ns, step in (("posterior-n1000", (1000,), 0.5), ("posterior-n10000", (10000,), 0.5),
-                             ("posterior-full", (1000, 10000, 100000), 0.1)):
-        for dataset in ("insurance-recommend", "insurance"):
-            post = load_sweep(RESULTS / "rap" / folder / f"{dataset}.yaml")
-            assert (post.analysis, post.dataset, post.attribute, post.sigma, post.n, post.alpha, post.seed,
-                    post.l1_non_sensitive, post.grid_step, post.limit) == (
-                "rap", dataset, "bmi", (0.5, 1.0, 2.0, 3.0), ns, (0.001,), (0,), (0.01, 1.0), step, None)
+    # issue 12's reproduction: its full grid, at grid step 0.5 with pilot stages, and two points at grid step 0.1
+    for dataset in ("insurance-recommend", "insurance"):
+        post = load_sweep(RESULTS / "rap" / "posterior-full" / f"{dataset}.yaml")
+        assert (post.analysis, post.dataset, post.attribute, post.sigma, post.n, post.alpha, post.seed,
+                post.l1_non_sensitive, post.grid_step, post.pilot, post.limit) == (
+            "rap", dataset, "bmi", (0.5, 1.0, 2.0, 3.0), (1000, 10000, 100000), (0.001,), (0,), (0.01, 1.0), 0.5,
+            1000, None)
+    fine = load_sweep(RESULTS / "rap" / "posterior-step01" / "insurance-recommend.yaml")
+    assert (fine.sigma, fine.n, fine.l1_non_sensitive, fine.grid_step, fine.limit) == ((1.0, 3.0), (100000,), 0.0, 0.1,
+                                                                                        None)
     mia = {name: load_sweep(RESULTS / "mia" / f"{name}.yaml") for name in MIA}
     assert {name: (s.defense, len(s.points)) for name, s in mia.items()} == {
         "none": ("none", 1), "rp": ("rp", 4), "abstain": ("abstain", 4), "noise": ("noise", 4), "dpsgd": ("dpsgd", 1),
@@ -47,7 +46,7 @@ def test_reproduction_sweep_files_hold_the_documented_grids():
 
 @pytest.mark.slow
 def test_small_rap_reproduction_runs_and_is_reported(ray_session, tmp_path):
-    spec = _small(RESULTS / "rap" / "sweep.yaml", sigma=[1.0], n=[100], limit=3, grid_step=5.0)
+    spec = _small(RESULTS / "rap" / "posterior-full" / "insurance.yaml", sigma=[1.0], n=[100], limit=3, grid_step=5.0)
     outcome = run_sweep(spec, out=tmp_path, sweep_id="rap", progress=False)
     table = read_sweep(outcome.path).to_pandas()
     assert sorted(table["l1_non_sensitive"].unique()) == [0.0, 0.01, 1.0]  # the list of λ reached every point

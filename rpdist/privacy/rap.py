@@ -34,7 +34,9 @@ Certified segments are clipped to the swept range, since nothing outside it is l
 
 Grid points are ordinary engine inputs with their own ids (``input_id · (G+1) + k``, k < G for grid
 point k and k = G for the true value), so each has its own counter-based noise stream; they are fed
-to :func:`rpdist.smoothing.job.predict` in bounded slices, so a huge grid streams through memory.
+in bounded slices to :class:`rpdist.privacy.staged.StagedPredict` (pilot stages that settle the cells
+far from the boundary, then :func:`rpdist.smoothing.job.predict` with N samples for the rest), so a
+huge grid streams through memory.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ class StagedPredict:
         from rpdist.privacy.mechanisms import Predict
 
         self.model_ref, self.sigma, self.n, self.alpha, self.seed = model_ref, sigma, n, alpha, seed
-        self.sizes = stage_sizes(pilot, n)
+        self.sizes = stage_sizes(pilot, n)  # emptied on meeting a model with more than two classes
         self.beta, self.epsilon, self.engine = beta, epsilon, engine
         self.mechanism = Predict(n, alpha)
 
@@ -110,6 +110,7 @@ class StagedPredict:
             first_block += num_blocks(size, DEFAULT_BLOCK)
             spent[open_] += size
             if got.shape[1] != 3:  # more than two classes: no posterior to serve, nothing to settle
+                self.sizes = []
                 break
             if counts is None:
                 counts = np.zeros((m, 2), dtype=np.int64)
