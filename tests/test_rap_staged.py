@@ -86,6 +86,7 @@ def test_selection_counts_are_disjoint_stages_not_predict_samples(ray_session):
         selection_counts(oracle.module, X, sigma=1.0, n=10, first_block=-1, input_ids=ids)
 
 
+@pytest.mark.slow
 def test_staged_run_matches_the_unstaged_run_on_a_linear_model(ray_session):
     """Every cell no pilot settles, and every true value, gets the unstaged run's own N samples, and a
     settled cell's likelihood is within ε = 1e-6 of 0 or 1: so releases, compatible sets and posteriors
@@ -116,6 +117,7 @@ def test_staged_run_matches_the_unstaged_run_on_a_linear_model(ray_session):
     assert (staged.loc[staged["release_model"] == "base", "grid_samples"] == 0).all()
 
 
+@pytest.mark.slow
 def test_a_model_with_more_than_two_classes_is_not_staged(ray_session):
     """No posterior is served for three classes, so nothing is settled: every point gets the unstaged
     run's N samples (the same releases), after one wasted pilot on the first slice only."""
