@@ -379,7 +379,7 @@ def selection_counts(model, X, *, sigma: float, n: int, first_block: int = 0, se
     stats.check_count(n, "n")
     if isinstance(first_block, bool) or not isinstance(first_block, (int, np.integer)) or first_block < 0:
         raise InputError(f"first block must be a whole number >= 0, got {first_block!r}")
-    config = SmoothingConfig(PREDICT, sigma, n, 0.5, None, seed, batch_size, noise_block)
+    config = SmoothingConfig(PREDICT, sigma, n, 0.5, None, seed, batch_size, noise_block)  # α plays no part here
     job = SmoothingJob(model, X, config=config, input_ids=input_ids, workers=workers, address=address, device=device,
                        shared_pool=shared_pool)
     spec = PhaseSpec(Phase.SELECTION, first_block * noise_block + n, first_block)
