@@ -31,7 +31,7 @@ DEFAULT_PILOT = 1000  # samples of the first stage; 0 turns staging off
 STAGE_GROWTH = 10  # each stage draws this many times the previous one's samples, while below N
 SETTLE_BETA = 1e-6  # miscoverage of each stage's two-sided Clopper–Pearson interval
 SETTLE_EPSILON = 1e-6  # a settled cell's output has probability ≥ 1 − ε over that interval
-ABSTAIN = -1
+ABSTAIN = stats.ABSTAIN
 UNSETTLED = -2
 
 
@@ -130,7 +130,7 @@ class StagedPredict:
             spent[full] += self.n
             releases[full] = pred["prediction"].to_numpy()
             full_counts = np.stack(pred["counts"].to_numpy()).astype(np.int64)
-            if counts is None or full_counts.shape[1] != counts.shape[1]:
+            if counts is None:  # no pilot ran, or the model has more than two classes
                 counts = np.zeros((m, full_counts.shape[1]), dtype=np.int64)
             counts[full] = full_counts
         return releases, counts, spent, settled

@@ -376,7 +376,6 @@ def selection_counts(model, X, *, sigma: float, n: int, first_block: int = 0, se
     screens that start past each other's blocks draw disjoint noise, so no decision reuses the
     samples that selected it.
     """
-    stats.check_count(n, "n")
     if isinstance(first_block, bool) or not isinstance(first_block, (int, np.integer)) or first_block < 0:
         raise InputError(f"first block must be a whole number >= 0, got {first_block!r}")
     config = SmoothingConfig(PREDICT, sigma, n, 0.5, None, seed, batch_size, noise_block)  # α plays no part here
