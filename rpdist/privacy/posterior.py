@@ -14,7 +14,9 @@ posterior also weighs each cell by how likely it makes what was seen.
   the smoothed release it is the exact two-class output probability of the mechanism
   (:mod:`rpdist.privacy.mechanisms`) at the *plug-in* class probability p̂ = k/N of each cell's own
   PREDICT counts (for a cell a pilot settled far from the boundary, its pilot's counts, which pin
-  the likelihood to within 10⁻⁶: :mod:`rpdist.privacy.staged`). This is an estimate, not a bound: in the band where P[M = L] rises from 0 to 1
+  the likelihood to within 10⁻⁶ unless the pilot's interval missed p, an event of probability
+  ≤ 10⁻⁶ per stage: :mod:`rpdist.privacy.staged`). This is an estimate, not a bound: in the band
+  where P[M = L] rises from 0 to 1
   (|p − ½| of a few 1/√N) one cell's value can be off by tenths, and these errors are independent
   across cells and average out in the posterior's summaries (``tests/test_rap.py`` works the
   budget out against a linear model's exact likelihood).
