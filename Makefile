@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.rpdist-installed
 export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test venv clean-venv benchmark gpu-check
+.PHONY: demo test venv clean-venv benchmark gpu-check mia-digits mia-mnist5k
 
 venv: $(STAMP)
 
@@ -25,6 +25,16 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/throughput.py
+
+# The model-inversion reproductions (README, "Model inversion"): every sweep file of the dataset, then one
+# report. Finished points are skipped, so on a clone with the committed results this only redraws the report.
+mia-digits: $(STAMP)
+	$(VENV)/bin/rpdist sweep results/mia/*.yaml --out results/mia/sweeps --quiet
+	$(VENV)/bin/rpdist report results/mia/sweeps
+
+mia-mnist5k: $(STAMP)
+	$(VENV)/bin/rpdist sweep results/mia/mnist5k/*.yaml --out results/mia/mnist5k/sweeps --quiet
+	$(VENV)/bin/rpdist report results/mia/mnist5k/sweeps
 
 # Not tied to $(STAMP): a GPU machine may have no internet to build .venv; the script finds a
 # Python with a CUDA torch itself (see its header). ARGS="--device cpu --quick" for a CPU smoke run.

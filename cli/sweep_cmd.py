@@ -1,4 +1,4 @@
-"""``rpdist sweep SWEEP.yaml``: a resumable (σ, N, α, seed) grid written to one partitioned dataset."""
+"""``rpdist sweep SWEEP.yaml...``: resumable (σ, N, α, seed) grids, each written to one partitioned dataset."""
 
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ from rpdist.cli.printing import print_outcome
 def register(app: typer.Typer) -> None:
     @app.command("sweep")
     def sweep_cmd(
-        sweep_file: Path = typer.Argument(..., help="YAML file: dataset, model, analysis and lists of sigma, n, alpha, seed."),
+        sweep_files: list[Path] = typer.Argument(..., help="YAML files: dataset, model, analysis and lists of sigma, n, alpha, seed; run in the order given, all validated first."),
         out: str = typer.Option("results", "--out", "-o", help="Output root: a directory or a pyarrow URI (s3://bucket/x); the sweep writes OUT/SWEEP_ID/."),
-        sweep_id: Optional[str] = typer.Option(None, "--sweep-id", help="Default: the YAML file's name, so rerunning resumes."),
+        sweep_id: Optional[str] = typer.Option(None, "--sweep-id", help="Default: each YAML file's name, so rerunning resumes (one file only)."),
         workers: Optional[int] = WORKERS,
         address: Optional[str] = ADDRESS,
         device: Optional[str] = DEVICE,
         quiet: bool = QUIET,
     ) -> None:
-        """Run a sweep; one run at the largest N per (σ, seed) serves every N and α of the grid."""
-        from rpdist.pipelines.sweep import load_sweep, run_sweep
+        """Run sweeps; one run at the largest N per (σ, seed) serves every N and α of a grid."""
+        from rpdist.pipelines.sweep import load_sweeps, run_sweep
 
-        spec = load_sweep(sweep_file)
-        outcome = run_sweep(spec, out=out, sweep_id=sweep_id or sweep_file.stem, workers=workers, address=address,
-                            device=device, progress=not quiet)
-        print_outcome(outcome, title=f"{spec.analysis} sweep: {outcome.path.rsplit('/', 1)[-1]}")
+        for spec, name in load_sweeps(sweep_files, sweep_id):
+            outcome = run_sweep(spec, out=out, sweep_id=name, workers=workers, address=address, device=device,
+                                progress=not quiet)
+            print_outcome(outcome, title=f"{spec.analysis} sweep: {outcome.path.rsplit('/', 1)[-1]}")

@@ -16,7 +16,7 @@ import yaml
 
 from rpdist.cli.main import main
 from rpdist.errors import InputError
-from rpdist.pipelines.sweep import SweepSpec, load_sweep, parse_sweep, read_sweep, run_sweep
+from rpdist.pipelines.sweep import SweepSpec, comparable, load_sweep, parse_sweep, read_sweep, run_sweep
 
 BASE = {"dataset": "insurance", "sigma": [0.5], "n": [1000]}
 
@@ -78,6 +78,24 @@ def test_bad_yaml_via_cli_exits_2_with_one_line(tmp_path, capsys):
     broken.write_text("sigma: [0.5\n")
     with pytest.raises(InputError, match="not valid YAML"):
         load_sweep(broken)
+
+
+@pytest.mark.parametrize("names, extra, fragment", [
+    (["good.yaml", "bad.yaml"], [], "'sigma'"),  # the last file's error, though the first is fine
+    (["good.yaml", "other.yaml"], ["--sweep-id", "x"], "--sweep-id names one sweep"),
+    (["good.yaml", "sub/good.yaml"], [], "same sweep id: good"),
+])
+def test_several_sweep_files_are_all_checked_before_any_runs(tmp_path, capsys, names, extra, fragment):
+    contents = {"bad.yaml": {**BASE, "sigma": "0.5"}}
+    for name in names:
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(yaml.safe_dump(contents.get(name, BASE)))
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", *(str(tmp_path / name) for name in names), "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and fragment in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
@@ -145,6 +163,8 @@ def test_sweep_killed_by_sigkill_resumes_to_the_same_dataset(ray_session, tmp_pa
     assert len(a) == 60 * 2 * 2 and not a.duplicated(["sigma", "n", "alpha", "seed", "input_id"]).any()
     pd.testing.assert_frame_equal(a, b)
     assert resumed.manifest["status"] == "complete"
+    again = run_sweep(spec, out=tmp_path, sweep_id="grid", progress=False)
+    assert again.manifest["timings"] == resumed.manifest["timings"], "nothing ran: the work's end time stays"
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -171,6 +191,7 @@ def test_rap_sweep_runs_each_point_and_resumes(ray_session, tmp_path):
     again = run_sweep(spec, out=tmp_path, sweep_id="rap", progress=False)
     assert first.stat().st_mtime_ns == stamp, "a finished grid point is not recomputed"
     pd.testing.assert_frame_equal(read_sweep(again.path).to_pandas(), table)
+    assert again.manifest["timings"] == outcome.manifest["timings"], "nothing ran: the work's end time stays"
 
 
 def test_rap_keys_are_checked():
@@ -332,3 +353,32 @@ def test_sequential_sweep_point_equals_a_single_sequential_run(ray_session, tmp_
     assert set(table["decision"]) <= {"certified", "not_certified", "undecided"} and len(table) == 8
     pd.testing.assert_frame_equal(table[single.columns].reset_index(drop=True), single.reset_index(drop=True))
     assert outcome.summary[0]["mean_samples"] < 2000  # sequential stopping spent less than max N per input
+
+
+def _committed_sweeps():
+    """(sweep file, its manifest) for every reproduction committed under results/."""
+    root = Path(__file__).resolve().parents[1] / "results"
+    for path in sorted(root.rglob("*.yaml")):
+        for manifest in (path.parent / "sweeps" / path.stem / "manifest.json", path.parent / path.stem / "manifest.json"):
+            if manifest.is_file():
+                yield path, manifest
+
+
+def test_every_committed_sweep_resumes_under_its_file():
+    """A key added for one analysis (RAP's pilot) must not strand the other analyses' finished sweeps."""
+    import json
+
+    pairs = list(_committed_sweeps())
+    assert len(pairs) >= 25
+    for path, manifest in pairs:
+        recorded = json.loads(manifest.read_text())["config"]
+        assert comparable(recorded) == comparable({**recorded, "sweep": load_sweep(path).as_dict()}), path
+
+
+def test_pilot_counts_only_in_rap_sweeps():
+    rap, attack = {**BASE, "analysis": "rap"}, {**BASE, "dataset": "digits", "analysis": "attack", "defense": "rp"}
+    identity = lambda data: comparable({"sweep": parse_sweep(data).as_dict()})  # noqa: E731
+    before = lambda data: {"sweep": {k: v for k, v in parse_sweep(data).as_dict().items() if k != "pilot"}}  # noqa: E731
+    assert comparable(before(rap)) == identity({**rap, "pilot": 0})  # before pilots, RAP used N in every cell
+    assert comparable(before(rap)) != identity(rap)  # so staging on is another configuration
+    assert comparable(before(attack)) == identity(attack) == identity({**attack, "pilot": 0})

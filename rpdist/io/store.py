@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -139,13 +140,16 @@ class Store:
         except OSError as exc:
             raise InputError(f"cannot write results under {self.display}: {' '.join(str(exc).split())[:200]}") from None
 
-    def claim(self, run_id: str, config: dict, id_flag: str = "run id") -> dict | None:
+    def claim(self, run_id: str, config: dict, id_flag: str = "run id",
+              compare: Callable[[dict], dict] | None = None) -> dict | None:
         """A run directory may be resumed only by the configuration that started it; a refusal names
-        the first setting that changed (model, dataset, batch size, device type, noise generator...)."""
+        the first setting that changed (model, dataset, batch size, device type, noise generator...).
+        ``compare`` maps both configurations to what must match (default: all of them)."""
         existing = self.read_json(run_id, "manifest.json")
-        if existing is not None and existing.get("config") != config:
-            raise InputError(f"{self.show(run_id)} holds a run with a different configuration: "
-                             f"it was {describe_change(existing.get('config'), config, id_flag)}")
+        compare = compare or (lambda c: c)
+        if existing is not None and compare(existing.get("config") or {}) != compare(config):
+            raise InputError(f"{self.show(run_id)} holds a run with a different configuration: it was "
+                             f"{describe_change(compare(existing.get('config') or {}), compare(config), id_flag)}")
         if existing is None and self.files(run_id, recursive=True):
             raise InputError(f"{self.show(run_id)} exists and is not an rpdist run; choose another run id")
         return existing

@@ -31,6 +31,7 @@ from rpdist.errors import InputError
 from rpdist.specs import input_error
 from rpdist.smoothing.noise import DEFAULT_BLOCK, NOISE_SCHEME, Phase
 from rpdist.analyses.base import Outcome
+from rpdist.analyses.rap import RapAnalysis
 from rpdist.attacks.brep import ABSTAIN_AWARE, EXACT, PLAIN, PRIORS, PUBLIC, nudge_name
 from rpdist.defenses import DEFENSES
 from rpdist.defenses.releases import FRESH, KEYED, SMOOTHED_RELEASES
@@ -45,6 +46,11 @@ GRID = ("sigma", "n", "alpha", "seed")  # the list keys whose product is the gri
 Count = Annotated[int, Field(ge=1)]
 # absent from the identity of sweeps that keep the default
 LATER_KEYS = ("defense", "noise", "repeat", "epsilon", "settings")
+# Added later and read by one analysis: (that analysis, the value that means what its sweeps did before).
+# Resuming compares such a key only in that analysis' sweeps, reading it as that value where none was
+# recorded: an attack sweep resumes whatever its recorded pilot, a RAP sweep from before pilots (N in every
+# cell) resumes with pilot 0 and is refused with staging on.
+ONE_ANALYSIS_KEYS = {"pilot": (RapAnalysis.name, 0)}
 # Keys of every sweep file, whatever the analysis; an analysis with its own sweep spec gets every other key.
 SHARED_KEYS = ("dataset", "analysis", *GRID)
 # What the sweep keeps too (for its manifest), though an own-spec analysis also reads it from its settings.
@@ -269,6 +275,34 @@ def load_sweep(path: str | Path) -> SweepSpec:
     return parse_sweep(data, str(path))
 
 
+def load_sweeps(paths: list[str | Path], sweep_id: str | None = None) -> list[tuple[SweepSpec, str]]:
+    """Every file validated before any runs, each with its sweep id (the file's name by default).
+
+    A reproduction is a list of sweep files; checking them all first means a typo in the last one
+    costs nothing instead of hours. Two files with one sweep id would write into one run: refused.
+    """
+    if not paths:
+        raise InputError("no sweep file given")
+    if sweep_id is not None and len(paths) > 1:
+        raise InputError(f"--sweep-id names one sweep, but {len(paths)} sweep files were given")
+    ids = [sweep_id or Path(path).stem for path in paths]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise InputError(f"two sweep files would write the same sweep id: {', '.join(repeated)}")
+    return [(load_sweep(path), i) for path, i in zip(paths, ids)]
+
+
+def comparable(config: dict) -> dict:
+    """A sweep's recorded configuration as resuming compares it (:data:`ONE_ANALYSIS_KEYS`)."""
+    sweep = dict(config.get("sweep") or {})
+    for key, (reader, legacy) in ONE_ANALYSIS_KEYS.items():
+        if sweep.get("analysis", CERTIFY) == reader:
+            sweep.setdefault(key, legacy)
+        else:
+            sweep.pop(key, None)
+    return {**config, "sweep": sweep}
+
+
 def partition_dir(sigma: float, n: int, alpha: float, seed: int) -> tuple[str, ...]:
     return (f"sigma={sigma!r}", f"n={n}", f"alpha={alpha!r}", f"seed={seed}")
 
@@ -290,7 +324,7 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,
                         stream=True)
     config = {"sweep": spec.as_dict(), "dataset_sha256": data.sha256, "rows": len(data), "noise": NOISE_SCHEME}
-    existing = store.claim(sweep_id, config, "--sweep-id")
+    existing = store.claim(sweep_id, config, "--sweep-id", compare=comparable)
     manifest = existing or new_manifest(spec.analysis, config, dataset={"spec": spec.dataset, "split": spec.split,
                                                                        "rows": len(data), "sha256": data.sha256},
                                         timings={"started": dt.datetime.now(dt.timezone.utc).isoformat()})
@@ -338,12 +372,18 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
                 store.write_json(manifest, sweep_id, "manifest.json")
             per_input = (spec.n0 if spec.analysis == CERTIFY else 0)
             naive += len(data) * sum(per_input + n for n in spec.n) * len(spec.alpha)
-    manifest["status"] = "complete"
-    manifest["timings"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
+    _finish(manifest, session > 0)
     forward.update({"used": computed, "used_this_session": session, "naive_grid": naive,
                     "saved_fraction": 1 - computed / naive})
     store.write_json(manifest, sweep_id, "manifest.json")
     return _outcome(analysis, store, sweep_id, manifest)
+
+
+def _finish(manifest: dict, worked: bool) -> None:
+    """Mark the sweep complete; a resume that found nothing left to do keeps the time the work ended."""
+    manifest["status"] = "complete"
+    if worked or "finished" not in manifest["timings"]:
+        manifest["timings"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
 
 
 def _outcome(analysis, store: Store, sweep_id: str, manifest: dict) -> Outcome:
@@ -369,6 +409,7 @@ def _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address,
     shared between points.
     """
     store.write_json(manifest, sweep_id, "manifest.json")
+    ran = False
     for point in spec.points:
         *parent, leaf = (sweep_id, *partition_dir(**point))
         if store.exists(*parent, leaf, analysis.final_file):
@@ -376,8 +417,8 @@ def _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address,
         out = Store(store.path(*parent), filesystem=store.fs)
         options = dict(workers=workers, address=address, device=device)
         analysis.run_point(spec, point, out, leaf, options, progress)
-    manifest["status"] = "complete"
-    manifest["timings"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
+        ran = True
+    _finish(manifest, ran)
     store.write_json(manifest, sweep_id, "manifest.json")
     return _outcome(analysis, store, sweep_id, manifest)
 
