@@ -85,6 +85,22 @@ def test_architecture_layout():
     assert architectures.names() == ["cnn", "linear", "mlp"]
 
 
+@pytest.mark.parametrize("shape", [(64, 32, 8, 8), (64, 32, 14, 14), (16, 3, 7, 9)])  # digits, mnist5k, odd sides
+def test_fast_max_pool_gives_max_pool2d_values(shape):
+    """The CNN's pool is max_pool2d's numbers, NaN included, in inference and with gradients."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).relu()
+    x[0, 0, 1, 1] = float("nan")
+    pool = architectures.MaxPool2x2()
+    reference = torch.nn.functional.max_pool2d(x, 2)
+    with torch.inference_mode():
+        fast = pool(x)
+    assert torch.equal(fast.isnan(), reference.isnan()) and fast.isnan().any()
+    assert torch.equal(fast.nan_to_num(), reference.nan_to_num())
+    leaf = x.nan_to_num().requires_grad_()
+    pool(leaf).sum().backward()  # with gradients on: max_pool2d's backward, a tie's gradient to one input
+    assert set(leaf.grad.unique().tolist()) == {0.0, 1.0} and leaf.grad.sum() == reference.numel()
+
+
 def test_architecture_refusals():
     with pytest.raises(InputError, match="unknown architecture 'resnet'.*cnn, linear, mlp"):
         architectures.build("resnet")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from rpdist.errors import InputError
 
@@ -36,6 +37,23 @@ class MLP(nn.Module):
         return self.layers(torch.flatten(x, 1))
 
 
+class MaxPool2x2(nn.Module):
+    """``nn.MaxPool2d(2)`` with the same values, about ten times faster on CPU at inference.
+
+    torch's pooling kernel is slow on the small planes these models pool (8x8, 14x14) and took a
+    quarter of a replica's time; two elementwise maxima over strided halves give the same numbers
+    (NaN propagates in both). With gradients on it is ``max_pool2d`` itself, whose backward sends a
+    tie's gradient to one input where ``maximum`` would split it, so training is unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return F.max_pool2d(x, 2)
+        x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]  # floor, as max_pool2d does
+        rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 class DigitsCNN(nn.Module):
     """Two 3x3 convolutions, one 2x2 max-pool and two linear layers: enough for 8x8 digits. For 28x28
     MNIST the first convolution takes ``stride`` 2, so the network costs about what it costs at 14x14."""
@@ -47,7 +65,7 @@ class DigitsCNN(nn.Module):
             nn.ReLU(),
             nn.Conv2d(16, 32, kernel_size=3, padding=1),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
         )
         pooled = ((side - 1) // stride + 1) // 2
         self.classifier = nn.Sequential(
