@@ -1,4 +1,4 @@
-# The two commands of the README. Both build .venv from requirements.lock first (once).
+# The README's commands. All but gpu-check build .venv from requirements.lock first (once).
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rpdist-installed

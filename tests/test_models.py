@@ -101,6 +101,32 @@ def test_fast_max_pool_gives_max_pool2d_values(shape):
     assert set(leaf.grad.unique().tolist()) == {0.0, 1.0} and leaf.grad.sum() == reference.numel()
 
 
+def test_in_place_relu_gives_relu_values_and_keeps_training_out_of_place():
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(2))
+    expected = torch.relu(x)
+    relu = architectures.InPlaceReLU()
+    with torch.inference_mode():
+        y = x.clone()
+        out = relu(y)
+    assert torch.equal(out, expected) and out.data_ptr() == y.data_ptr()  # no new tensor at inference
+    leaf = x.clone().requires_grad_()
+    trained = relu(leaf)
+    assert trained.data_ptr() != leaf.data_ptr() and torch.equal(leaf.detach(), x)  # with gradients: a new tensor
+    trained.sum().backward()
+    assert torch.equal(leaf.grad, (x > 0).float())
+
+
+def test_built_in_models_use_the_fast_layers_with_the_same_logits():
+    """Every ReLU and pool of the built-in models is rpdist's, and the logits are torch's layers' to the bit."""
+    for name, kwargs, shape, _ in CASES:
+        model = architectures.build(name, **kwargs).eval()
+        assert not any(type(m) in (torch.nn.ReLU, torch.nn.MaxPool2d) for m in model.modules())
+        reference = architectures.with_torch_layers(model)
+        x = torch.rand(256, *shape, generator=torch.Generator().manual_seed(3))
+        with torch.inference_mode():
+            assert torch.equal(model(x), reference(x))
+
+
 def test_architecture_refusals():
     with pytest.raises(InputError, match="unknown architecture 'resnet'.*cnn, linear, mlp"):
         architectures.build("resnet")
