@@ -107,6 +107,8 @@ def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp
     assert (df.queries <= 120).all() and (df.forward_passes == df.queries).all()
     assert df.found.all()
     assert df.utility_accuracy.iloc[0] > 0.9
+    # The manifest names the grid relative to itself, so a committed or moved run still points at it.
+    assert outcome.manifest["details"]["reconstructions"] == "reconstructions.png"
     assert (tmp_path / "none" / "reconstructions.png").stat().st_size > 1000
     assert (df.success == (df.eval_prediction == df.target)).all()
     # eval_prediction and start_success are the judge's verdicts on the final and on the starting latent.

@@ -322,7 +322,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     run_dir.write_table(pa.Table.from_pandas(table, preserve_index=False), run_dir.final_name)
     side = roles.side(data)
     grid = np.stack(images).reshape(len(configs), len(targets) * spec.restarts, side, side)
-    png = save_grid(grid, labels, [str(t) for t in targets for _ in range(spec.restarts)], run_dir)
+    save_grid(grid, labels, [str(t) for t in targets for _ in range(spec.restarts)], run_dir)
     manifest = new_manifest(
         ATTACK.name, config, status="complete",
         models={"target": {"sha256": target_ref.sha256, "recipe": roles.target_recipe(dataset=data),
@@ -333,7 +333,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
                               {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})},
         dataset={"spec": spec.dataset}, device={"batch_size": spec.batch_size},
         timings={"seconds": time.perf_counter() - started, "finished": dt.datetime.now(dt.timezone.utc).isoformat()},
-        details={"reconstructions": png, "seed": seed, "seed_source": seed_source,
+        details={"reconstructions": RECONSTRUCTIONS, "seed": seed, "seed_source": seed_source,
                  "noise_key": key.describe() if key is not None else {"source": "none (no keyed noise)"},
                  "keyed_grid_sigmas": KEY_GRID_SIGMAS, "judge_threshold": spec.judge_threshold,
                  "prior": spec.prior})
@@ -375,8 +375,8 @@ def _label(defense: str, cfg: dict) -> str:
     return " ".join(parts)
 
 
-def save_grid(grid: np.ndarray, row_labels: list[str], col_labels: list[str], run_dir: RunDir) -> str:
-    """Reconstructions as a PNG: one row per defense config, one column per target class."""
+def save_grid(grid: np.ndarray, row_labels: list[str], col_labels: list[str], run_dir: RunDir) -> None:
+    """Reconstructions as a PNG beside the manifest: one row per defense config, one column per target class."""
     import io
 
     import matplotlib
@@ -402,4 +402,3 @@ def save_grid(grid: np.ndarray, row_labels: list[str], col_labels: list[str], ru
     plt.close(fig)
     body = buf.getvalue()
     run_dir.store.write_bytes(body, run_dir.run_id, RECONSTRUCTIONS)
-    return run_dir.store.show(run_dir.run_id, RECONSTRUCTIONS)
