@@ -161,3 +161,24 @@ def test_cli_refuses_unknown_defense(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["attack", "inversion", "--defense", "nope", "--out", str(tmp_path)])
     assert exc.value.code == 2
+
+
+def test_prior_abstention_counts_each_class_released_and_judged():
+    """benchmarks/prior_abstention.py: a draw counts for class c when released as c, and as judged only when the
+    judge also says c (−2 = below its threshold); test recall is per true class, abstentions (−1) count as misses."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "prior_abstention.py"
+    spec = importlib.util.spec_from_file_location("prior_abstention", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    released = np.array([0, 0, 1, -1, 2, 0, -1, 1])
+    judge = np.array([0, -2, 1, 1, 0, 0, -2, 2])
+    y_test = np.array([0, 0, 1, 1, 2, 2, 2, 3, 3, 3])
+    test_released = np.array([0, -1, 1, 1, 2, -1, 0, 3, 3, -1])
+    out = module.per_class(released, judge, test_released, y_test)
+    assert [out[c]["released"] for c in range(4)] == [3, 2, 1, 0]
+    assert [out[c]["released_and_judged"] for c in range(4)] == [2, 1, 0, 0]
+    assert out[0]["share"] == pytest.approx(3 / 8) and out[1]["share_judged"] == pytest.approx(1 / 8)
+    assert [out[c]["test_recall"] for c in range(4)] == pytest.approx([1 / 2, 1.0, 1 / 3, 2 / 3])
