@@ -1,6 +1,8 @@
-"""Shared fixtures: one local Ray per test session, and a private model cache."""
+"""Shared fixtures: one local Ray per test session, a private model cache, and the benchmark scripts."""
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +31,19 @@ def ray_session():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def benchmark_script():
+    """Import a script of ``benchmarks/`` by name: they are scripts, not a package, and some hold the
+    arithmetic a README table rests on."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture

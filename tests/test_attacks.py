@@ -163,16 +163,10 @@ def test_cli_refuses_unknown_defense(tmp_path):
     assert exc.value.code == 2
 
 
-def test_prior_abstention_counts_each_class_released_and_judged():
+def test_prior_abstention_counts_each_class_released_and_judged(benchmark_script):
     """benchmarks/prior_abstention.py: a draw counts for class c when released as c, and as judged only when the
     judge also says c (−2 = below its threshold); test recall is per true class, abstentions (−1) count as misses."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "prior_abstention.py"
-    spec = importlib.util.spec_from_file_location("prior_abstention", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("prior_abstention")
     released = np.array([0, 0, 1, -1, 2, 0, -1, 1])
     judge = np.array([0, -2, 1, 1, 0, 0, -2, 2])
     y_test = np.array([0, 0, 1, 1, 2, 2, 2, 3, 3, 3])

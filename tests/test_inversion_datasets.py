@@ -199,22 +199,11 @@ def test_mnist5k_run_writes_28_pixel_reconstructions_and_knn_columns(ray_session
     assert manifest["models"]["target"]["recipe"]["dataset"] == "mnist5k"
 
 
-def _benchmark():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inversion_setting.py"
-    spec = importlib.util.spec_from_file_location("inversion_setting", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
-def test_paired_difference_interval_covers_the_true_difference_at_its_level():
+def test_paired_difference_interval_covers_the_true_difference_at_its_level(benchmark_script):
     """The README's ASR − start ASR interval (Agresti–Min): coverage over 2,000 simulated 100-attack
     tables with a known difference; 4 binomial standard errors (0.02) around 95% decide."""
-    paired_difference = _benchmark().paired_difference
+    paired_difference = benchmark_script("inversion_setting").paired_difference
     rng = np.random.default_rng(1)
     cells = np.array([0.55, 0.25, 0.05, 0.15])  # (end, start) = (1,1), (1,0), (0,1), (0,0): difference 0.20
     covered = 0
