@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from rpdist.attacks import roles
-from rpdist.defenses.releases import ABSTAIN, SmoothedRelease
+from rpdist.defenses.releases import ABSTAIN, LabelRelease, SmoothedRelease
 from rpdist.smoothing.stats import clopper_pearson
 
 JUDGE_THRESHOLD = {"digits": 0.0, "mnist5k": 0.9}  # as in results/mia/ and results/mia/mnist5k/
@@ -69,21 +69,17 @@ def per_class(released: np.ndarray, judge: np.ndarray, test_released: np.ndarray
 
 
 def measure(dataset: str, sigmas: list[float], ns: list[int], samples: int, seed: int) -> dict:
-    import torch
-
     images = prior_images(dataset, samples, seed)
     judge = judged(dataset, images)
     target_ref = roles.target_model(dataset=dataset)
-    with torch.inference_mode():
-        base = target_ref.load("cpu")(torch.from_numpy(images)).argmax(1).numpy()
     X_test, y_test = roles.role_data("test", dataset)
-    with torch.inference_mode():
-        base_test = target_ref.load("cpu")(torch.from_numpy(X_test)).argmax(1).numpy()
+    undefended = LabelRelease(target_ref)
+    base = undefended.labels(images)
     out = {"dataset": dataset, "samples": samples, "judge_threshold": JUDGE_THRESHOLD[dataset],
-           "undefended": per_class(base, judge, base_test, y_test), "rp": {}}
+           "undefended": per_class(base, judge, undefended.labels(X_test), y_test), "rp": {}}
+    prior_ids = np.arange(samples, dtype=np.int64) + len(X_test)  # noise ids apart from the test split's
     for sigma, n in ((s, n) for s in sigmas for n in ns):
         release = SmoothedRelease(target_ref, sigma, n, release="predict", seed=seed)
-        prior_ids = np.arange(samples, dtype=np.int64) + len(X_test)  # ids apart from the test split's
         on_prior = release(images, prior_ids)
         on_test = release(X_test, np.arange(len(X_test), dtype=np.int64))
         test_rate = float((on_test == ABSTAIN).mean())
