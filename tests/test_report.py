@@ -282,3 +282,20 @@ def test_empty_table_and_missing_column_are_input_errors(tmp_path):
     pq.write_table(pa.table({"release_model": ["base"]}), tmp_path / "r" / "rap.parquet")
     with pytest.raises(InputError, match="compatible_length"):
         write_report(run)
+
+
+def test_privacy_utility_lines_never_join_two_nudges_or_attackers():
+    """One line per defense and fixed other settings: the noise baseline at two nudges is two lines, each
+    through its own σ points, and rp's plain and abstain-aware attackers are two lines."""
+    from rpdist.analyses.attack import privacy_utility
+
+    rows = [dict(defense="noise", sigma=s, nudge=d, attacker="plain", asr=a, utility_accuracy=u)
+            for d, pts in (("ulp", ((0.5, 0.6, 0.9), (1.0, 0.4, 0.6))), ("0.1", ((0.5, 0.7, 0.9), (1.0, 0.5, 0.6))))
+            for s, a, u in pts]
+    rows += [dict(defense="rp", sigma=1.0, nudge="0", attacker=a, asr=r, utility_accuracy=0.7)
+             for a, r in (("plain", 0.4), ("aware", 0.6))]
+    fig = privacy_utility(pd.DataFrame(rows))
+    lines = {line.get_label(): sorted(zip(line.get_xdata(), line.get_ydata())) for line in fig.axes[0].get_lines()}
+    assert lines == {"noise (δ/σ=0.1)": [(60.0, 50.0), (90.0, 70.0)],
+                     "noise (δ/σ=ulp)": [(60.0, 40.0), (90.0, 60.0)],
+                     "rp (attacker=aware)": [(70.0, 60.0)], "rp": [(70.0, 40.0)]}

@@ -16,6 +16,8 @@ from rpdist.smoothing.stats import clopper_pearson, paired_difference
 SETTING = ("defense", "sigma", "n", "epsilon", "release", "noise", "repeat", "nudge", "attacker", "alpha", "seed")
 NAMES = {"defense": "defense", "sigma": "σ", "n": "N", "alpha": "α", "seed": "seed", "epsilon": "ε",
          "release": "release", "noise": "noise", "repeat": "k", "nudge": "δ/σ", "attacker": "attacker"}
+# Settings of the plain attacker against the plain release; plot labels name only what differs from these.
+PLAIN = {"noise": "fresh", "repeat": 1, "nudge": "0", "attacker": "plain"}
 PAPER = "ASR, paper protocol (best of restarts per class)"
 DIFF = "ASR − start ASR [95% CI]"
 
@@ -197,18 +199,19 @@ class AttackAnalysis(Analysis):
 
 def privacy_utility(g: pd.DataFrame):
     """ASR against utility: each line is a defense at fixed other settings, its points labelled by the
-    defense's own knob (σ for rp, ε for dpsgd and rr)."""
+    defense's own knob (σ for rp, ε for dpsgd and rr). Every other setting that varies (N, release, k, δ,
+    attacker, ...) splits the line, so no line joins two attackers or two nudges."""
     fig = figure(7.8, 5.0)
     ax = fig.add_subplot()
     markers = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p"]
     families = []
     for defense, part in g.groupby("defense", sort=True):
-        others = [k for k in ("n", "release", "noise", "repeat", "alpha", "seed")
-                  if k in part.columns and part[k].nunique(dropna=True) > 1]
+        others = [k for k in SETTING if k not in ("defense", "sigma", "epsilon")  # the knob is along the line
+                  and k in part.columns and part[k].nunique(dropna=True) > 1]
         for key, family in (part.groupby(others, sort=True, dropna=False) if others else [((), part)]):
             key = key if isinstance(key, tuple) else (key,)
-            label = str(defense) + (f" ({', '.join(f'{NAMES[k]}={fmt(v)}' for k, v in zip(others, key))})"
-                                    if others else "")
+            shown = [f"{NAMES[k]}={fmt(v)}" for k, v in zip(others, key) if PLAIN.get(k) != v]
+            label = str(defense) + (f" ({', '.join(shown)})" if shown else "")
             families.append((label, family))
     for i, (label, family) in enumerate(families):
         family = family.sort_values("utility_accuracy")
@@ -222,5 +225,6 @@ def privacy_utility(g: pd.DataFrame):
     ax.set_ylim(-3, 103)
     ax.margins(x=0.12)
     style(ax, "Attack success rate vs utility accuracy", "utility accuracy (%)", "attack success rate (%)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    # outside the axes and out of the layout, so a long legend grows the saved image instead of shrinking the plot
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8).set_in_layout(False)
     return fig

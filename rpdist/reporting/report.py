@@ -170,8 +170,10 @@ class Writer:
     def save(self, fig, name: str) -> str:
         """Save a figure next to the report; returns its relative link."""
         fig.tight_layout()
+        # a legend kept out of the layout (placed beside the axes) still belongs in the image
+        legends = [legend for ax in fig.axes if (legend := ax.get_legend()) is not None]
         path = self.out.parent / f"{self.out.stem}-{name}.png"
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", bbox_extra_artists=legends))
         self.plots.append(path)
         return path.name
 
