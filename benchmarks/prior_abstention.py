@@ -22,14 +22,25 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
 from rpdist.attacks import roles
+from rpdist.attacks.inversion import verdicts
 from rpdist.defenses.releases import ABSTAIN, LabelRelease, SmoothedRelease
 from rpdist.smoothing.stats import clopper_pearson
 
-JUDGE_THRESHOLD = {"digits": 0.0, "mnist5k": 0.9}  # as in results/mia/ and results/mia/mnist5k/
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "mia"
+REPRODUCTION = {"digits": RESULTS, "mnist5k": RESULTS / "mnist5k"}  # whose judge threshold this script uses
+
+
+def judge_threshold(dataset: str) -> float:
+    """The judge threshold of the committed reproduction on ``dataset`` (its undefended sweep file)."""
+    from rpdist.pipelines.sweep import load_sweeps
+
+    [(sweep, _)] = load_sweeps([REPRODUCTION[dataset] / "none.yaml"])
+    return sweep.judge_threshold
 
 
 def rate(hits: int, total: int) -> dict:
@@ -46,15 +57,13 @@ def prior_images(dataset: str, samples: int, seed: int) -> np.ndarray:
         return vae.decode(torch.from_numpy(z)).numpy()
 
 
-def judged(dataset: str, images: np.ndarray) -> np.ndarray:
-    """The judge's verdict per image: its class if the evaluator's top-1 clears the threshold, else −2."""
+def judged(dataset: str, images: np.ndarray, threshold: float) -> np.ndarray:
+    """The attack's judge on each image: its class, or UNJUDGED."""
     import torch
 
     evaluator = roles.eval_model(dataset=dataset).load("cpu")
     with torch.inference_mode():
-        prob = torch.softmax(evaluator(torch.from_numpy(images)), 1).numpy()
-    top = prob.argmax(1)
-    return np.where(prob.max(1) >= JUDGE_THRESHOLD[dataset], top, -2)
+        return verdicts(torch.softmax(evaluator(torch.from_numpy(images)), 1).numpy(), threshold)
 
 
 def per_class(released: np.ndarray, judge: np.ndarray, test_released: np.ndarray, y_test: np.ndarray) -> dict:
@@ -70,12 +79,13 @@ def per_class(released: np.ndarray, judge: np.ndarray, test_released: np.ndarray
 
 def measure(dataset: str, sigmas: list[float], ns: list[int], samples: int, seed: int) -> dict:
     images = prior_images(dataset, samples, seed)
-    judge = judged(dataset, images)
+    threshold = judge_threshold(dataset)
+    judge = judged(dataset, images, threshold)
     target_ref = roles.target_model(dataset=dataset)
     X_test, y_test = roles.role_data("test", dataset)
     undefended = LabelRelease(target_ref)
     base = undefended.labels(images)
-    out = {"dataset": dataset, "samples": samples, "judge_threshold": JUDGE_THRESHOLD[dataset],
+    out = {"dataset": dataset, "samples": samples, "judge_threshold": threshold,
            "undefended": per_class(base, judge, undefended.labels(X_test), y_test), "rp": {}}
     prior_ids = np.arange(samples, dtype=np.int64) + len(X_test)  # noise ids apart from the test split's
     for sigma, n in ((s, n) for s in sigmas for n in ns):

@@ -163,6 +163,15 @@ def test_cli_refuses_unknown_defense(tmp_path):
     assert exc.value.code == 2
 
 
+def test_judge_takes_the_evaluators_top1_only_when_confident():
+    from rpdist.attacks.inversion import UNJUDGED, verdicts
+
+    prob = np.array([[0.5, 0.3, 0.2], [0.2, 0.7, 0.1], [0.34, 0.33, 0.33]])
+    assert verdicts(prob, 0.0).tolist() == [0, 1, 0]
+    assert verdicts(prob, 0.5).tolist() == [0, 1, UNJUDGED]  # the threshold itself is enough
+    assert verdicts(prob, 0.6).tolist() == [UNJUDGED, 1, UNJUDGED]
+
+
 def test_prior_abstention_counts_each_class_released_and_judged(benchmark_script):
     """benchmarks/prior_abstention.py: a draw counts for class c when released as c, and as judged only when the
     judge also says c (−2 = below its threshold); test recall is per true class, abstentions (−1) count as misses."""
@@ -176,3 +185,5 @@ def test_prior_abstention_counts_each_class_released_and_judged(benchmark_script
     assert [out[c]["released_and_judged"] for c in range(4)] == [2, 1, 0, 0]
     assert out[0]["share"] == pytest.approx(3 / 8) and out[1]["share_judged"] == pytest.approx(1 / 8)
     assert [out[c]["test_recall"] for c in range(4)] == pytest.approx([1 / 2, 1.0, 1 / 3, 2 / 3])
+    # the judge is the committed reproductions': top-1 on digits, confidence 0.9 on mnist5k
+    assert (module.judge_threshold("digits"), module.judge_threshold("mnist5k")) == (0.0, 0.9)

@@ -184,6 +184,15 @@ def attack_release(release, targets, restarts, config: BrepConfig, seed: int, ge
     return [a for attacks, _ in outs for a in attacks], sum(fp for _, fp in outs)
 
 
+UNJUDGED = -2  # the judge's verdict on an image whose top class the evaluator is not confident enough in
+
+
+def verdicts(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """The judge's class per image: the evaluator's top-1 when its probability reaches ``threshold``, else
+    UNJUDGED. An attack succeeds when the verdict on its reconstruction is its target."""
+    return np.where(prob.max(1) >= threshold, prob.argmax(1), UNJUDGED)
+
+
 def judge(evaluator, generators, attacks, threshold: float, private: tuple[np.ndarray, np.ndarray]) -> dict:
     """The evaluator's verdicts on the walks' ends and starts: reconstructions, confidences, top-1,
     success (top-1 is the target with confidence ≥ ``threshold``) and the KNN distance to the nearest
@@ -202,7 +211,7 @@ def judge(evaluator, generators, attacks, threshold: float, private: tuple[np.nd
         out[name + "images"] = images
         out[name + "eval_confidence"] = confidence
         out[name + "eval_prediction"] = prob.argmax(1)
-        out[name + "success"] = found & (prob.argmax(1) == targets) & (confidence >= threshold)
+        out[name + "success"] = found & (verdicts(prob, threshold) == targets)
         out[name + "knn_distance"] = roles.knn_distance(evaluator, images, targets, *private)
     return out
 
