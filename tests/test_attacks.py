@@ -107,6 +107,9 @@ def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp
     assert (df.queries <= 120).all() and (df.forward_passes == df.queries).all()
     assert df.found.all()
     assert df.utility_accuracy.iloc[0] > 0.9
+    tests = len(roles.role_data("test")[1])  # utility is measured on the whole test split, and says on how many
+    assert (df.utility_tests == tests).all()
+    assert df.utility_accuracy.iloc[0] * tests == pytest.approx(round(df.utility_accuracy.iloc[0] * tests), abs=1e-9)
     # The manifest names the grid relative to itself, so a committed or moved run still points at it.
     assert outcome.manifest["details"]["reconstructions"] == "reconstructions.png"
     assert (tmp_path / "none" / "reconstructions.png").stat().st_size > 1000

@@ -232,6 +232,20 @@ def test_summary_has_paper_protocol_and_asr_gain():
     assert (row["asr_gain"], row["asr_gain_low"], row["asr_gain_high"]) == pytest.approx(
         _tango_independently(table.success.to_numpy(bool), table.start_success.to_numpy(bool)), abs=2e-4)
     assert row["abstain_rate"] == pytest.approx(0.1)
+    assert np.isnan([row["utility_low"], row["utility_high"]]).all()  # no test split size recorded: no interval
+
+
+def test_summary_gives_utility_its_interval_over_the_test_split():
+    """Utility 0.8 over a 359-input test split is 287 correct: the interval is scipy's exact one for 287 of 359,
+    and the CLI column shows it."""
+    from rpdist.analyses.attack import AttackAnalysis
+
+    table = _table([("rp", t, 0, True, True, True, 0.9, 287 / 359, 0.1, 100, 100) for t in range(4)])
+    (row,) = AttackAnalysis().summarize(table.assign(utility_tests=359))
+    exact = binomtest(287, 359).proportion_ci(0.95, method="exact")
+    assert (row["utility_low"], row["utility_high"]) == pytest.approx((exact.low, exact.high))
+    shown = {c.header: c.cell(row) for c in AttackAnalysis.summary_columns}["utility"]
+    assert shown == f"79.9% [{100 * exact.low:.1f}–{100 * exact.high:.1f}]"
 
 
 # --- configs and bad input ------------------------------------------------------------------------------------------

@@ -47,6 +47,24 @@ def _points(value, low, high) -> str:
     return "—" if value != value else f"{100 * value:+.0f} pp [{100 * low:+.0f}, {100 * high:+.0f}]"
 
 
+def _utility(r: dict) -> str:
+    """Utility accuracy with its Clopper–Pearson interval over the test split (none for tables written before
+    rows recorded the split's size)."""
+    low, high = r.get("utility_low", float("nan")), r.get("utility_high", float("nan"))
+    bounds = "" if low != low else f" [{100 * low:.1f}–{100 * high:.1f}]"
+    return f"{100 * r['utility_accuracy']:.1f}%{bounds}"
+
+
+def utility_interval(part: pd.DataFrame) -> tuple[float, float]:
+    """95% Clopper–Pearson interval of a setting's utility accuracy: its correct answers out of the test split's
+    ``utility_tests`` inputs (every attack of a setting shares one utility measurement)."""
+    nan = float("nan")
+    if "utility_tests" not in part or part["utility_tests"].isna().any():
+        return nan, nan
+    tests = int(part["utility_tests"].iloc[0])
+    return clopper_pearson(round(float(part["utility_accuracy"].iloc[0]) * tests), tests, 0.05)
+
+
 def paper_protocol(part: pd.DataFrame) -> pd.Series:
     """Per target, the success of the restart whose reconstruction the evaluator is most confident in
     (the paper's protocol: its best image per class). Restarts that never found a start point made no
@@ -74,7 +92,7 @@ class AttackAnalysis(Analysis):
         Column("start ASR", lambda r: "—" if r["start_asr"] != r["start_asr"] else f"{100 * r['start_asr']:.0f}%"),
         Column(DIFF, lambda r: _points(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"])),
         Column(PAPER, lambda r: _interval(r["paper_asr"], r["paper_asr_low"], r["paper_asr_high"])),
-        Column("utility", lambda r: f"{100 * r['utility_accuracy']:.1f}%"),
+        Column("utility", _utility),
         Column("abstain rate", lambda r: pct(r["abstain_rate"], missing="—")),
         Column("mean queries", lambda r: f"{r['mean_queries']:.0f}"),
         Column("forward passes", lambda r: f"{r['forward_passes']:,}"),
@@ -111,8 +129,8 @@ class AttackAnalysis(Analysis):
         """Per defense setting: ASR with its 95% Clopper–Pearson interval over targets × restarts, the
         starting points' ASR and ASR − start ASR with Tango's paired score interval (each attack is a pair:
         its verdict and its start's), the paper-protocol ASR (best restart per target, Clopper–Pearson
-        over targets), the median KNN distances of ends and starts, utility, abstain rate, queries and
-        forward passes."""
+        over targets), the median KNN distances of ends and starts, utility with its Clopper–Pearson interval
+        over the test split, abstain rate, queries and forward passes."""
         keys = [c for c in SETTING if c in table.columns]
         rows = []
         for key, part in table.groupby(keys, dropna=False, sort=True):
@@ -134,6 +152,7 @@ class AttackAnalysis(Analysis):
                 "abstain_rate": float(part["abstain_rate"].mean()) if "abstain_rate" in part else nan,
                 "found_rate": float(part["found"].mean()) if "found" in part else float("nan"),
                 "utility_accuracy": float(part["utility_accuracy"].mean()),
+                **dict(zip(("utility_low", "utility_high"), utility_interval(part))),
                 "eval_confidence": float(part["eval_confidence"].mean()) if "eval_confidence" in part else float("nan"),
                 **{f"median_{c}": float(part[c].median()) if c in part else float("nan")
                    for c in ("knn_distance", "start_knn_distance")},
@@ -181,7 +200,7 @@ class AttackAnalysis(Analysis):
                  f"{pct(r['asr'])} [{pct(r['asr_low'])}–{pct(r['asr_high'])}]", pct(r["start_asr"]),
                  _points(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"]),
                  f"{pct(r['paper_asr'])} [{pct(r['paper_asr_low'])}–{pct(r['paper_asr_high'])}]",
-                 pct(r["utility_accuracy"]), pct(r["abstain_rate"]), num(r["eval_confidence"], 3),
+                 _utility(r), pct(r["abstain_rate"]), num(r["eval_confidence"], 3),
                  f"{r['mean_queries']:,.0f}", f"{r['forward_passes']:,}"] for r in summary]
         w.add(*md_table(header, rows))
         w.add("ASR (attack success rate): share of attacks (targets × restarts) whose reconstruction the independent "
@@ -189,7 +208,8 @@ class AttackAnalysis(Analysis):
               "verdict on the walk's starting points; ASR − start ASR has Tango's paired 95% score interval (each attack pairs its verdict with its start's). "
               "Paper protocol: per target class, only the restart whose reconstruction the evaluator is most "
               "confident in is judged (Clopper–Pearson over classes). Utility accuracy: the released labels' "
-              "accuracy on the held-out test split; abstain rate: their share of −1 there.", "")
+              "accuracy on the held-out test split, with its Clopper–Pearson interval over that split's inputs; "
+              "abstain rate: their share of −1 there.", "")
         w.add("### Plots", "")
         w.image(privacy_utility(g), plot, "attack success rate against accuracy",
                 "Attack success rate against the released model's accuracy, one point per defense setting, one line "

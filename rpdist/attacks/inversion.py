@@ -318,7 +318,8 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
                          "start_knn_distance": float(v["start_knn_distance"][i]),
                          "found": a.found, "queries": a.queries, "forward_passes": fp, "steps": a.steps,
                          "accepted_steps": a.accepted, "final_radius": float(a.radius),
-                         "utility_accuracy": acc, "abstain_rate": abstain_rate, "query_budget": spec.query_budget,
+                         "utility_accuracy": acc, "utility_tests": len(y_test), "abstain_rate": abstain_rate,
+                         "query_budget": spec.query_budget,
                          "seconds": seconds})
             images.append(v["images"][i][0])
         labels.append(_label(spec.defense, cfg))
