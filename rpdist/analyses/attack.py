@@ -8,6 +8,8 @@ from __future__ import annotations
 import pandas as pd
 
 from rpdist.analyses.base import Analysis, Column, Outcome
+from rpdist.attacks.brep import EXACT, PLAIN
+from rpdist.defenses.releases import FRESH
 from rpdist.reporting.format import fmt, md_table, num, pct
 from rpdist.reporting.plots import figure, style
 from rpdist.smoothing.stats import clopper_pearson, paired_difference
@@ -17,7 +19,7 @@ SETTING = ("defense", "sigma", "n", "epsilon", "release", "noise", "repeat", "nu
 NAMES = {"defense": "defense", "sigma": "σ", "n": "N", "alpha": "α", "seed": "seed", "epsilon": "ε",
          "release": "release", "noise": "noise", "repeat": "k", "nudge": "δ/σ", "attacker": "attacker"}
 # Settings of the plain attacker against the plain release; plot labels name only what differs from these.
-PLAIN = {"noise": "fresh", "repeat": 1, "nudge": "0", "attacker": "plain"}
+PLAIN_ATTACK = {"noise": FRESH, "repeat": 1, "nudge": EXACT, "attacker": PLAIN}
 PAPER = "ASR, paper protocol (best of restarts per class)"
 DIFF = "ASR − start ASR [95% CI]"
 
@@ -87,7 +89,7 @@ class AttackAnalysis(Analysis):
         Column("release", lambda r: release_name(r.get("release")), key=True), Column("noise", lambda r: str(r.get("noise", "—")), key=True),
         Column("k", lambda r: _knob(r.get("repeat")), key=True),
         Column("δ/σ", lambda r: str(r.get("nudge", "—")), key=True),
-        Column("attacker", lambda r: str(r.get("attacker", "plain")), key=True),
+        Column("attacker", lambda r: str(r.get("attacker", PLAIN)), key=True),
         Column("ASR [95% CI]", lambda r: _interval(r["asr"], r["asr_low"], r["asr_high"])),
         Column("start ASR", lambda r: "—" if r["start_asr"] != r["start_asr"] else f"{100 * r['start_asr']:.0f}%"),
         Column(DIFF, lambda r: _points(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"])),
@@ -230,7 +232,7 @@ def privacy_utility(g: pd.DataFrame):
                   and k in part.columns and part[k].nunique(dropna=True) > 1]
         for key, family in (part.groupby(others, sort=True, dropna=False) if others else [((), part)]):
             key = key if isinstance(key, tuple) else (key,)
-            shown = [f"{NAMES[k]}={fmt(v)}" for k, v in zip(others, key) if PLAIN.get(k) != v]
+            shown = [f"{NAMES[k]}={fmt(v)}" for k, v in zip(others, key) if PLAIN_ATTACK.get(k) != v]
             label = str(defense) + (f" ({', '.join(shown)})" if shown else "")
             families.append((label, family))
     for i, (label, family) in enumerate(families):
