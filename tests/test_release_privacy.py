@@ -102,8 +102,11 @@ def test_bound_dominates_exact_advantage_on_linear_oracle(mech, sigma, b_over_si
 
 def test_lipschitz_route_dominates_a_dense_search_over_the_interval():
     """Route 1 takes a supremum over every p_A(x) the certificate allows: it must not fall below a
-    brute-force maximum over a dense grid of them (a grid maximiser without interval arithmetic would)."""
+    brute-force maximum over a dense grid of them (a grid maximiser without interval arithmetic would).
+    The second case puts the supremum inside the interval, on a peak narrower than the search's first
+    cells: only sound cell bounds make it split there."""
     for mech, cert, delta in ((Predict(10_000, 0.001), Certificate(0.52, 1.0, 0.001), 0.01),
+                              (Predict(10_000, 0.001), Certificate(0.3, 1.0, 0.001), 0.01),
                               (Predict(1000, 0.001), Certificate(0.55, 0.7, 0.001), 0.02),
                               (Majority(2000), Certificate(0.45, 0.6, 0.001), 0.005)):
         u = np.linspace(norm.ppf(cert.lower), min(norm.ppf(cert.upper), 6.0), 20_001)
@@ -279,3 +282,33 @@ def test_flags_and_bad_input():
                 lambda: privacy_radius(Predict(10, 0.1), Certificate(0.9), 1.0, -0.1)):
         with pytest.raises(InputError):
             bad()
+
+
+def test_per_input_columns_are_remembered_per_run_configuration():
+    """``rpdist certify`` decides chunk by chunk; the columns of a count already seen under the same run
+    configuration are reused, and a run that differs in any setting gets its own (checked against a
+    direct computation for each)."""
+    from rpdist.privacy import per_input
+
+    counts = np.array([930, 990, 930, 1000])
+    radius = np.array([0.5, 0.9, 0.5, 1.2])
+    runs = [dict(n=1000, alpha=0.001, sigma=0.5, classes=2, release="predict"),
+            dict(n=1000, alpha=0.001, sigma=1.0, classes=2, release="predict"),
+            dict(n=1000, alpha=0.01, sigma=0.5, classes=2, release="predict"),
+            dict(n=1000, alpha=0.001, sigma=0.5, classes=3, release="predict"),
+            dict(n=1000, alpha=0.001, sigma=0.5, classes=2, release="majority")]
+    for run in runs:
+        mech = mechanism(run["release"], n=run["n"], alpha=run["alpha"], sigma=run["sigma"])
+        before = per_input._columns.cache_info()
+        got = per_input.release_privacy(counts, radius, advantage=(0.1,), queries=(1, 2), **run)
+        middle = per_input._columns.cache_info()
+        again = per_input.release_privacy(counts[:2], radius[:2], advantage=(0.1,), queries=(1, 2), **run)
+        assert per_input._columns.cache_info().misses == middle.misses  # nothing recomputed
+        assert middle.misses - before.misses <= 3  # the repeated (930, 0.5) computed once
+        for name in again:
+            assert np.array_equal(again[name], got[name][:2])
+        for i, (count, r) in enumerate(zip(counts, radius)):
+            cert = Certificate.from_counts(int(count), run["n"], run["alpha"], two_sided=False)
+            assert got["advantage_at_radius_k2"][i] == advantage_bound(mech, cert, r, run["sigma"], 2,
+                                                                       run["classes"]).advantage
+            assert got["privacy_radius_tau0.1"][i] == privacy_radius(mech, cert, run["sigma"], 0.1, 1, run["classes"])

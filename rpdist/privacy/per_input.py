@@ -9,11 +9,13 @@ and α), :mod:`rpdist.privacy.bounds` gives
 With k queries of fresh noise (``--queries k``, k > 1) the same columns end in ``_k{k}``.
 
 The bound depends on an input only through its estimation count of the top class and its radius,
-so it is computed once per distinct pair: a large audit has far fewer of them than inputs.
+so it is computed once per distinct pair and run configuration, and remembered for the life of the
+process: a streaming audit decides its inputs chunk by chunk, and its chunks share most counts.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 
 import numpy as np
 
@@ -37,19 +39,34 @@ def column_names(advantage, queries) -> list[str]:
 def release_privacy(count_top, radius, *, n: int, alpha: float, sigma: float, classes: int, release: str,
                     advantage, queries, n0: int | None = None) -> dict[str, np.ndarray]:
     """The per-input columns, from CERTIFY's estimation counts of the top class and its radii."""
-    mech = mechanism(release, n=n, alpha=alpha, n0=n0 or 100, sigma=sigma)
     names = column_names(advantage, queries)
     out = {name: np.empty(len(count_top), dtype=np.float64) for name in names}
-    cache: dict[tuple[int, float], list[float]] = {}
+    run = (release, int(n), float(alpha), int(n0 or 100), float(sigma), int(classes),
+           tuple(float(t) for t in advantage), tuple(int(k) for k in queries))
     for i, (count, r) in enumerate(zip(np.asarray(count_top), np.asarray(radius, dtype=np.float64))):
-        key = (int(count), float(r))
-        if key not in cache:
-            cert = Certificate.from_counts(key[0], n, alpha, two_sided=False)
-            values = []
-            for k in queries:
-                values.append(advantage_bound(mech, cert, key[1], sigma, k, classes).advantage)
-                values += [privacy_radius(mech, cert, sigma, tau, k, classes) for tau in advantage]
-            cache[key] = values
-        for name, value in zip(names, cache[key]):
+        for name, value in zip(names, _columns(run, int(count), float(r))):
             out[name][i] = value
     return out
+
+
+def forget() -> None:
+    """Drop the remembered columns, so that the next call computes them cold (benchmarks time that)."""
+    _columns.cache_clear()
+
+
+@lru_cache(maxsize=1 << 16)
+def _columns(run: tuple, count: int, radius: float) -> tuple[float, ...]:
+    """One input's column values (in ``column_names`` order) for one run configuration."""
+    release, n, alpha, n0, sigma, classes, advantage, queries = run
+    mech = _mechanism(release, n, alpha, n0, sigma)
+    cert = Certificate.from_counts(count, n, alpha, two_sided=False)
+    values = []
+    for k in queries:
+        values.append(advantage_bound(mech, cert, radius, sigma, k, classes).advantage)
+        values += [privacy_radius(mech, cert, sigma, tau, k, classes) for tau in advantage]
+    return tuple(values)
+
+
+@lru_cache(maxsize=64)
+def _mechanism(release: str, n: int, alpha: float, n0: int, sigma: float):
+    return mechanism(release, n=n, alpha=alpha, n0=n0, sigma=sigma)
