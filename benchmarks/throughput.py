@@ -16,7 +16,8 @@ estimation samples per input, default noise block and batch size) it prints:
      :class:`rpdist.smoothing.votes.VoteCounter` in this process with ``torch.set_num_threads(1)``: noise
      generation + scale/add + forward + argmax + ``bincount``, without Ray. The denominator is
      ``VoteCounter.forward_throughput`` at the batch the kernel actually forwards: the default
-     batch size rounded down to whole noise blocks (4096 -> 4000). Reported twice: per second of
+     batch size rounded down to whole noise blocks (4096 -> 4000), passed to the model as the kernel
+     passes it (in slices of ``CPU_FORWARD_ROWS`` = 1,024 rows on CPU). Reported twice: per second of
      wall clock, and per second of this thread's CPU time (``time.thread_time``), which does not
      count the time the thread was preempted by other processes on a shared machine.
    * *end to end* (1b): :func:`rpdist.certify` with ``workers=1`` (Ray scheduling, driver-side
@@ -26,8 +27,8 @@ estimation samples per input, default noise block and batch size) it prints:
 
 2. **cert / naive loop**. Kernel certification samples/s divided by the samples/s of the loop a
    user would write (as in Cohen et al.'s reference code): one input at a time, ``x.repeat`` into
-   batches of the same batch size, ``torch.randn_like`` noise, forward, argmax, and a Python
-   ``collections.Counter`` over the labels. Same process, same single thread. Above 1 means
+   batches of the same batch size, ``torch.randn_like`` noise, forward of the whole batch, argmax, and a
+   Python ``collections.Counter`` over the labels. Same process, same single thread. Above 1 means
    rpdist's counter-based, reproducible sampling is also faster than the naive loop.
 
 3. **2 workers / 1 worker**. End-to-end :func:`rpdist.certify` samples/s with ``workers=2``
@@ -209,10 +210,10 @@ def stage_breakdown(counter: VoteCounter, X, ids, num_classes: int, rounds: int 
                                                   output_size=samples)
 
     noise(0)
-    logits = counter.model(buffer[:samples])
+    logits = counter.logits(buffer[:samples])
 
     def forward(r):
-        counter.model(buffer[:samples])
+        counter.logits(buffer[:samples])  # as the kernel calls the model: in slices of forward_rows on CPU
 
     def count(r):
         votes = logits.argmax(dim=1).add_(owner[:samples])

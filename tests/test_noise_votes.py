@@ -204,6 +204,37 @@ def test_packing_does_not_change_counts_of_a_rowwise_model(centre_counter):
     assert (together > 0).sum(axis=2).min() >= 2  # no input is trivially unanimous: the test can fail
 
 
+class _CallSizes(torch.nn.Module):
+    """NearestCentre that records how many rows each call gets (a plain module: the counter keeps it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.calls = NearestCentre(CENTRES), []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        return self.inner(x)
+
+
+def test_cpu_calls_the_model_on_bounded_slices_of_the_packed_batch(centre_counter):
+    """On CPU a packed batch reaches the model in slices of at most ``forward_rows`` rows (the CNNs'
+    activations stay in cache); the counts are the same bits as whole-batch calls."""
+    from rpdist.smoothing.votes import CPU_FORWARD_ROWS
+
+    assert centre_counter.forward_rows == CPU_FORWARD_ROWS
+    x, ids = _x_centre(6), np.arange(6)
+    args = dict(n=2300, block_size=500, batch_size=1700, num_classes=3)
+    sliced = _count(centre_counter, x, ids, **args)
+    counter = VoteCounter(ModelRef.from_module(NearestCentre(CENTRES), torch.zeros(1, 4)), device="cpu")
+    recorder = _CallSizes()
+    counter.model = recorder
+    for rows in (None, 1700, 640, 7):
+        counter.forward_rows, recorder.calls = rows, []
+        assert np.array_equal(_count(counter, x, ids, **args), sliced)
+        assert max(recorder.calls) == (1500 if rows is None or rows >= 1500 else rows)  # 3 blocks of 500 a batch
+        assert sum(recorder.calls) == 6 * 2300
+
+
 def test_noise_follows_the_input_id_not_the_row(centre_counter):
     x = np.repeat(_x_centre(1), 3, axis=0)
     same = _count(centre_counter, x, [5, 5, 6], num_classes=3)

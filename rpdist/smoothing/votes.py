@@ -6,6 +6,12 @@ the integer count matrix leaves it. This class knows nothing of Ray, so it is te
 
 A sample whose logits hold any NaN or inf casts no vote for a class: it is counted in one extra
 slot after the classes (index ``num_classes``), which the driver strips before any decision.
+
+On CPU the model sees a packed batch in slices of at most ``CPU_FORWARD_ROWS`` rows. A 4,000-row call
+makes the CNNs' activations spill out of cache (16 KB a sample on digits, 49 KB on mnist5k):
+sliced, the digits and mnist5k kernels run 2.3–2.5x faster and the MLP's no slower
+(``benchmarks/cpu_batch.py``). The plan, the noise and the packing are unchanged, and every built-in
+model computes its rows independently, so the counts are the same bits (the benchmark checks).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import torch
 from rpdist.errors import ModelError
 from rpdist.models.refs import ModelRef
 from rpdist.smoothing.noise import block_lengths, fill_block
+
+CPU_FORWARD_ROWS = 1024  # rows per model call on CPU; a GPU takes the whole packed batch
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -33,6 +41,13 @@ class VoteCounter:
         self.device = pick_device(device)
         self.model = model_ref.load(self.device)
         self.generator = torch.Generator(device=self.device)
+        self.forward_rows = CPU_FORWARD_ROWS if self.device.type == "cpu" else None
+
+    def logits(self, samples: torch.Tensor) -> torch.Tensor:
+        """The model over ``samples``, called on slices of at most ``forward_rows`` rows."""
+        if self.forward_rows is None or len(samples) <= self.forward_rows:
+            return self.model(samples)
+        return torch.cat([self.model(part) for part in samples.split(self.forward_rows)])
 
     @torch.inference_mode()
     def count(
@@ -110,7 +125,7 @@ class VoteCounter:
         would send NaN rows to class 0). ``owner`` is each sample's pair place × (classes + 1).
         """
         try:
-            logits = self.model(buffer[:filled])
+            logits = self.logits(buffer[:filled])
         except Exception as exc:
             raise model_error(exc, buffer[:filled].shape) from None
         slots = num_classes + 1
@@ -126,11 +141,11 @@ class VoteCounter:
 
         point = torch.tensor(np.asarray(x[:1]), dtype=torch.float32, device=self.device)
         batch = point + torch.randn((batch_size, *point.shape[1:]), device=self.device)
-        self.model(batch).argmax(dim=1)
+        self.logits(batch).argmax(dim=1)
         self._sync()
         started = time.perf_counter()
         for _ in range(repeats):
-            self.model(batch).argmax(dim=1)
+            self.logits(batch).argmax(dim=1)
         self._sync()
         return batch_size * repeats, time.perf_counter() - started
 
