@@ -13,7 +13,8 @@ estimation samples per input, default noise block and batch size) it prints:
 
    * *kernel*: the engine's own work units (selection n0 + estimation N per input, cut by
      :class:`rpdist.distributed.plan.Plan` exactly as :func:`rpdist.certify` cuts them) executed by a
-     :class:`rpdist.smoothing.votes.VoteCounter` in this process with ``torch.set_num_threads(1)``: noise
+     :class:`rpdist.smoothing.votes.VoteCounter` in this process with ``torch.set_num_threads(1)`` and freed
+     memory kept (:mod:`rpdist.distributed.allocator`), as in a replica: noise
      generation + scale/add + forward + argmax + ``bincount``, without Ray. The denominator is
      ``VoteCounter.forward_throughput`` at the batch the kernel actually forwards: the default
      batch size rounded down to whole noise blocks (4096 -> 4000), passed to the model as the kernel
@@ -66,6 +67,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere in the checkout
     sys.path.insert(0, str(ROOT))
 
 from rpdist.datasets.catalog import load_dataset  # noqa: E402
+from rpdist.distributed.allocator import keep_freed_memory  # noqa: E402
 from rpdist.distributed.plan import PhaseSpec, Plan  # noqa: E402
 from rpdist.distributed.pool import CPU_BATCH  # noqa: E402
 from rpdist.models.zoo import default_model  # noqa: E402
@@ -467,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
+    keep_freed_memory()  # as every CPU replica does: the in-process kernel, raw forward and naive loop alike
     sizes = QUICK if args.quick else FULL
     started = time.perf_counter()
 

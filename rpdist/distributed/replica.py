@@ -8,6 +8,7 @@ import numpy as np
 import ray
 import torch
 
+from rpdist.distributed.allocator import keep_freed_memory
 from rpdist.models.refs import ModelRef
 from rpdist.smoothing.votes import VoteCounter
 
@@ -23,10 +24,12 @@ class ModelReplica:
         torch.set_num_threads(threads)
         self.counter = VoteCounter(model_ref, device)
         self.units = 0  # count calls served: shows how work spread over the replicas
+        self.kept_memory = self.counter.device.type == "cpu" and keep_freed_memory()
 
     def info(self) -> dict:
         return {"pid": os.getpid(), "device": str(self.counter.device), "threads": torch.get_num_threads(),
-                "node": ray.get_runtime_context().get_node_id(), "units": self.units}
+                "node": ray.get_runtime_context().get_node_id(), "units": self.units,
+                "keeps_freed_memory": self.kept_memory}
 
     def count(self, x: np.ndarray, input_ids: np.ndarray, params: dict) -> np.ndarray:
         self.units += 1

@@ -7,11 +7,12 @@ the integer count matrix leaves it. This class knows nothing of Ray, so it is te
 A sample whose logits hold any NaN or inf casts no vote for a class: it is counted in one extra
 slot after the classes (index ``num_classes``), which the driver strips before any decision.
 
-On CPU the model sees a packed batch in slices of at most ``CPU_FORWARD_ROWS`` rows. A 4,000-row call
-makes the CNNs' activations spill out of cache (16 KB a sample on digits, 49 KB on mnist5k):
-sliced, the digits and mnist5k kernels run 2.3–2.5x faster and the MLP's no slower
-(``benchmarks/cpu_batch.py``). The plan, the noise and the packing are unchanged, and every built-in
-model computes its rows independently, so the counts are the same bits (the benchmark checks).
+On CPU the model sees a packed batch in slices of at most ``CPU_FORWARD_ROWS`` rows, so that each
+activation of a built-in CNN stays below glibc's largest mmap threshold (32 MiB; a 4,000-row call
+makes mnist5k's 100 MB), and a replica that keeps its freed memory
+(:mod:`rpdist.distributed.allocator`) reuses it instead of page-faulting it in on every call. The plan,
+the noise and the packing are unchanged, and the built-in models compute their rows independently, so
+the counts are the same bits (``benchmarks/cpu_forward.py`` checks and measures).
 """
 
 from __future__ import annotations
