@@ -1,9 +1,10 @@
 """Keep a CPU replica's freed tensor memory for reuse, instead of handing it back to the kernel after every call.
 
 glibc's malloc serves blocks above its mmap threshold with fresh ``mmap`` pages, and returns freed memory at
-the top of the heap once it exceeds the trim threshold. A CNN's activations are such blocks (16 MB for
-1,024 digits samples), so with the defaults every forward pass page-faults and zeroes them anew: the
-digits and mnist5k CNNs then ran at a third of their speed inside replicas (``benchmarks/cpu_batch.py``).
+the top of the heap once it exceeds the trim threshold. A CNN's activations are such blocks (8 MB for the
+second convolution of 1,024 digits samples), so with the defaults every forward pass page-faults and
+zeroes them anew: the digits and mnist5k CNN kernels ran at about a third of their speed
+(``benchmarks/cpu_forward.py``).
 A replica is a process of its own, so it raises the mmap threshold to glibc's maximum (32 MiB on 64-bit)
 and the trim threshold to 1 GiB. ``CPU_FORWARD_ROWS`` (:mod:`rpdist.smoothing.votes`) keeps each
 activation of the built-in models below that maximum.
