@@ -9,8 +9,9 @@ and α), :mod:`rpdist.privacy.bounds` gives
 With k queries of fresh noise (``--queries k``, k > 1) the same columns end in ``_k{k}``.
 
 The bound depends on an input only through its estimation count of the top class and its radius,
-so it is computed once per distinct pair and run configuration, and remembered (the 65,536 most recently used) for the life of the
-process: a streaming audit decides its inputs chunk by chunk, and its chunks share most counts.
+so it is computed once per distinct pair and run configuration, and remembered (the 65,536 most recently
+used) for the life of the process: a streaming audit decides its inputs chunk by chunk, and its chunks share
+most counts.
 """
 
 from __future__ import annotations
