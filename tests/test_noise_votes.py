@@ -245,17 +245,21 @@ model, x = build("cnn", num_classes=10, channels=1, side=8).eval(), torch.randn(
 with torch.inference_mode():
     for _ in range(3):
         model(x)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
+    faults = []
+    for _ in range(11):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         model(x)
-print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(kept, sorted(faults)[5])
 """
 
 
 def test_a_replica_that_keeps_freed_memory_stops_page_faulting_its_activations():
     """With glibc's defaults every forward of 1,024 digits-sized rows through the CNN maps and faults in
-    its activations anew (about 4,600 page faults a call here); with the thresholds a CPU replica sets,
-    the freed blocks are reused and a warm call faults in nothing. Each setting in a fresh process."""
+    its activations anew (a median of 5,600 to 6,100 page faults a call here); with the thresholds a CPU replica sets,
+    the freed blocks are reused and a warm call faults in nothing. Each setting in a fresh process; the median
+    of 11 warm calls, because a one-off heap growth in one call (1,025 faults, seen once in a full-suite run)
+    is not what the setting is about."""
     import subprocess
     import sys
 
