@@ -236,7 +236,7 @@ def test_cpu_calls_the_model_on_bounded_slices_of_the_packed_batch(centre_counte
 
 
 _FAULTS_PER_CALL = """
-import resource, sys, torch
+import resource, statistics, sys, torch
 from rpdist.distributed.allocator import keep_freed_memory
 from rpdist.models.architectures import build
 torch.set_num_threads(1)
@@ -250,7 +250,7 @@ with torch.inference_mode():
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         model(x)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(kept, sorted(faults)[5])
+print(kept, statistics.median(faults))
 """
 
 
@@ -258,8 +258,8 @@ def test_a_replica_that_keeps_freed_memory_stops_page_faulting_its_activations()
     """With glibc's defaults every forward of 1,024 digits-sized rows through the CNN maps and faults in
     its activations anew (a median of 5,600 to 6,100 page faults a call here); with the thresholds a CPU replica sets,
     the freed blocks are reused and a warm call faults in nothing. Each setting in a fresh process; the median
-    of 11 warm calls, because a one-off heap growth in one call (1,025 faults, seen once in a full-suite run)
-    is not what the setting is about."""
+    of 11 warm calls, because one full-suite run counted 1,025 faults in a 10-call window (a one-off heap growth, not
+    what the setting is about)."""
     import subprocess
     import sys
 
