@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from prior_abstention import prior_images  # noqa: E402  (a sibling script: python puts benchmarks/ on the path)
+
 from rpdist.attacks import roles  # noqa: E402
 from rpdist.smoothing.noise import DEFAULT_BLOCK, Phase, num_blocks  # noqa: E402
 from rpdist.smoothing.votes import VoteCounter  # noqa: E402
@@ -42,10 +44,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    vae = roles.generator(dataset="mnist5k")
-    z = np.random.default_rng(0).standard_normal((args.images, vae.latent)).astype(np.float32)
-    with torch.inference_mode():
-        x = vae.decode(torch.from_numpy(z)).numpy()
+    x = prior_images("mnist5k", args.images, seed=0)
     counter = VoteCounter(roles.target_model(dataset="mnist5k"), "cpu")
     ids = np.arange(args.images, dtype=np.int64)
     blocks = num_blocks(args.n, DEFAULT_BLOCK)
