@@ -12,8 +12,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory):
-    """Keep default-model training inside the test session's temporary directory."""
-    path = tmp_path_factory.mktemp("model-cache")
+    """Keep default-model training inside the test session's temporary directory. Under pytest-xdist
+    the workers share one (the root of their temp dirs), so each default model is trained once;
+    the cache's writes are atomic, so two workers training the same model both end well."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        path = tmp_path_factory.getbasetemp().parent / "model-cache"
+        path.mkdir(exist_ok=True)
+    else:
+        path = tmp_path_factory.mktemp("model-cache")
     previous = os.environ.get("RPDIST_CACHE")
     os.environ["RPDIST_CACHE"] = str(path)
     yield path

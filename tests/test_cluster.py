@@ -31,6 +31,10 @@ import yaml
 from rpdist.cli.main import root_command
 from rpdist.errors import InputError
 
+# Under `pytest -n 2` one worker runs every test that starts a real Ray head (this module's and
+# test_multinode's): their loss timeouts are the tests' subject, so they should not share the cores.
+pytestmark = pytest.mark.xdist_group("ray-heads")
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 GPU_FAMILIES = ("g4dn.", "g5.", "g6.", "g6e.", "p3.", "p4d.", "p5.")

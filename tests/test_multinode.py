@@ -22,7 +22,7 @@ import pytest
 from tests.multinode import Node, wait_for_nodes
 from tests.test_cluster import ROOT, _client_env, _rpdist
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray-heads")]  # one worker runs the real heads
 
 CERTIFY = ["certify", "--dataset", "tiny.npz", "--model", "linear.pt", "--split", "all", "--sigma", "0.5",
            "--n", "10000", "--n0", "100", "--batch-size", "500", "--quiet"]
