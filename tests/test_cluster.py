@@ -32,7 +32,7 @@ from rpdist.cli.main import root_command
 from rpdist.errors import InputError
 
 # Under `pytest -n 2` one worker runs every test that starts a real Ray head (this module's and
-# test_multinode's): their loss timeouts are the tests' subject, so they should not share the cores.
+# test_multinode's), so two heads never compete: their loss timeouts are what these tests check.
 pytestmark = pytest.mark.xdist_group("ray-heads")
 
 ROOT = Path(__file__).resolve().parents[1]
