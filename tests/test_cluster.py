@@ -33,7 +33,8 @@ from rpdist.errors import InputError
 
 # Under `pytest -n 2` one worker runs every test that starts a real Ray head (this module's and
 # test_multinode's), so two heads never compete: their loss timeouts are what these tests check.
-pytestmark = pytest.mark.xdist_group("ray-heads")
+RAY_HEADS = pytest.mark.xdist_group("ray-heads")
+pytestmark = RAY_HEADS
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

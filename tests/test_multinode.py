@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.multinode import Node, wait_for_nodes
-from tests.test_cluster import ROOT, _client_env, _rpdist
+from tests.test_cluster import RAY_HEADS, ROOT, _client_env, _rpdist
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray-heads")]  # one worker runs the real heads
+pytestmark = [pytest.mark.slow, RAY_HEADS]  # one worker runs every real Ray head (see test_cluster)
 
 CERTIFY = ["certify", "--dataset", "tiny.npz", "--model", "linear.pt", "--split", "all", "--sigma", "0.5",
            "--n", "10000", "--n0", "100", "--batch-size", "500", "--quiet"]
