@@ -1,5 +1,7 @@
 """Model inversion: data roles, the BREP-MI state machine, and the end-to-end runner on 2 classes."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -63,6 +65,32 @@ def test_repeat_spends_k_queries_per_point():
     a = BrepAttack(1, 0, 4, BrepConfig(budget=150, points=8, repeat=3), seed=1)
     run_lockstep([a], lambda z: z.copy(), release)
     assert a.queries == release.forward_passes and a.queries % 3 == 0 and a.queries <= 150
+
+
+def test_rounds_report_every_query_they_spend():
+    release, rounds = HalfSpace(), []
+    attacks = [BrepAttack(1, r, 4, BrepConfig(budget=150, points=8, repeat=3), seed=r) for r in range(2)]
+    run_lockstep(attacks, lambda z: z.copy(), release, rounds.append)
+    assert len(rounds) > 2 and all(q > 0 for q in rounds)  # one report per release call
+    assert sum(rounds) == sum(a.queries for a in attacks) == release.forward_passes  # repetitions included
+
+
+@pytest.mark.slow
+def test_follow_tracks_the_tally_the_tasks_add_to_and_returns_their_results(ray_session):
+    from rpdist.distributed.progress import SampleProgress, Tally, follow, tally_flush
+
+    @ray_session.remote(num_cpus=0)
+    def work(tally, steps: list[int]) -> int:
+        for q in steps:
+            tally.add.remote(q)
+        tally_flush(tally)
+        return sum(steps)
+
+    for total, expected in ((100, 21), (10, 10)):  # the bar stops at its total, whatever the tasks add
+        tally = ray_session.remote(num_cpus=0)(Tally).remote()
+        meter = SampleProgress(total, "walks", enabled=False, unit="queries")
+        assert follow([work.remote(tally, [1, 2, 3]), work.remote(tally, [4, 5, 6])], tally, meter, 0.05) == [6, 15]
+        assert meter.done == expected
 
 
 def test_unreachable_class_is_a_failure_with_the_budget_spent():
@@ -134,11 +162,16 @@ def test_undefended_inversion_writes_rows_grid_and_exact_counts(ray_session, tmp
 
 
 @pytest.mark.slow
-def test_rp_inversion_goes_through_the_engine_with_both_releases(ray_session, tmp_path, quick):
+def test_rp_inversion_goes_through_the_engine_with_both_releases(ray_session, tmp_path, quick, capsys):
     from rpdist.attacks.inversion import InversionSpec, run_inversion
 
     df = run_inversion(InversionSpec(defense="rp", sigmas=[0.25], ns=[20], releases=["predict", "majority"],
-                                     query_budget=60, workers=1, out=str(tmp_path), run_id="rp", seed=0, **quick)).table()
+                                     query_budget=60, workers=1, out=str(tmp_path), run_id="rp", seed=0, **quick),
+                       progress=True).table()
+    # The walks report their queries as they go, against the whole budget: 60 for each attack of a release.
+    budget = len(df) // 2 * 60
+    shown = [int(q) for q in re.findall(rf"(\d+)/{budget} queries", capsys.readouterr().out)]
+    assert sorted(shown) == sorted(df.groupby("release").queries.sum().tolist())
     assert set(df.release) == {"predict", "majority"}
     assert (df.forward_passes == df.queries * 20).all()  # fresh noise: N evaluations per released label
     assert (df.queries <= 60).all()

@@ -205,8 +205,9 @@ def majority(labels: np.ndarray, repeat: int) -> np.ndarray:
     return counts.argmax(axis=1) - 1
 
 
-def run_lockstep(attacks: list[BrepAttack], decode, release) -> None:
-    """Advance all attacks together; each round's points from every attack go in one release call."""
+def run_lockstep(attacks: list[BrepAttack], decode, release, on_round=None) -> None:
+    """Advance all attacks together; each round's points from every attack go in one release call.
+    ``on_round(queries)``, when given, hears how many queries each round spent (for progress)."""
     while True:
         active = [a for a in attacks if not a.done]
         if not active:
@@ -222,3 +223,5 @@ def run_lockstep(attacks: list[BrepAttack], decode, release) -> None:
             m = len(pts) * a.config.repeat
             a.observe(majority(labels[start:start + m], a.config.repeat), pts)
             start += m
+        if on_round is not None:
+            on_round(len(labels))

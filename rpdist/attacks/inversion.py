@@ -149,11 +149,13 @@ def _decoder(generator):
     return decode
 
 
-def _attack_task(target: int, restarts: int, config: BrepConfig, seed: int, gen: tuple, release
+def _attack_task(target: int, restarts: int, config: BrepConfig, seed: int, gen: tuple, release, tally=None
                  ) -> tuple[list[BrepAttack], int]:
     """One target class's attacks with a label-only release (runs as a Ray task); ``gen`` is the
-    generator's (state, latent, hidden, side)."""
+    generator's (state, latent, hidden, side); ``tally``, when given, hears the queries of every round."""
     import torch
+
+    from rpdist.distributed.progress import tally_flush
 
     torch.set_num_threads(1)
     state, latent, hidden, side = gen
@@ -161,7 +163,9 @@ def _attack_task(target: int, restarts: int, config: BrepConfig, seed: int, gen:
     vae.load_state_dict(state)
     vae.eval()
     attacks = [BrepAttack(target, r, latent, config, seed) for r in range(restarts)]
-    run_lockstep(attacks, _decoder(vae), release)
+    run_lockstep(attacks, _decoder(vae), release, None if tally is None else tally.add.remote)
+    if tally is not None:
+        tally_flush(tally)
     return attacks, release.forward_passes
 
 
@@ -170,17 +174,30 @@ def _per_target(generators, targets) -> dict:
     return generators if isinstance(generators, dict) else {t: generators for t in targets}
 
 
-def attack_release(release, targets, restarts, config: BrepConfig, seed: int, generators) -> tuple[list[BrepAttack], int]:
+def attack_release(release, targets, restarts, config: BrepConfig, seed: int, generators, progress: str | None = None
+                   ) -> tuple[list[BrepAttack], int]:
     """Run BREP-MI on every target, one Ray task per class, each in the latent space of its generator (one
-    VAE, or {target: VAE}); returns the attacks and the exact forward passes of the release."""
+    VAE, or {target: VAE}); returns the attacks and the exact forward passes of the release. With
+    ``progress`` (a description), a bar in queries against the walks' whole budget follows them."""
     import ray
+
+    from rpdist.distributed.progress import SampleProgress, Tally, follow
 
     release.share()
     # num_cpus=0: the replica actors may hold every CPU of a small machine; the tasks mostly wait on them.
     task = ray.remote(num_cpus=0)(_attack_task)
     gens = _per_target(generators, targets)
     packed = {t: (dict(g.state_dict()), g.latent, g.hidden, g.side) for t, g in gens.items()}
-    outs = ray.get([task.remote(t, restarts, config, seed, packed[t], release) for t in targets])
+    tally = None if progress is None else ray.remote(num_cpus=0)(Tally).remote()
+    refs = [task.remote(t, restarts, config, seed, packed[t], release, tally) for t in targets]
+    if tally is None:
+        outs = ray.get(refs)
+    else:
+        meter = SampleProgress(len(targets) * restarts * config.budget, progress, enabled=True, unit="queries")
+        try:
+            outs = follow(refs, tally, meter)
+        finally:
+            meter.close()
     return [a for attacks, _ in outs for a in attacks], sum(fp for _, fp in outs)
 
 
@@ -299,7 +316,8 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
         brep = BrepConfig(budget=spec.query_budget, points=spec.points, repeat=cfg["repeat"],
                           abstain_aware=cfg["attacker"] == ABSTAIN_AWARE, **nudge_config(cfg))
         t0 = time.perf_counter()
-        attacks, passes = attack_release(release, targets, spec.restarts, brep, seed, generators)
+        attacks, passes = attack_release(release, targets, spec.restarts, brep, seed, generators,
+                                         _label(spec.defense, cfg) if progress else None)
         seconds = time.perf_counter() - t0
         v = judge(evaluator, generators, attacks, spec.judge_threshold, private)
         per_attack = _split_passes(attacks, passes, spec.defense, cfg)

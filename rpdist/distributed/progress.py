@@ -1,4 +1,4 @@
-"""Progress in samples, with a samples/s readout, for every engine job."""
+"""Progress in samples (or queries), with a rate readout, for every engine job and attack."""
 
 from __future__ import annotations
 
@@ -6,21 +6,23 @@ import time
 
 
 class SampleProgress:
-    """A rich progress bar in samples with a samples/s readout; silent when disabled."""
+    """A rich progress bar in ``unit`` (samples, queries) with a rate readout; silent when disabled."""
 
-    def __init__(self, total: int, description: str, enabled: bool):
+    def __init__(self, total: int, description: str, enabled: bool, unit: str = "samples"):
         self.total = total
+        self.unit = unit
         self.done = 0
         self.started = time.perf_counter()
         self._progress = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.table import Column
 
+            # The count keeps its room on an 80-column log: a long description wraps, then the bar shrinks.
             self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("samples"),
+                TextColumn("{task.description}", table_column=Column(max_width=28)),
+                BarColumn(bar_width=None, table_column=Column(ratio=1)),
+                TextColumn(f"{{task.completed:,.0f}}/{{task.total:,.0f}} {unit}"),
                 TextColumn("{task.fields[rate]}"),
                 TimeRemainingColumn(),
                 transient=False,
@@ -31,7 +33,7 @@ class SampleProgress:
     def advance(self, samples: int) -> None:
         self.done += samples
         if self._progress is not None:
-            self._progress.update(self._task, advance=samples, rate=f"{self.rate:,.0f} samples/s")
+            self._progress.update(self._task, advance=samples, rate=f"{self.rate:,.0f}/s")
 
     @property
     def elapsed(self) -> float:
@@ -44,3 +46,38 @@ class SampleProgress:
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+class Tally:
+    """A running count that Ray tasks add to while the driver reads it (run as a Ray actor with
+    num_cpus=0, so it never waits for a CPU the replicas hold)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        self.count += n
+
+    def total(self) -> int:
+        return self.count
+
+
+def tally_flush(tally) -> None:
+    """Wait until the tally has counted every ``add`` this caller sent: a Ray actor runs one caller's calls
+    in order, so an empty add returning means the earlier ones have run (call it before a task returns)."""
+    import ray
+
+    ray.get(tally.add.remote(0))
+
+
+def follow(refs: list, tally, meter: SampleProgress, poll: float = 1.0) -> list:
+    """The results of ``refs``, advancing ``meter`` to the tally's count every ``poll`` seconds until they
+    are all done (capped at its total: a retried task counts its work twice). The final count is exact
+    when each task calls :func:`tally_flush` before it returns."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll)
+        meter.advance(min(ray.get(tally.total.remote()), meter.total) - meter.done)
+    return ray.get(refs)
