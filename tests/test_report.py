@@ -36,7 +36,7 @@ def certificates(sigma: float, n: int, alpha: float, inputs: int = 40, seed: int
 
 
 def write_certify_run(root: Path, run_id: str = "run", sigma: float = 0.5, n: int = 1000, alpha: float = 0.001,
-                      dataset: str = "insurance") -> tuple[Path, pd.DataFrame]:
+                      dataset: str = "insurance", model_sha256: str = "cd" * 32) -> tuple[Path, pd.DataFrame]:
     run = root / run_id
     run.mkdir(parents=True)
     table = certificates(sigma, n, alpha)
@@ -46,7 +46,7 @@ def write_certify_run(root: Path, run_id: str = "run", sigma: float = 0.5, n: in
                            "smoothing": {"analysis": "certify", "sigma": sigma, "n": n, "n0": 100, "alpha": alpha,
                                          "seed": 0, "batch_size": 4096, "noise_block": 1000},
                            "dataset": {"spec": dataset, "split": "test", "rows": 40, "sha256": "ab" * 32},
-                           "model": {"source": "default", "sha256": "cd" * 32}},
+                           "model": {"source": "default", "sha256": model_sha256}},
                 "device": {"type": "cpu", "workers": 2}, "versions": {"rpdist": "0.1.0"},
                 "timings": {"started": "2026-01-01T00:00:00", "samples_per_second": 123456.7}}
     (run / "manifest.json").write_text(json.dumps(manifest))
@@ -243,8 +243,13 @@ def test_folder_of_runs(tmp_path):
     names = {p.name for p in pngs_of(report)}
     assert {"report-all-certified-accuracy.png", "report-a-certified-accuracy.png", "report-b-certified-accuracy.png",
             "report-sw-certified-accuracy.png", "report-sw-versus-n.png"} == names
-    assert "| `a` | certify | 40 | 0.25 | 1,000 | 0.001 |" in text
+    assert "| `a` | certify | 40 | 0.25 | 1,000 | 0.001 | model cdcdcdcd |" in text
     assert "unfinished" in text and "Skipped" in text
+    assert "different sets of models" not in text  # one model behind every result
+    write_certify_run(tmp_path, "c", sigma=0.5, model_sha256="ef" * 32)  # the same recipe, retrained elsewhere
+    text = write_report(tmp_path).read_text()
+    assert "| `c` | certify | 40 | 0.5 | 1,000 | 0.001 | model efefefef |" in text
+    assert "**These results come from 2 different sets of models**" in text
 
 
 def _make(path: Path, files: dict[str, str]) -> Path:
