@@ -1,4 +1,5 @@
-"""``rpdist attack inversion``: label-only model inversion (BREP-MI) against a defense."""
+"""``rpdist attack inversion``: label-only model inversion (BREP-MI) against a defense; ``rpdist attack compare``:
+A's attacks paired with B's, refused across different models."""
 
 from __future__ import annotations
 
@@ -75,3 +76,20 @@ def register(app: typer.Typer) -> None:
                              batch_size=batch_size, workers=workers, address=address, device=device,
                              prior=prior, judge_threshold=judge_threshold, out=str(out), run_id=run_id)
         print_outcome(run_inversion(spec, progress=not quiet), title="BREP-MI model inversion")
+
+    @attack_app.command("compare")
+    def compare_cmd(
+        a: List[Path] = typer.Argument(..., help="Side A: attack runs, sweep points or sweeps (pooled)."),
+        against: List[Path] = typer.Option(..., "--against", "-b", help="Side B, the same way (repeatable)."),
+        where: Optional[List[str]] = typer.Option(None, "--where", help="KEY=VALUE on a setting column (sigma, n, "
+                                                  "release, noise, attacker, …) for both sides (repeatable)."),
+        where_a: Optional[List[str]] = typer.Option(None, "--where-a", help="KEY=VALUE for side A only."),
+        where_b: Optional[List[str]] = typer.Option(None, "--where-b", help="KEY=VALUE for side B only."),
+    ) -> None:
+        """Pair A's attacks with B's (same seed, target, restart): ASR difference with Tango's paired interval.
+
+        Refused when the two sides ran on different role models (their manifests' sha256 differ)."""
+        from rpdist.analyses.attack_pairs import compare_attacks
+        from rpdist.cli.printing import print_comparison
+
+        print_comparison(compare_attacks(a, against, where or [], where_a or [], where_b or []))

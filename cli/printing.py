@@ -45,3 +45,25 @@ def print_outcome(outcome, title: str | None = None) -> None:
     if outcome.resumed_chunks:
         console.print(f"resumed: {outcome.resumed_chunks} chunk(s) were already done")
     console.print(f"results: {outcome.path}")
+
+
+
+def print_comparison(comparison) -> None:
+    """A paired attack comparison as plain lines: one per seed when there are several, then the pooled one."""
+    console = Console()
+    console.print("A against B, attack by attack (95% intervals: Clopper–Pearson per side, Tango for A − B)")
+    for r in comparison.rows:
+        label = "pooled" if r["seed"] == "pooled" else f"seed {r['seed']}"
+        console.print(f"  {label}: {r['pairs']} pairs | ASR A {_rate(r, 'asr_a')} | ASR B {_rate(r, 'asr_b')} | "
+                      f"discordant {r['a_only']} A / {r['b_only']} B | A − B {100 * r['difference']:+.0f} pp "
+                      f"[{100 * r['difference_low']:+.0f}, {100 * r['difference_high']:+.0f}] | utility "
+                      f"{100 * r['utility_a']:.1f}% / {100 * r['utility_b']:.1f}%", soft_wrap=True, highlight=False)
+    for name, settings in zip("AB", comparison.settings):
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items() if v == v)  # NaN: not this defense's knob
+        console.print(f"{name}: {shown}", soft_wrap=True, highlight=False)
+    console.print("models (both sides): " + ", ".join(f"{role} {h[:8]}" for role, h in
+                                                       zip(("target", "eval"), comparison.models)), highlight=False)
+
+
+def _rate(row: dict, key: str) -> str:
+    return f"{100 * row[key]:.0f}% [{100 * row[key + '_low']:.0f}, {100 * row[key + '_high']:.0f}]"
