@@ -51,7 +51,8 @@ def print_outcome(outcome, title: str | None = None) -> None:
 def print_comparison(comparison) -> None:
     """A paired attack comparison as plain lines: one per seed when there are several, then the pooled one."""
     console = Console()
-    console.print("A against B, attack by attack (95% intervals: Clopper–Pearson per side, Tango for A − B)")
+    console.print("A against B, attack by attack (95% intervals: Clopper–Pearson per side, Tango for A − B)",
+                  soft_wrap=True)
     for r in comparison.rows:
         label = "pooled" if r["seed"] == "pooled" else f"seed {r['seed']}"
         console.print(f"  {label}: {r['pairs']} pairs | ASR A {_rate(r, 'asr_a')} | ASR B {_rate(r, 'asr_b')} | "
