@@ -382,3 +382,44 @@ def test_pilot_counts_only_in_rap_sweeps():
     assert comparable(before(rap)) == identity({**rap, "pilot": 0})  # before pilots, RAP used N in every cell
     assert comparable(before(rap)) != identity(rap)  # so staging on is another configuration
     assert comparable(before(attack)) == identity(attack) == identity({**attack, "pilot": 0})
+
+
+def test_attack_sweep_refuses_to_add_points_on_other_role_models(tmp_path, monkeypatch):
+    """An interrupted attack sweep resumed on a machine whose retrained role models differ must not add its
+    points beside the old ones; on the same models it runs only the unfinished point."""
+    import pyarrow as pa
+
+    from rpdist import analyses
+
+    attack = type(analyses.get("attack"))
+    machine = {"target": "a" * 64, "eval": "b" * 64}
+    ran = []
+
+    class Killed(Exception):
+        pass
+
+    def run_point(self, sweep, point, out, run_id, options, progress):  # the sweep loop under test, not BREP-MI
+        if ran and ran[-1] == "interrupt":
+            raise Killed
+        ran.append(point["seed"])
+        out.write_json({"models": {role: {"sha256": h} for role, h in machine.items()}}, run_id, "manifest.json")
+        table = pa.table({"defense": ["rp"], "target": [0], "restart": [0], "success": [True], "utility_accuracy": [0.5]})
+        out.write_parquet(table, run_id, "attack.parquet")
+        ran.append("interrupt")
+
+    monkeypatch.setattr(attack, "run_point", run_point)
+    monkeypatch.setattr(attack, "point_models", lambda self, sweep: dict(machine))
+    spec = parse_sweep({"dataset": "digits", "analysis": "attack", "sigma": [0.5], "n": [20], "seed": [0, 1]})
+    with pytest.raises(Killed):
+        run_sweep(spec, out=tmp_path, sweep_id="sw", progress=False)
+    assert ran == [0, "interrupt"]
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    machine["eval"] = "c" * 64  # another machine retrained the evaluator
+    with pytest.raises(InputError, match=r"ran on other models \(target aaaaaaaa, eval bbbbbbbb\) than this "
+                                         r"machine's \(target aaaaaaaa, eval cccccccc\)"):
+        run_sweep(spec, out=tmp_path, sweep_id="sw", progress=False)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # nothing written
+    machine["eval"] = "b" * 64
+    ran.clear()
+    run_sweep(spec, out=tmp_path, sweep_id="sw", progress=False)
+    assert ran == [1, "interrupt"]

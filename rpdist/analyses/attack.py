@@ -111,6 +111,14 @@ class AttackAnalysis(Analysis):
     def grid_decides(self, options: dict) -> bool:
         return options.get("defense", RP) != NOISE
 
+    def point_models(self, sweep) -> dict[str, str]:
+        """The target and evaluator this machine has for the sweep's dataset (trained and cached on first use, as
+        the run would): retrained on another machine they differ, and attacks on other models do not pair."""
+        from rpdist.attacks import roles
+
+        return {"target": roles.target_model(dataset=sweep.dataset).sha256,
+                "eval": roles.eval_model(dataset=sweep.dataset).sha256}
+
     def point_spec(self, sweep, point: dict, **fixed):
         """One attack run per grid point: every release × repeat × noise (× ε for dpsgd and rr) of the sweep."""
         from rpdist.attacks.inversion import InversionSpec

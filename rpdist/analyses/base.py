@@ -93,6 +93,12 @@ class Analysis:
         ``run_id`` and the engine options of ``rpdist sweep``."""
         raise NotImplementedError(f"{self.name} has no per-point sweep")
 
+    def point_models(self, sweep) -> dict[str, str] | None:
+        """The sha256 of each model a new grid point would run on, where this machine decides them (role models
+        trained on demand); a sweep refuses to add points on other models than its finished ones. None where the
+        sweep's own config fixes its models (the resume check covers them)."""
+        return None
+
     def run_point(self, sweep, point: dict, out, run_id: str, options: dict, progress: bool) -> None:
         """Run one sweep grid point into ``out/run_id``: the point's spec, run like a single run."""
         self.run(self.point_spec(sweep, point, out=out, run_id=run_id, **options), progress=progress)

@@ -401,6 +401,25 @@ def check_resume(path: str, recorded: dict, point: str, key: dict) -> None:
     recorded[point] = key
 
 
+def check_point_models(analysis, spec, store: Store, sweep_id: str, finished: list[dict]) -> None:
+    """Refuse to add grid points on other models than the finished points recorded: results of different
+    models would sit in one sweep as if comparable (role models retrained on another machine differ)."""
+    models = analysis.point_models(spec)
+    if models is None:
+        return
+    for point in finished:
+        recorded = (store.read_json(sweep_id, *partition_dir(**point), "manifest.json") or {}).get("models") or {}
+        before = {role: (recorded.get(role) or {}).get("sha256") for role in models}
+        if all(before.values()) and before != models:
+            raise InputError(f"{store.show(sweep_id)}: its finished points ran on other models ({_short(before)}) "
+                             f"than this machine's ({_short(models)}); a sweep does not mix models: write the rest "
+                             "to a new sweep, or run with the $RPDIST_CACHE that made them")
+
+
+def _short(models: dict[str, str]) -> str:
+    return ", ".join(f"{role} {sha256[:8]}" for role, sha256 in models.items())
+
+
 def _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address, device, progress) -> Outcome:
     """A per-point analysis (RAP, a model-inversion attack) at every grid point, each a run of its own
     in its partition directory; a point whose result file exists is done and skipped on resume.
@@ -408,11 +427,14 @@ def _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address,
     Both release PREDICT decisions at inputs that depend on the (σ, N, α) point, so no counts are
     shared between points.
     """
+    finished = [p for p in spec.points if store.exists(sweep_id, *partition_dir(**p), analysis.final_file)]
+    if finished and len(finished) < len(spec.points):
+        check_point_models(analysis, spec, store, sweep_id, finished)
     store.write_json(manifest, sweep_id, "manifest.json")
     ran = False
     for point in spec.points:
         *parent, leaf = (sweep_id, *partition_dir(**point))
-        if store.exists(*parent, leaf, analysis.final_file):
+        if point in finished:
             continue
         out = Store(store.path(*parent), filesystem=store.fs)
         options = dict(workers=workers, address=address, device=device)
