@@ -85,7 +85,9 @@ def measure(dataset: str, sigmas: list[float], ns: list[int], samples: int, seed
     X_test, y_test = roles.role_data("test", dataset)
     undefended = LabelRelease(target_ref)
     base = undefended.labels(images)
-    out = {"dataset": dataset, "samples": samples, "judge_threshold": threshold,
+    # The role models (retrained per machine) decide every count here: record them, as attack manifests do.
+    models = {"target": target_ref.sha256, "eval": roles.eval_model(dataset=dataset).sha256}
+    out = {"dataset": dataset, "samples": samples, "judge_threshold": threshold, "models": models,
            "undefended": per_class(base, judge, undefended.labels(X_test), y_test), "rp": {}}
     prior_ids = np.arange(samples, dtype=np.int64) + len(X_test)  # noise ids apart from the test split's
     for sigma, n in ((s, n) for s in sigmas for n in ns):

@@ -47,7 +47,6 @@ def print_outcome(outcome, title: str | None = None) -> None:
     console.print(f"results: {outcome.path}")
 
 
-
 def print_comparison(comparison) -> None:
     """A paired attack comparison as plain lines: one per seed when there are several, then the pooled one."""
     console = Console()

@@ -105,6 +105,13 @@ def test_refuses_different_attacks_and_bad_selections(tmp_path):
         compare_attacks([a], [a], where_a=["colour=red"])
     with pytest.raises(InputError, match="holds no attack results"):
         compare_attacks([a], [tmp_path])
+    # A run without --seed used a seed drawn from os.urandom, recorded in details.seed: that is what pairs.
+    drawn = write_run(tmp_path / "drawn", attacks(x), seed=None)
+    manifest = json.loads((drawn / "manifest.json").read_text())
+    (drawn / "manifest.json").write_text(json.dumps({**manifest, "details": {"seed": 0}}))
+    assert compare_attacks([a], [drawn]).pooled["pairs"] == 50
+    with pytest.raises(InputError, match="records no seed"):
+        compare_attacks([a], [write_run(tmp_path / "unseeded", attacks(x), seed=None)])
 
 
 def test_cli_one_line_and_status_2(tmp_path, capsys):

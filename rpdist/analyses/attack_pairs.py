@@ -39,7 +39,7 @@ class Side:
 class Comparison:
     """A's attacks against B's, pooled over every pair, with one row per seed beside the pooled one."""
 
-    rows: list[dict]  # per seed, then "all"
+    rows: list[dict]  # one per seed, then the pooled one when there are several seeds
     models: tuple[str, ...]
     settings: tuple[dict, dict]  # the settings columns that are constant on each side
 
@@ -81,8 +81,11 @@ def _read_side(directory: Path) -> Side:
             table = pq.read_table(directory / ATTACK_FILE).to_pandas()
         except Exception as exc:  # noqa: BLE001 — an unreadable file is the user's input
             raise InputError(f"cannot read {directory / ATTACK_FILE}: {str(exc).splitlines()[0]}") from None
-        if "seed" not in table.columns:
-            table["seed"] = (manifest.get("config") or {}).get("seed")
+        if "seed" not in table.columns:  # the seed used (drawn from os.urandom when none was given)
+            seed = (manifest.get("details") or {}).get("seed", (manifest.get("config") or {}).get("seed"))
+            if seed is None:
+                raise InputError(f"{directory / 'manifest.json'} records no seed: its attacks cannot be paired")
+            table["seed"] = seed
         return Side(table, {_models(manifest, directory)})
     points = sorted(p.parent for p in directory.glob(f"sigma=*/n=*/alpha=*/seed=*/{ATTACK_FILE}"))
     if not points:
