@@ -86,7 +86,7 @@ def measure(dataset: str, sigmas: list[float], ns: list[int], samples: int, seed
     undefended = LabelRelease(target_ref)
     base = undefended.labels(images)
     # The role models (retrained per machine) decide every count here: record them, as attack manifests do.
-    models = {"target": target_ref.sha256, "eval": roles.eval_model(dataset=dataset).sha256}
+    models = {"target": {"sha256": target_ref.sha256}, "eval": {"sha256": roles.eval_model(dataset=dataset).sha256}}
     out = {"dataset": dataset, "samples": samples, "judge_threshold": threshold, "models": models,
            "undefended": per_class(base, judge, undefended.labels(X_test), y_test), "rp": {}}
     prior_ids = np.arange(samples, dtype=np.int64) + len(X_test)  # noise ids apart from the test split's

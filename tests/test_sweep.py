@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from rpdist import analyses
 from rpdist.cli.main import main
 from rpdist.errors import InputError
 from rpdist.pipelines.sweep import SweepSpec, comparable, load_sweep, parse_sweep, read_sweep, run_sweep
@@ -192,6 +194,18 @@ def test_rap_sweep_runs_each_point_and_resumes(ray_session, tmp_path):
     assert first.stat().st_mtime_ns == stamp, "a finished grid point is not recomputed"
     pd.testing.assert_frame_equal(read_sweep(again.path).to_pandas(), table)
     assert again.manifest["timings"] == outcome.manifest["timings"], "nothing ran: the work's end time stays"
+    # The models a point records are the ones RAP's point_models reproduces from the cache on this machine ...
+    point = spec.points[0]
+    manifest_path = first.parent / "manifest.json"
+    recorded = json.loads(manifest_path.read_text())["models"]
+    assert analyses.get("rap").point_models(spec, point) == {lam: m["sha256"] for lam, m in recorded.items()}
+    # ... so a resume that would add points beside a finished point of other models (another machine's) is refused.
+    (tmp_path / "rap" / "sigma=0.5" / "n=200" / "alpha=0.01" / "seed=0" / "rap.parquet").unlink()
+    manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()),
+                                         "models": {lam: {**m, "sha256": "f" * 64} for lam, m in recorded.items()}}))
+    with pytest.raises(InputError, match=r"finished points ran on other models \(0.0 ffffffff\)"):
+        run_sweep(spec, out=tmp_path, sweep_id="rap", progress=False)
+    assert not (tmp_path / "rap" / "sigma=0.5" / "n=200" / "alpha=0.01" / "seed=0" / "rap.parquet").exists()
 
 
 def test_rap_keys_are_checked():
@@ -389,10 +403,9 @@ def test_attack_sweep_refuses_to_add_points_on_other_role_models(tmp_path, monke
     points beside the old ones; on the same models it runs only the unfinished point."""
     import pyarrow as pa
 
-    from rpdist import analyses
-
     attack = type(analyses.get("attack"))
     machine = {"target": "a" * 64, "eval": "b" * 64}
+    models = lambda: {role: {"sha256": h} for role, h in machine.items()}  # noqa: E731
     ran = []
 
     class Killed(Exception):
@@ -402,13 +415,14 @@ def test_attack_sweep_refuses_to_add_points_on_other_role_models(tmp_path, monke
         if ran and ran[-1] == "interrupt":
             raise Killed
         ran.append(point["seed"])
-        out.write_json({"models": {role: {"sha256": h} for role, h in machine.items()}}, run_id, "manifest.json")
+        out.write_json({"status": "running", "models": models()}, run_id, "manifest.json")
         table = pa.table({"defense": ["rp"], "target": [0], "restart": [0], "success": [True], "utility_accuracy": [0.5]})
         out.write_parquet(table, run_id, "attack.parquet")
+        out.write_json({"status": "complete", "models": models()}, run_id, "manifest.json")
         ran.append("interrupt")
 
     monkeypatch.setattr(attack, "run_point", run_point)
-    monkeypatch.setattr(attack, "point_models", lambda self, sweep: dict(machine))
+    monkeypatch.setattr(attack, "point_models", lambda self, sweep, point: dict(machine))
     spec = parse_sweep({"dataset": "digits", "analysis": "attack", "sigma": [0.5], "n": [20], "seed": [0, 1]})
     with pytest.raises(Killed):
         run_sweep(spec, out=tmp_path, sweep_id="sw", progress=False)
@@ -420,6 +434,12 @@ def test_attack_sweep_refuses_to_add_points_on_other_role_models(tmp_path, monke
         run_sweep(spec, out=tmp_path, sweep_id="sw", progress=False)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # nothing written
     machine["eval"] = "b" * 64
+    ran.clear()
+    run_sweep(spec, out=tmp_path, sweep_id="sw", progress=False)
+    assert ran == [1, "interrupt"]
+    # A point killed between its result file and its complete manifest is not finished: it runs again.
+    point_manifest = tmp_path / "sw" / "sigma=0.5" / "n=20" / "alpha=0.001" / "seed=1" / "manifest.json"
+    point_manifest.write_text(json.dumps({"status": "running", "models": models()}))
     ran.clear()
     run_sweep(spec, out=tmp_path, sweep_id="sw", progress=False)
     assert ran == [1, "interrupt"]

@@ -111,7 +111,7 @@ class AttackAnalysis(Analysis):
     def grid_decides(self, options: dict) -> bool:
         return options.get("defense", RP) != NOISE
 
-    def point_models(self, sweep) -> dict[str, str]:
+    def point_models(self, sweep, point: dict) -> dict[str, str]:
         """The target and evaluator this machine has for the sweep's dataset (trained and cached on first use, as
         the run would): retrained on another machine they differ, and attacks on other models do not pair."""
         from rpdist.attacks import roles

@@ -93,10 +93,10 @@ class Analysis:
         ``run_id`` and the engine options of ``rpdist sweep``."""
         raise NotImplementedError(f"{self.name} has no per-point sweep")
 
-    def point_models(self, sweep) -> dict[str, str] | None:
-        """The sha256 of each model a new grid point would run on, where this machine decides them (role models
-        trained on demand); a sweep refuses to add points on other models than its finished ones. None where the
-        sweep's own config fixes its models (the resume check covers them)."""
+    def point_models(self, sweep, point: dict) -> dict[str, str] | None:
+        """The sha256 of each model the grid point runs on, by the name its manifest's ``models`` records it
+        under, where this machine decides them (models trained on demand and cached); a sweep refuses to add
+        points when a finished point's differ. None where the analysis trains no models of its own."""
         return None
 
     def run_point(self, sweep, point: dict, out, run_id: str, options: dict, progress: bool) -> None:

@@ -71,6 +71,13 @@ class RapAnalysis(Analysis):
     def report(self, writer, source, slug: str) -> None:
         report_rap(writer, source, self.summarize(source.table), slug)
 
+    def point_models(self, sweep, point: dict) -> dict[str, str]:
+        """The default model at each ℓ1 penalty, as this machine trains (or cached) it for the point."""
+        from rpdist.privacy.runner import l1_values, rap_model
+
+        spec = self.point_spec(sweep, point, out=".", run_id="models")
+        return {str(lam): rap_model(spec, lam).sha256 for lam in l1_values(spec.l1_non_sensitive)}
+
     def point_spec(self, sweep, point: dict, **fixed):
         from rpdist.privacy.runner import RapSpec
 

@@ -401,19 +401,28 @@ def check_resume(path: str, recorded: dict, point: str, key: dict) -> None:
     recorded[point] = key
 
 
-def check_point_models(analysis, spec, store: Store, sweep_id: str, finished: list[dict]) -> None:
-    """Refuse to add grid points on other models than the finished points recorded: results of different
-    models would sit in one sweep as if comparable (role models retrained on another machine differ)."""
-    models = analysis.point_models(spec)
+def _point_done(analysis, store: Store, sweep_id: str, point: dict) -> bool:
+    """A point is done when its result file and a complete manifest exist (a run killed between writing the
+    two is rerun, as a single run would be)."""
+    where = (sweep_id, *partition_dir(**point))
+    return (store.exists(*where, analysis.final_file)
+            and (store.read_json(*where, "manifest.json") or {}).get("status") == "complete")
+
+
+def check_point_models(analysis, spec, store: Store, sweep_id: str, point: dict) -> None:
+    """Refuse to add grid points when this machine's models for a finished point differ from those it
+    recorded: models trained on demand (role models, RAP's default models) are retrained on each new
+    machine and differ, and results of different models would sit in one sweep as if comparable. Models the
+    point did not record are not compared."""
+    models = analysis.point_models(spec, point)
     if models is None:
         return
-    for point in finished:
-        recorded = (store.read_json(sweep_id, *partition_dir(**point), "manifest.json") or {}).get("models") or {}
-        before = {role: (recorded.get(role) or {}).get("sha256") for role in models}
-        if all(before.values()) and before != models:
-            raise InputError(f"{store.show(sweep_id)}: its finished points ran on other models ({_short(before)}) "
-                             f"than this machine's ({_short(models)}); a sweep does not mix models: write the rest "
-                             "to a new sweep, or run with the $RPDIST_CACHE that made them")
+    recorded = (store.read_json(sweep_id, *partition_dir(**point), "manifest.json") or {}).get("models") or {}
+    before = {name: (recorded.get(name) or {}).get("sha256") for name in models}
+    if all(before.values()) and before != models:
+        raise InputError(f"{store.show(sweep_id)}: its finished points ran on other models ({_short(before)}) "
+                         f"than this machine's ({_short(models)}); a sweep does not mix models: write the rest "
+                         "to a new sweep, or run with the $RPDIST_CACHE that made them")
 
 
 def _short(models: dict[str, str]) -> str:
@@ -422,19 +431,20 @@ def _short(models: dict[str, str]) -> str:
 
 def _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address, device, progress) -> Outcome:
     """A per-point analysis (RAP, a model-inversion attack) at every grid point, each a run of its own
-    in its partition directory; a point whose result file exists is done and skipped on resume.
+    in its partition directory; a finished point is skipped on resume, and new points are added only on the
+    models the finished ones ran on.
 
     Both release PREDICT decisions at inputs that depend on the (σ, N, α) point, so no counts are
     shared between points.
     """
-    finished = [p for p in spec.points if store.exists(sweep_id, *partition_dir(**p), analysis.final_file)]
-    if finished and len(finished) < len(spec.points):
-        check_point_models(analysis, spec, store, sweep_id, finished)
+    done = [_point_done(analysis, store, sweep_id, point) for point in spec.points]
+    if any(done) and not all(done):
+        check_point_models(analysis, spec, store, sweep_id, spec.points[done.index(True)])
     store.write_json(manifest, sweep_id, "manifest.json")
     ran = False
-    for point in spec.points:
+    for point, finished in zip(spec.points, done):
         *parent, leaf = (sweep_id, *partition_dir(**point))
-        if point in finished:
+        if finished:
             continue
         out = Store(store.path(*parent), filesystem=store.fs)
         options = dict(workers=workers, address=address, device=device)

@@ -74,11 +74,24 @@ def l1_values(l1: float | list[float]) -> list[float]:
     return [0.0] + sorted({float(lam) for lam in values if lam > 0})
 
 
+def rap_model(spec: RapSpec, lam: float, progress: bool = False):
+    """The model RAP analyses at ℓ1 penalty λ: the dataset's default model, trained (or read from the cache)
+    at the run's training σ (default: its smoothing σ)."""
+    from rpdist.models.zoo import default_model
+
+    return default_model(spec.dataset, train_sigma=rap_train_sigma(spec), seed=spec.seed, progress=progress,
+                         l1_non_sensitive=lam, sensitive=spec.attribute if lam > 0 else None)
+
+
+def rap_train_sigma(spec: RapSpec) -> float:
+    return spec.sigma if spec.train_sigma is None else spec.train_sigma
+
+
 def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
     """Run the RAP analysis for each model and write ``rap.parquet``, ``rap_curve.parquet``, the posteriors
     of a few typical inputs (``rap_posteriors.parquet``, for the report's plot) and a manifest."""
     from rpdist.datasets.catalog import load_dataset
-    from rpdist.models.zoo import DEFAULTS, default_model
+    from rpdist.models.zoo import DEFAULTS
 
     lambdas = l1_values(spec.l1_non_sensitive)
     check_level(spec.posterior_level)
@@ -102,10 +115,8 @@ def run_rap(spec: RapSpec, progress: bool = False) -> Outcome:
     started = time.perf_counter()
     tables, curves, posteriors, models = [], [], [], {}
     for lam in lambdas:
-        train_sigma = spec.sigma if spec.train_sigma is None else spec.train_sigma
-        ref = default_model(spec.dataset, train_sigma=train_sigma, seed=spec.seed, progress=progress,
-                            l1_non_sensitive=lam, sensitive=spec.attribute if lam > 0 else None)
-        models[str(lam)] = {"sha256": ref.sha256, "train_sigma": train_sigma, "l1_non_sensitive": lam}
+        ref = rap_model(spec, lam, progress)
+        models[str(lam)] = {"sha256": ref.sha256, "train_sigma": rap_train_sigma(spec), "l1_non_sensitive": lam}
         table, curve = rap_analysis(
             ref, data.X, data.y, data.input_ids, prior=train_raw[:, column], column=column, attribute=spec.attribute,
             mean=float(train.feature_mean[column]), scale=float(train.feature_std[column]), sigma=spec.sigma,
