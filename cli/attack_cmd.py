@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
     def compare_cmd(
         a: List[Path] = typer.Argument(..., metavar="A", help="Side A: attack runs, sweep points or sweeps (pooled)."),
         against: List[Path] = typer.Option(..., "--against", "-b", metavar="B",
-                                           help="Side B, the same way (repeatable)."),
+                                           help="Side B, the same way: one path per --against."),
         where: Optional[List[str]] = typer.Option(None, "--where", help="KEY=VALUE on a setting column (sigma, n, "
                                                   "release, noise, attacker, …) for both sides (repeatable)."),
         where_a: Optional[List[str]] = typer.Option(None, "--where-a", help="KEY=VALUE for side A only."),

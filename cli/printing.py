@@ -61,8 +61,8 @@ def print_comparison(comparison) -> None:
     for name, settings in zip("AB", comparison.settings):
         shown = ", ".join(f"{k}={v}" for k, v in settings.items() if v == v)  # NaN: not this defense's knob
         console.print(f"{name}: {shown}", soft_wrap=True, highlight=False)
-    console.print("models (both sides): " + ", ".join(f"{role} {h[:8]}" for role, h in
-                                                       zip(("target", "eval"), comparison.models)), highlight=False)
+    console.print("models (both sides): " + ", ".join(f"{role} {sha256[:8]}" for role, sha256 in comparison.models.items()),
+                  highlight=False)
 
 
 def _rate(row: dict, key: str) -> str:

@@ -25,7 +25,7 @@ def attacks(success, *, seed=0, utility=0.8, **setting) -> pd.DataFrame:
     success = np.asarray(success, dtype=bool)
     frame = pd.DataFrame({"target": np.arange(success.size) // (success.size // 10),
                           "restart": np.arange(success.size) % (success.size // 10), "success": success,
-                          "utility_accuracy": utility, "defense": "rp", "sigma": 1.0, "release": "predict"})
+                          "utility_accuracy": utility, "defense": "rp", "sigma": 1.0, "n": 100, "release": "predict"})
     for key, value in setting.items():
         frame[key] = value
     return frame
@@ -34,7 +34,7 @@ def attacks(success, *, seed=0, utility=0.8, **setting) -> pd.DataFrame:
 def write_run(path: Path, frame: pd.DataFrame, *, seed=0, models=MODELS) -> Path:
     path.mkdir(parents=True)
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path / "attack.parquet")
-    manifest = {"config": {"seed": seed}, "models": {role: {"sha256": h} for role, h in models.items()}}
+    manifest = {"config": {"seed": seed, "alpha": 0.001}, "models": {role: {"sha256": h} for role, h in models.items()}}
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
 
@@ -65,7 +65,8 @@ def test_sweeps_pool_over_seeds_and_select_a_setting(tmp_path):
     # Side A: one sweep of seeds 0-1 plus a run of seed 2; side B: a sweep holding two releases per attack.
     a = [write_sweep(tmp_path / "a", {s: attacks(xs[s]) for s in (0, 1)}), write_run(tmp_path / "a2", attacks(xs[2]), seed=2)]
     b = write_sweep(tmp_path / "b", {s: pd.concat([attacks(ys[s]), attacks(~ys[s], release="certify")]) for s in ys})
-    with pytest.raises(InputError, match="more than once; choose one with --where-b release=VALUE"):
+    with pytest.raises(InputError, match=r"side B holds several settings \(release takes certify, predict\); keep one "
+                                         "with --where-b release=VALUE"):
         compare_attacks(a, [b])
     comparison = compare_attacks(a, [b], where_b=["release=predict"])
     assert [r["seed"] for r in comparison.rows] == [0, 1, 2, "pooled"]
@@ -83,7 +84,7 @@ def test_refuses_results_of_different_models(tmp_path):
     x = np.arange(50) % 3 > 0
     a = write_run(tmp_path / "a", attacks(x))
     b = write_run(tmp_path / "b", attacks(x), models={"target": "cc" * 32, "eval": "bb" * 32})
-    with pytest.raises(InputError, match=r"2 sets of models \(target aaaaaaaa eval bbbbbbbb; target cccccccc"):
+    with pytest.raises(InputError, match=r"2 sets of models \(target aaaaaaaa, eval bbbbbbbb; target cccccccc"):
         compare_attacks([a], [b])
     # A side that mixes models is refused too, even when the other side matches one of them.
     with pytest.raises(InputError, match="sets of models"):
@@ -92,6 +93,11 @@ def test_refuses_results_of_different_models(tmp_path):
     unknown = write_run(tmp_path / "old", attacks(x), models={"eval": "bb" * 32})
     with pytest.raises(InputError, match="records no sha256"):
         compare_attacks([a], [unknown])
+    strict = write_run(tmp_path / "strict", attacks(x))
+    manifest = json.loads((strict / "manifest.json").read_text())
+    (strict / "manifest.json").write_text(json.dumps({**manifest, "config": {**manifest["config"], "judge_threshold": 0.9}}))
+    with pytest.raises(InputError, match=r"2 priors or judges .*other verdicts as successes"):
+        compare_attacks([a], [strict])
 
 
 def test_refuses_different_attacks_and_bad_selections(tmp_path):
@@ -105,6 +111,15 @@ def test_refuses_different_attacks_and_bad_selections(tmp_path):
         compare_attacks([a], [a], where_a=["colour=red"])
     with pytest.raises(InputError, match="holds no attack results"):
         compare_attacks([a], [tmp_path])
+    with pytest.raises(InputError, match="side A holds seed 0 more than once"):
+        compare_attacks([a, a], [a])
+    # One side may not pool two defenses; a selection keeps one, numbers matched as numbers even where the
+    # column holds objects (a run without σ beside one with it).
+    none = write_run(tmp_path / "none", attacks(x, sigma=None, defense="none"), seed=1)
+    rp1 = write_run(tmp_path / "rp1", attacks(x), seed=1)
+    with pytest.raises(InputError, match=r"side A holds several settings \(defense takes none, rp\)"):
+        compare_attacks([a, none], [a, rp1])
+    assert compare_attacks([a, none, rp1], [a, rp1], where_a=["sigma=1"]).pooled["pairs"] == 100
     # A run without --seed used a seed drawn from os.urandom, recorded in details.seed: that is what pairs.
     drawn = write_run(tmp_path / "drawn", attacks(x), seed=None)
     manifest = json.loads((drawn / "manifest.json").read_text())

@@ -3,28 +3,31 @@
 Two attack results pair attack by attack: the same seed, target class and restart start from the same
 prior draw and are judged by the same evaluator, so their verdicts are paired 0/1 outcomes and the
 difference of ASRs gets Tango's paired score interval, much narrower than two separate intervals.
-That holds only when both ran on the same role models: retrained models differ between machines, and
-two results of different models are two independent experiments. So the comparison reads every
-manifest's target and evaluator sha256 and refuses to pair results whose models differ or are not
-recorded. Several results per side (one seed each, say) pool into one comparison.
+That holds only when both ran on the same role models, prior and judge: retrained models differ between
+machines, and two results of different models are two independent experiments. So the comparison reads
+every manifest's target and evaluator sha256, prior and judge threshold, and refuses to pair results
+where they differ or are not recorded. Several results per side (one seed each, say) pool into one
+comparison; a side must hold one defense setting.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from rpdist.analyses.attack import SETTING
+from rpdist.analyses.attack import SETTING, AttackAnalysis
 from rpdist.errors import InputError
 from rpdist.smoothing.stats import clopper_pearson, paired_difference
 
-ATTACK_FILE = "attack.parquet"
+ATTACK_FILE = AttackAnalysis.final_file
 PAIR_KEYS = ("seed", "target", "restart")  # one attack: its prior draw and its target
-ROLES = ("target", "eval")  # the models whose weights decide a verdict (the prior is trained with them)
+# The models whose weights decide a verdict and that manifests hash (the attacker's VAE, trained on the same
+# machine, is recorded by recipe only; DP-SGD's released models are not hashed).
+ROLES = ("target", "eval")
+JUDGING = ("prior", "judge_threshold")  # run options that change the start draws or the verdicts
 
 
 @dataclass
@@ -33,38 +36,36 @@ class Side:
 
     table: pd.DataFrame
     models: set[tuple[str, ...]] = field(default_factory=set)  # (target sha256, eval sha256) of each point
+    judging: set[tuple] = field(default_factory=set)  # (prior, judge threshold) of each point
 
 
 @dataclass
 class Comparison:
-    """A's attacks against B's, pooled over every pair, with one row per seed beside the pooled one."""
+    """A's attacks against B's, with one row per seed and then the pooled row when there are several seeds."""
 
-    rows: list[dict]  # one per seed, then the pooled one when there are several seeds
-    models: tuple[str, ...]
-    settings: tuple[dict, dict]  # the settings columns that are constant on each side
+    rows: list[dict]
+    models: dict[str, str]  # role: sha256, the same on both sides
+    settings: tuple[dict, dict]  # each side's defense setting
 
     @property
     def pooled(self) -> dict:
         return self.rows[-1]
 
 
-def _manifest(directory: Path) -> dict:
-    path = directory / "manifest.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise InputError(f"{path} is missing or unreadable: without it the models behind {directory} are "
-                         "unknown") from None
-    return data if isinstance(data, dict) else {}
+def _point(directory: Path) -> tuple[dict, tuple[str, ...], tuple]:
+    """A run's manifest, its models and how it judged; refuses a run that does not record them."""
+    from rpdist.reporting.report import _manifest
 
-
-def _models(manifest: dict, where: Path) -> tuple[str, ...]:
+    manifest = _manifest(directory)
+    if manifest is None:
+        raise InputError(f"{directory} has no manifest.json: the models behind its attacks are unknown")
     models = manifest.get("models") or {}
     hashes = tuple((models.get(role) or {}).get("sha256") for role in ROLES)
     if not all(isinstance(h, str) and h for h in hashes):
-        raise InputError(f"{where} records no sha256 of its {' and '.join(ROLES)} models, so whether it "
+        raise InputError(f"{directory} records no sha256 of its {' and '.join(ROLES)} models, so whether it "
                          "shares models with the other side is unknown; rerun it with this rpdist")
-    return hashes
+    config = manifest.get("config") or {}
+    return manifest, hashes, tuple(config.get(key) for key in JUDGING)
 
 
 def _read_side(directory: Path) -> Side:
@@ -76,7 +77,7 @@ def _read_side(directory: Path) -> Side:
     if not directory.is_dir():
         raise InputError(f"{directory} is not a directory")
     if (directory / ATTACK_FILE).is_file():
-        manifest = _manifest(directory)
+        manifest, models, judging = _point(directory)
         try:
             table = pq.read_table(directory / ATTACK_FILE).to_pandas()
         except Exception as exc:  # noqa: BLE001 — an unreadable file is the user's input
@@ -86,22 +87,40 @@ def _read_side(directory: Path) -> Side:
             if seed is None:
                 raise InputError(f"{directory / 'manifest.json'} records no seed: its attacks cannot be paired")
             table["seed"] = seed
-        return Side(table, {_models(manifest, directory)})
-    points = sorted(p.parent for p in directory.glob(f"sigma=*/n=*/alpha=*/seed=*/{ATTACK_FILE}"))
-    if not points:
-        raise InputError(f"{directory} holds no attack results ({ATTACK_FILE}, or a sweep of them)")
-    return Side(read_sweep(directory).to_pandas(), {_models(_manifest(p), p) for p in points})
+        if "alpha" not in table.columns and "alpha" in (manifest.get("config") or {}):  # a sweep adds it from its path
+            table["alpha"] = manifest["config"]["alpha"]
+        points = [(models, judging)]
+    else:
+        found = sorted(p.parent for p in directory.glob(f"sigma=*/n=*/alpha=*/seed=*/{ATTACK_FILE}"))
+        if not found:
+            raise InputError(f"{directory} holds no attack results: give a run directory, a sweep point "
+                             f"(…/seed=K) or a sweep directory holding {ATTACK_FILE}")
+        points = [_point(p)[1:] for p in found]
+        try:
+            table = read_sweep(directory).to_pandas()
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"cannot read the sweep in {directory}: {str(exc).splitlines()[0]}") from None
+    missing = [c for c in (*AttackAnalysis.required_columns, *PAIR_KEYS) if c not in table.columns]
+    if missing:
+        raise InputError(f"{directory} is not an rpdist attack result: column {missing[0]!r} is missing")
+    return Side(table, {m for m, _ in points}, {j for _, j in points})
 
 
 def _matches(column: pd.Series, value: str) -> pd.Series:
-    """Rows whose value equals ``value`` as written on the command line (numbers compared as numbers)."""
-    if pd.api.types.is_numeric_dtype(column):
-        try:
-            number = float(value)
-        except ValueError:
-            raise InputError(f"{column.name} is numeric, got {value!r}") from None
-        return column.isna() if np.isnan(number) else np.isclose(column.astype(float), number)
-    return column.astype(str) == value
+    """Rows whose value equals ``value`` as written on the command line: numbers compared as numbers
+    (exactly; a column mixing runs of several defenses may hold them as objects), anything else as text."""
+    try:
+        number = float(value)
+    except ValueError:
+        return column.astype(str) == value
+    numeric = pd.to_numeric(column, errors="coerce")
+    if np.isnan(number):
+        return numeric.isna()
+    if pd.api.types.is_integer_dtype(column) and number.is_integer():
+        return column == int(number)
+    return numeric == number
 
 
 def _select(table: pd.DataFrame, where: list[str], label: str) -> pd.DataFrame:
@@ -117,21 +136,23 @@ def _select(table: pd.DataFrame, where: list[str], label: str) -> pd.DataFrame:
     return table
 
 
-def _settings(table: pd.DataFrame) -> dict:
-    return {c: table[c].iloc[0] for c in SETTING if c in table and c != "seed" and table[c].nunique(dropna=False) == 1}
+def _one_setting(table: pd.DataFrame, label: str, option: str) -> dict:
+    """The side's one defense setting; several would pool different defenses, or pair one attack with many."""
+    settings = [c for c in SETTING if c in table and c != "seed"]
+    for column in settings:
+        values = table[column].drop_duplicates()
+        if len(values) > 1:
+            shown = ", ".join(sorted({str(v) for v in values}))
+            raise InputError(f"{label} holds several settings ({column} takes {shown}); keep one with "
+                             f"{option} {column}=VALUE")
+    twice = table[table.duplicated(list(PAIR_KEYS), keep=False)]
+    if len(twice):
+        raise InputError(f"{label} holds seed {twice['seed'].iloc[0]} more than once (the same attacks twice): "
+                         "give each seed's result once")
+    return {c: table[c].iloc[0] for c in settings}
 
 
-def _one_setting(table: pd.DataFrame, label: str, option: str) -> None:
-    """Each attack may appear once per side: several settings would pair one attack with many."""
-    if table.duplicated(list(PAIR_KEYS)).any():
-        varying = [c for c in SETTING if c in table and c != "seed" and table[c].nunique(dropna=False) > 1]
-        hint = (f"; choose one with {option} {varying[0]}=VALUE "
-                f"({varying[0]} takes {', '.join(str(v) for v in sorted(table[varying[0]].unique()))})"
-                if varying else "")
-        raise InputError(f"{label} holds the same attack (seed, target, restart) more than once{hint}")
-
-
-def _row(label, x: np.ndarray, y: np.ndarray, ua: float, ub: float) -> dict:
+def _row(label, x: np.ndarray, y: np.ndarray, utility_a: float, utility_b: float) -> dict:
     n = len(x)
     diff, low, high = paired_difference(x, y, 0.05)
     a_low, a_high = clopper_pearson(int(x.sum()), n)
@@ -140,7 +161,14 @@ def _row(label, x: np.ndarray, y: np.ndarray, ua: float, ub: float) -> dict:
             "asr_b": y.mean(), "asr_b_low": b_low, "asr_b_high": b_high,
             "a_only": int((x & ~y).sum()), "b_only": int((~x & y).sum()),
             "difference": diff, "difference_low": low, "difference_high": high,
-            "utility_a": ua, "utility_b": ub}
+            "utility_a": utility_a, "utility_b": utility_b}
+
+
+def _same(what: str, values: set[tuple], names: tuple[str, ...], advice: str) -> tuple:
+    if len(values) > 1:
+        shown = "; ".join(", ".join(f"{n} {str(v)[:8]}" for n, v in zip(names, vs)) for vs in sorted(values, key=str))
+        raise InputError(f"the results ran on {len(values)} {what} ({shown}): their attacks do not pair; {advice}")
+    return next(iter(values))
 
 
 def compare_attacks(a: list[str | Path], b: list[str | Path], where: list[str] = (), where_a: list[str] = (),
@@ -148,33 +176,31 @@ def compare_attacks(a: list[str | Path], b: list[str | Path], where: list[str] =
     """Pair the attacks of results ``a`` with those of ``b`` (same seed, target, restart) and compare ASRs.
 
     ``where`` selects rows of both sides, ``where_a``/``where_b`` of one (``KEY=VALUE`` on a setting column
-    such as ``sigma=1``), until each side holds one setting per attack. Raises :class:`InputError` when the
-    sides' models differ or are unrecorded, or when their attacks are not the same set.
+    such as ``sigma=1``), until each side holds one defense setting. Raises :class:`InputError` when the
+    sides' models, prior or judge differ or are unrecorded, or when their attacks are not the same set.
     """
     if not a or not b:
         raise InputError("compare needs results on both sides (A ... --against B ...)")
-    sides = []
+    sides, settings = [], []
     for label, dirs, own, option in (("side A", a, where_a, "--where-a"), ("side B", b, where_b, "--where-b")):
         read = [_read_side(Path(d)) for d in dirs]
         table = _select(pd.concat([s.table for s in read], ignore_index=True), [*where, *own], label)
-        _one_setting(table, label, option)
-        sides.append(Side(table, set().union(*(s.models for s in read))))
-    models = sides[0].models | sides[1].models
-    if len(models) > 1:
-        shown = "; ".join(" ".join(f"{r} {h[:8]}" for r, h in zip(ROLES, m)) for m in sorted(models))
-        raise InputError(f"the results ran on {len(models)} sets of models ({shown}): their attacks do not pair; "
-                         "compare the two ASRs with their own intervals")
-    keys = list(PAIR_KEYS)
-    merged = sides[0].table.merge(sides[1].table, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
+        settings.append(_one_setting(table, label, option))
+        sides.append(Side(table, set().union(*(s.models for s in read)), set().union(*(s.judging for s in read))))
+    models = _same("sets of models", sides[0].models | sides[1].models, ROLES,
+                   "compare the two ASRs with their own intervals")
+    _same("priors or judges", sides[0].judging | sides[1].judging, JUDGING,
+          "they start from other draws or count other verdicts as successes")
+    merged = sides[0].table.merge(sides[1].table, on=list(PAIR_KEYS), how="outer", suffixes=("_a", "_b"),
+                                  indicator=True)
     lone = merged[merged["_merge"] != "both"]
     if len(lone):
         first = lone.iloc[0]
         where_lone = "A" if first["_merge"] == "left_only" else "B"
         raise InputError(f"the two sides hold different attacks: {len(lone)} have no counterpart (e.g. seed "
                          f"{first['seed']}, target {first['target']}, restart {first['restart']} only in {where_lone})")
-    rows = []
     groups = list(merged.groupby("seed", sort=True))
-    for label, part in [*groups, ("pooled", merged)] if len(groups) > 1 else groups:
-        rows.append(_row(label, part["success_a"].to_numpy(bool), part["success_b"].to_numpy(bool),
-                         float(part["utility_accuracy_a"].mean()), float(part["utility_accuracy_b"].mean())))
-    return Comparison(rows, next(iter(models)), (_settings(sides[0].table), _settings(sides[1].table)))
+    rows = [_row(label, part["success_a"].to_numpy(bool), part["success_b"].to_numpy(bool),
+                 float(part["utility_accuracy_a"].mean()), float(part["utility_accuracy_b"].mean()))
+            for label, part in ([*groups, ("pooled", merged)] if len(groups) > 1 else groups)]
+    return Comparison(rows, dict(zip(ROLES, models)), (settings[0], settings[1]))
