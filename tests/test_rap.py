@@ -177,10 +177,6 @@ def test_l1_penalty_shrinks_non_sensitive_columns():
 # --- real runs on the engine --------------------------------------------------------------------
 
 
-# The tests of one small run share a worker, so the run is computed once under pytest-xdist's loadgroup.
-SMALL_RUN = pytest.mark.xdist_group("rap-small-run")
-
-
 @pytest.fixture(scope="module")
 def small_run(ray_session):
     """Few inputs, a coarse grid and small N; the unpenalised model only."""
@@ -193,7 +189,6 @@ def small_run(ray_session):
     return dict(table=table, curve=curve, ref=ref, data=data, kwargs=kwargs, train=train)
 
 
-@SMALL_RUN
 def test_certified_segment_inside_interval(small_run):
     table = small_run["table"]
     assert list(table.columns[: len(COLUMNS)]) == COLUMNS
@@ -209,7 +204,6 @@ def test_certified_segment_inside_interval(small_run):
     assert np.allclose(table["abs_error"], (table["adversary_estimate"] - table["attribute_value"]).abs())
 
 
-@SMALL_RUN
 def test_certificate_is_for_the_released_label(small_run):
     smoothed = small_run["table"][small_run["table"]["release_model"] == "smoothed"]
     certified = smoothed[smoothed["certified_low"].notna()]
@@ -278,7 +272,6 @@ def test_certified_segments_stop_at_a_linear_models_true_boundary(ray_session):
     assert (np.where(s < s_star, edge - s_star, s_star - edge) <= step).all()
 
 
-@SMALL_RUN
 def test_units_are_raw_bmi(small_run):
     table, train = small_run["table"], small_run["train"]
     bmi = train.raw_features()[:, 1]
@@ -295,7 +288,6 @@ def test_units_are_raw_bmi(small_run):
 
 
 @pytest.mark.slow
-@SMALL_RUN
 def test_tiny_grid_batch_streams_to_the_same_result(small_run):
     data, kwargs = small_run["data"], small_run["kwargs"]
     first = slice(0, 3)
