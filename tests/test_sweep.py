@@ -18,7 +18,8 @@ import yaml
 from rpdist import analyses
 from rpdist.cli.main import main
 from rpdist.errors import InputError
-from rpdist.pipelines.sweep import SweepSpec, comparable, load_sweep, parse_sweep, read_sweep, run_sweep
+from rpdist.pipelines.sweep import (SweepSpec, comparable, load_sweep, parse_sweep, partition_dir, read_sweep,
+                                   run_sweep)
 
 BASE = {"dataset": "insurance", "sigma": [0.5], "n": [1000]}
 
@@ -177,6 +178,15 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def assert_points_record_their_models(spec, root: Path) -> None:
+    """What the analysis' point_models reproduces on this machine is what every finished point recorded, so
+    the check that refuses to add points beside another machine's models compares like with like."""
+    analysis = analyses.get(spec.analysis)
+    for point in spec.points:
+        recorded = json.loads(root.joinpath(*partition_dir(**point), "manifest.json").read_text())["models"]
+        assert analysis.point_models(spec, point) == {name: m["sha256"] for name, m in recorded.items()}
+
+
 @pytest.mark.slow
 def test_rap_sweep_runs_each_point_and_resumes(ray_session, tmp_path):
     spec = parse_sweep({"dataset": "insurance", "analysis": "rap", "sigma": [0.5], "n": [100, 200], "n0": 20,
@@ -195,10 +205,9 @@ def test_rap_sweep_runs_each_point_and_resumes(ray_session, tmp_path):
     pd.testing.assert_frame_equal(read_sweep(again.path).to_pandas(), table)
     assert again.manifest["timings"] == outcome.manifest["timings"], "nothing ran: the work's end time stays"
     # The models a point records are the ones RAP's point_models reproduces from the cache on this machine ...
-    point = spec.points[0]
+    assert_points_record_their_models(spec, tmp_path / "rap")
     manifest_path = first.parent / "manifest.json"
     recorded = json.loads(manifest_path.read_text())["models"]
-    assert analyses.get("rap").point_models(spec, point) == {lam: m["sha256"] for lam, m in recorded.items()}
     # ... so a resume that would add points beside a finished point of other models (another machine's) is refused.
     (tmp_path / "rap" / "sigma=0.5" / "n=200" / "alpha=0.01" / "seed=0" / "rap.parquet").unlink()
     manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()),
@@ -313,6 +322,7 @@ def test_audit_sweep_point_equals_a_single_audit(ray_session, tmp_path):
     from rpdist.privacy.audit import AuditSpec, run_audit
 
     outcome = run_sweep(parse_sweep(AUDIT), out=tmp_path, sweep_id="aud", progress=False)
+    assert_points_record_their_models(parse_sweep(AUDIT), tmp_path / "aud")
     table = read_sweep(outcome.path).to_pandas()
     assert sorted(set(table["sigma"])) == [0.5, 1.0] and (table["n"] == 100).all()
     assert {(r["sigma"], r["release"], r["n"]) for r in outcome.summary} == {(0.5, "predict", 100),
@@ -330,6 +340,7 @@ def test_extraction_sweep_keeps_each_students_seed(ray_session, tmp_path):
     spec = parse_sweep({"dataset": "insurance", "analysis": "extraction", "defense": "rp", "sigma": [0.5],
                         "n": [100], "query_budgets": [10], "seeds": 2})
     outcome = run_sweep(spec, out=tmp_path, sweep_id="ext", progress=False)
+    assert_points_record_their_models(spec, tmp_path / "ext")
     table = read_sweep(outcome.path).to_pandas()
     assert sorted(table["seed"]) == [0, 1], "the grid's seed must not overwrite the students' own"
     assert [r["seeds"] for r in outcome.summary] == [2]
@@ -360,6 +371,7 @@ def test_sequential_sweep_point_equals_a_single_sequential_run(ray_session, tmp_
 
     spec = parse_sweep(SEQUENTIAL)
     outcome = run_sweep(spec, out=tmp_path, sweep_id="seq", progress=False)
+    assert_points_record_their_models(spec, tmp_path / "seq")
     table = read_sweep(outcome.path).to_pandas()
     point = {"sigma": 0.5, "n": 2000, "alpha": 0.001, "seed": 0}
     single = execute(analyses.get("certify-sequential").point_spec(spec, point, out=str(tmp_path), run_id="one"),

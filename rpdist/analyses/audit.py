@@ -70,6 +70,14 @@ class AuditAnalysis(Analysis):
         return self.sweep_spec_model()(dataset=sweep.dataset, sigma=point["sigma"], n=(point["n"],),
                                        alpha=point["alpha"], seed=point["seed"], **sweep.settings, **fixed)
 
+    def point_models(self, sweep, point: dict) -> dict[str, str]:
+        """The model the point audits: the dataset's default at the point's σ (trained and cached on first
+        use) or the file given."""
+        from rpdist.pipelines.run import model_sha256
+        from rpdist.privacy.audit import model_choice
+
+        return {"model": model_sha256(model_choice(self.point_spec(sweep, point, out=".", run_id="models")))}
+
     def outcome(self, run_dir, manifest: dict, resumed_chunks: int = 0) -> Outcome:
         reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731
         return Outcome(self.name, run_dir.path, manifest, self.summarize(reader()), resumed_chunks, reader)

@@ -91,6 +91,13 @@ class ExtractionAnalysis(Analysis):
         grid = dict(sigmas=(point["sigma"],), ns=(point["n"],)) if self.smoothing_grid(sweep.settings) else {}
         return self.sweep_spec_model()(dataset=sweep.dataset, alpha=point["alpha"], **grid, **sweep.settings, **fixed)
 
+    def point_models(self, sweep, point: dict) -> dict[str, str]:
+        """The targets the point attacks, as this machine trains (or cached) them."""
+        from rpdist.attacks.extraction import target_models
+
+        spec = self.point_spec(sweep, point, out=".", run_id="models")
+        return {name: ref.sha256 for name, ref in target_models(spec).items()}
+
     def summarize(self, table: pd.DataFrame) -> list[dict]:
         """Per (defense setting, budget): each metric's mean over seeds with a 95% t-interval, the
         share of queries that abstained and the forward passes of one seed's queries."""

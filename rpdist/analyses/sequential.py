@@ -81,6 +81,13 @@ class SequentialAnalysis(CertifyAnalysis):
         spec.sequential.validated(spec.config.sigma, spec.config.alpha, spec.config.noise_block)  # refused now
         return spec
 
+    def point_models(self, sweep, point: dict) -> dict[str, str]:
+        """The model the point certifies with: the dataset's default at the point's σ (trained and cached on
+        first use) or the file given."""
+        from rpdist.pipelines.run import model_sha256
+
+        return {"model": model_sha256(self.point_spec(sweep, point, out=".", run_id="models"))}
+
 
 class SequentialSweepKeys(BaseModel):
     """The keys of a ``certify-sequential`` sweep file besides the grid: ``rpdist certify``'s options

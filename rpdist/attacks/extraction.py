@@ -155,6 +155,21 @@ def target_model(dataset: str, train_sigma: float, epsilon: float | None = None,
     return ModelRef.from_state_dict(rec["arch"], rec["arch_kwargs"], state)
 
 
+def target_models(spec: ExtractionSpec) -> dict:
+    """The targets a run attacks, by the name its manifest records: the undefended one and, for ``dpsgd``,
+    one per ε (trained and cached on first use)."""
+    models = {"target": target_model(spec.dataset, spec.train_sigma)}
+    if spec.defense == "dpsgd":
+        for setting in settings(spec):
+            models[dpsgd_name(setting["epsilon"])] = target_model(spec.dataset, spec.train_sigma,
+                                                                  setting["epsilon"], dpsgd=True)
+    return models
+
+
+def dpsgd_name(epsilon: float) -> str:
+    return f"dpsgd eps={epsilon:g}"
+
+
 def query_pool(spec: ExtractionSpec, seed: int) -> np.ndarray:
     """The attacker's queries in the order it spends them: the largest budget's worth."""
     from rpdist.datasets.catalog import load_dataset
@@ -310,19 +325,17 @@ def run_extraction(spec: ExtractionSpec, progress: bool = False):
     analysis = analyses.get(ExtractionAnalysis.name)
     configs = settings(spec)
     query_pool(spec, 0)  # refuses a budget beyond the pool before anything is trained or written
-    plain = target_model(spec.dataset, spec.train_sigma)
+    targets = target_models(spec)
+    plain = targets["target"]
     run_dir = RunDir(spec.out, spec.run_id or default_run_id(analysis.name), analysis.final_file)
     config = spec.model_dump(mode="json", exclude={"out", "run_id", "workers", "address", "device"})
     run_dir.claim(config, "--run-id")
     test = load_dataset(spec.dataset, split="test")
     answers: dict = {}  # engine tables of this run, shared by the releases that read the same counts
     started = time.perf_counter()
-    rows, models = [], {"target": {"sha256": plain.sha256}}
+    rows = []
     for setting in configs:
-        ref = plain
-        if spec.defense == "dpsgd":
-            ref = target_model(spec.dataset, spec.train_sigma, setting["epsilon"], dpsgd=True)
-            models[f"dpsgd eps={setting['epsilon']:g}"] = {"sha256": ref.sha256}
+        ref = targets[dpsgd_name(setting["epsilon"])] if spec.defense == "dpsgd" else plain
         for seed in range(spec.seeds):
             rows += attack_setting(spec, setting, ref, plain.load("cpu"), (test.X, test.y), seed,
                                    query_pool(spec, seed), answers)
@@ -335,7 +348,8 @@ def run_extraction(spec: ExtractionSpec, progress: bool = False):
     table = pd.DataFrame(rows)
     run_dir.write_table(pa.Table.from_pandas(table, preserve_index=False), analysis.final_file)
     summary = analysis.summarize(table)
-    manifest = new_manifest(analysis.name, config, status="complete", models=models,
+    manifest = new_manifest(analysis.name, config, status="complete",
+                            models={name: {"sha256": ref.sha256} for name, ref in targets.items()},
                             dataset={"spec": spec.dataset, "sha256": test.sha256},
                             timings={"seconds": time.perf_counter() - started,
                                      "finished": dt.datetime.now(dt.timezone.utc).isoformat()},

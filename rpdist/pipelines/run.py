@@ -94,6 +94,12 @@ def resolve_model(spec: RunSpec, dataset_name: str, progress: bool):
     return ref, {"source": str(spec.model), "arch": spec.arch}
 
 
+def model_sha256(spec: RunSpec) -> str:
+    """The sha256 of the model a run of ``spec`` would use on this machine, trained and cached if it is a
+    default model not built yet: what a sweep compares before adding points beside finished ones."""
+    return resolve_model(spec, str(spec.dataset), progress=False)[0].sha256
+
+
 def device_type(pool) -> str:
     """cpu or cuda: the generator, and so the noise, differs between device types."""
     return str(pool.device).split(":")[0]

@@ -297,6 +297,16 @@ def release_rows(spec: AuditSpec, X: np.ndarray, input_ids: np.ndarray, certific
     return layout, np.concatenate(points), keys
 
 
+def model_choice(spec: AuditSpec):
+    """The run spec that decides the audited model: the file given, or the dataset's default model
+    (trained at ``train_sigma``, else at the audit's σ)."""
+    from rpdist.pipelines.run import RunSpec
+    from rpdist.smoothing.job import CERTIFY, SmoothingConfig
+
+    return RunSpec(SmoothingConfig(CERTIFY, spec.sigma, max(spec.n), spec.alpha, spec.n0), spec.dataset,
+                   model=spec.model, arch=spec.arch, train_sigma=spec.train_sigma)
+
+
 def run_audit(spec: AuditSpec, progress: bool = False, on_unit=None):
     """Run (or resume, or return a finished) audit; writes ``audit.parquet``, ``trials.parquet``, a manifest.
 
@@ -308,16 +318,14 @@ def run_audit(spec: AuditSpec, progress: bool = False, on_unit=None):
     from rpdist.datasets.catalog import load_dataset
     from rpdist.io.manifest import new_manifest
     from rpdist.io.rundir import RunDir
-    from rpdist.pipelines.run import RunSpec, default_run_id, engine_identity, resolve_model
+    from rpdist.pipelines.run import default_run_id, engine_identity, resolve_model
     from rpdist.smoothing.job import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob, certify
 
     spec = spec.check()
     audit = analyses.get(AuditAnalysis.name)
     run_dir = RunDir(spec.out, spec.run_id or default_run_id(audit.name), audit.final_file)
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit)
-    choice = RunSpec(SmoothingConfig(CERTIFY, spec.sigma, max(spec.n), spec.alpha, spec.n0), spec.dataset,
-                     model=spec.model, arch=spec.arch, train_sigma=spec.train_sigma)
-    model_ref, model_info = resolve_model(choice, data.name, progress)
+    model_ref, model_info = resolve_model(model_choice(spec), data.name, progress)
     engine = dict(batch_size=spec.batch_size, workers=spec.workers, address=spec.address, device=spec.device)
     if spec.select == "boundary":
         data = boundary_inputs(spec, model_ref, engine)
