@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rpdist.errors import InputError
 from rpdist.models.refs import ModelRef
 
+INLINE_PIECE = 64 * 1024  # bytes per creation argument: under Ray's inline limit (max_direct_call_object_size)
 CPU_BATCH = 4096
 GPU_BATCH = 32768
 
@@ -70,9 +71,13 @@ class ReplicaPool:
             options["num_gpus"] = min(1.0, gpus / workers)
         self.device = device or ("cuda" if use_gpu else "cpu")
         self.model_sha256 = model_ref.sha256
-        # Passed by value: Ray keeps an actor's creation arguments for its restarts, and a small model
-        # travels inline (an explicit ray.put would make Ray warn on every pool).
-        self.actors = [ModelReplica.options(**options).remote(model_ref, self.device) for _ in range(workers)]
+        # Passed by value, in pieces: Ray sends an argument under 100 KiB inside the creation task, which
+        # it keeps for the actor's restarts, but puts a larger one in the object store, where a restart may
+        # not find it (ray-project/ray#53727, logged as an error for every replica). Up to Ray's 10 MiB of
+        # inline arguments per task a model is safe; a larger one still goes through the object store.
+        empty = replace(model_ref, payload=b"")
+        pieces = [model_ref.payload[i:i + INLINE_PIECE] for i in range(0, len(model_ref.payload), INLINE_PIECE)]
+        self.actors = [ModelReplica.options(**options).remote(empty, self.device, *pieces) for _ in range(workers)]
 
     @property
     def workers(self) -> int:

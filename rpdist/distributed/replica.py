@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -20,8 +21,10 @@ class ModelReplica:
     Restarts are safe: a retried unit draws the same counter-based noise and returns the same counts.
     """
 
-    def __init__(self, model_ref: ModelRef, device: str | None = None, threads: int = 1):
-        torch.set_num_threads(threads)
+    def __init__(self, model_ref: ModelRef, device: str | None, *payload: bytes):
+        torch.set_num_threads(1)
+        if payload:  # the model's bytes, sent in pieces (see ReplicaPool)
+            model_ref = dataclasses.replace(model_ref, payload=b"".join(payload))
         self.counter = VoteCounter(model_ref, device)
         self.units = 0  # count calls served: shows how work spread over the replicas
         self.kept_memory = self.counter.device.type == "cpu" and keep_freed_memory()
