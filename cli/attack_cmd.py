@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
 
     @attack_app.command("compare")
     def compare_cmd(
-        a: List[Path] = typer.Argument(..., metavar="A", help="Side A: attack runs, sweep points or sweeps (pooled)."),
+        a: List[Path] = typer.Argument(..., metavar="A", help="Side A: attack runs, sweeps or folders inside a sweep (pooled)."),
         against: List[Path] = typer.Option(..., "--against", "-b", metavar="B",
                                            help="Side B, the same way: one path per --against."),
         where: Optional[List[str]] = typer.Option(None, "--where", help="KEY=VALUE on a setting column (sigma, n, "

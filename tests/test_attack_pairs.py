@@ -39,9 +39,9 @@ def write_run(path: Path, frame: pd.DataFrame, *, seed=0, models=MODELS) -> Path
     return path
 
 
-def write_sweep(root: Path, frames: dict[int, pd.DataFrame], models=MODELS) -> Path:
+def write_sweep(root: Path, frames: dict[int, pd.DataFrame], models=MODELS, sigma: float = 1.0) -> Path:
     for seed, frame in frames.items():
-        write_run(root / "sigma=1.0" / "n=100" / "alpha=0.001" / f"seed={seed}", frame, seed=seed, models=models)
+        write_run(root / f"sigma={sigma}" / "n=100" / "alpha=0.001" / f"seed={seed}", frame, seed=seed, models=models)
     return root
 
 
@@ -78,6 +78,22 @@ def test_sweeps_pool_over_seeds_and_select_a_setting(tmp_path):
     assert comparison.settings[1]["release"] == "predict"
     flipped = compare_attacks(a, [b], where_b=["release=certify"], where=["sigma=1"]).pooled
     assert flipped["asr_b"] == pytest.approx(1 - y.mean())
+
+
+def test_a_folder_inside_a_sweep_is_the_sweep_at_its_grid_values(tmp_path):
+    rng = np.random.default_rng(5)
+    xs = {sigma: rng.random(50) < 0.8 for sigma in (0.5, 1.0)}
+    y = rng.random(50) < 0.6
+    for sigma, x in xs.items():
+        write_sweep(tmp_path / "a", {0: attacks(x, sigma=sigma)}, sigma=sigma)
+    b = write_run(tmp_path / "b", attacks(y))
+    expected = compare_attacks([tmp_path / "a"], [b], where_a=["sigma=0.5"]).pooled
+    assert expected["asr_a"] == pytest.approx(xs[0.5].mean())
+    for folder in ("sigma=0.5", "sigma=0.5/n=100", "sigma=0.5/n=100/alpha=0.001", "sigma=0.5/n=100/alpha=0.001/seed=0"):
+        assert compare_attacks([tmp_path / "a" / folder], [b]).pooled == expected, folder
+    (tmp_path / "a" / "sigma=0.5" / "n=200").mkdir()  # a point begun and never finished
+    with pytest.raises(InputError, match="sigma=0.5/n=200 holds no attack results"):
+        compare_attacks([tmp_path / "a" / "sigma=0.5" / "n=200"], [b])
 
 
 def test_refuses_results_of_different_models(tmp_path):

@@ -23,6 +23,7 @@ from rpdist.errors import InputError
 from rpdist.smoothing.stats import clopper_pearson, paired_difference
 
 ATTACK_FILE = AttackAnalysis.final_file
+GRID = ("sigma=*", "n=*", "alpha=*", "seed=*")  # a sweep's point folders, outermost first
 PAIR_KEYS = ("seed", "target", "restart")  # one attack: its prior draw and its target
 # The models whose weights decide a verdict and that manifests hash (the attacker's VAE, trained on the same
 # machine, is recorded by recipe only; DP-SGD's released models are not hashed).
@@ -91,21 +92,40 @@ def _read_side(directory: Path) -> Side:
             table["alpha"] = manifest["config"]["alpha"]
         points = [(models, judging)]
     else:
-        found = sorted(p.parent for p in directory.glob(f"sigma=*/n=*/alpha=*/seed=*/{ATTACK_FILE}"))
+        root, fixed = _sweep_root(directory)
+        found = sorted(p.parent for p in directory.glob("/".join([*GRID[len(fixed):], ATTACK_FILE])))
         if not found:
-            raise InputError(f"{directory} holds no attack results: give a run directory, a sweep point "
-                             f"(…/seed=K) or a sweep directory holding {ATTACK_FILE}")
+            raise InputError(f"{directory} holds no attack results: give a run directory, a sweep directory "
+                             f"or one of its folders (…/sigma=S, …, …/seed=K) holding {ATTACK_FILE}")
         points = [_point(p)[1:] for p in found]
         try:
-            table = read_sweep(directory).to_pandas()
+            table = read_sweep(root).to_pandas()
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"cannot read the sweep in {directory}: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"cannot read the sweep in {root}: {str(exc).splitlines()[0]}") from None
+        for key, value in fixed.items():  # a folder inside the sweep: its grid values, as the path gives them
+            table = table[_matches(table[key], value)]
     missing = [c for c in (*AttackAnalysis.required_columns, *PAIR_KEYS) if c not in table.columns]
     if missing:
         raise InputError(f"{directory} is not an rpdist attack result: column {missing[0]!r} is missing")
     return Side(table, {m for m, _ in points}, {j for _, j in points})
+
+
+def _sweep_root(directory: Path) -> tuple[Path, dict[str, str]]:
+    """The sweep a folder belongs to and the grid values its path fixes: ``…/sw/sigma=1.0/n=100`` gives
+    ``…/sw`` and {sigma: 1.0, n: 100}; any other directory gives itself and none."""
+    names = [folder.split("=")[0] for folder in GRID]
+    level = next((i for i, name in enumerate(names) if directory.name.startswith(f"{name}=")), None)
+    if level is None:
+        return directory, {}
+    fixed, root = {}, directory
+    for name in reversed(names[: level + 1]):
+        if not root.name.startswith(f"{name}="):  # not laid out as a sweep: read it as given
+            return directory, {}
+        fixed[name] = root.name.partition("=")[2]
+        root = root.parent
+    return root, fixed
 
 
 def _matches(column: pd.Series, value: str) -> pd.Series:
