@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.rpdist-installed
 export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test venv clean-venv benchmark gpu-check mia-digits mia-mnist5k
+.PHONY: demo test venv clean-venv benchmark gpu-check mia-digits mia-mnist5k role-models
 
 venv: $(STAMP)
 
@@ -28,13 +28,23 @@ benchmark: $(STAMP)
 
 # The model-inversion reproductions (README, "Model inversion"): every sweep file of the dataset, then one
 # report. Finished points are skipped, so on a clone with the committed results this only redraws the report.
-mia-digits: $(STAMP)
+mia-digits: $(STAMP) role-models
 	$(VENV)/bin/rpdist sweep results/mia/*.yaml --out results/mia/sweeps --quiet
 	$(VENV)/bin/rpdist report results/mia/sweeps
 
-mia-mnist5k: $(STAMP)
+mia-mnist5k: $(STAMP) role-models
 	$(VENV)/bin/rpdist sweep results/mia/mnist5k/*.yaml --out results/mia/mnist5k/sweeps --quiet
 	$(VENV)/bin/rpdist report results/mia/mnist5k/sweeps
+
+# The role models the latest committed attack results ran on (results/mia/models/README.md), copied into
+# the model cache under their recipe names unless the cache already holds a model of that recipe: new points
+# then run on the committed results' models instead of models retrained on this machine, which differ.
+ROLE_CACHE := $(or $(RPDIST_CACHE),$(HOME)/.cache/rpdist)
+role-models:
+	@mkdir -p "$(ROLE_CACHE)"
+	@for f in results/mia/models/*.pt; do dest="$(ROLE_CACHE)/$${f##*/}"; \
+	  if [ -e "$$dest" ]; then cmp -s "$$f" "$$dest" || echo "keeping $$dest: another model of the same recipe (results pair only on the committed ones)"; \
+	  else cp "$$f" "$$dest.part" && mv "$$dest.part" "$$dest" && echo "cached $${f##*/}"; fi; done
 
 # Not tied to $(STAMP): a GPU machine may have no internet to build .venv; the script finds a
 # Python with a CUDA torch itself (see its header). ARGS="--device cpu --quick" for a CPU smoke run.

@@ -1,6 +1,8 @@
 """Model inversion per dataset: roles and recipes, image side, the judge's KNN distance, bad input."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +49,33 @@ def test_digits_recipes_are_unchanged_so_their_cached_models_are_reused():
     assert roles.generator_recipe(exclude=3)["exclude_class"] == 3
     assert key(roles.target_recipe(dataset="mnist5k")) != key(roles.target_recipe())
     assert roles.target_recipe(dataset="mnist5k")["arch_kwargs"]["side"] == 28
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "mia"
+
+
+def test_committed_role_models_are_used_as_cached_and_are_those_the_latest_results_ran_on(tmp_path, monkeypatch):
+    """``make role-models`` copies results/mia/models into the cache: under today's recipes they must be found
+    there (a renamed recipe would silently retrain), load as weights only, and hash to what the committed
+    manifests of their set record, so that new points pair with the committed ones."""
+    for path in (RESULTS / "models").glob("*.pt"):
+        shutil.copy(path, tmp_path)
+    monkeypatch.setenv("RPDIST_CACHE", str(tmp_path))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a committed role model was not found under its recipe's cache name")
+
+    monkeypatch.setattr(roles, "_fit", no_training)
+    monkeypatch.setattr(roles, "_train_vae", no_training)
+    monkeypatch.setattr("rpdist.defenses.dpsgd.train_dpsgd", no_training)
+    for dataset, point in (("mnist5k", RESULTS / "mnist5k" / "sweeps" / "rp-n1000-rerun"),
+                           ("digits", RESULTS / "sweeps" / "rp-n1000-rerun")):
+        manifest = json.loads((point / "sigma=1.0" / "n=1000" / "alpha=0.001" / "seed=0" / "manifest.json").read_text())
+        assert roles.target_model(dataset=dataset).sha256 == manifest["models"]["target"]["sha256"]
+        assert roles.eval_model(dataset=dataset).sha256 == manifest["models"]["eval"]["sha256"]
+        assert isinstance(roles.generator(dataset=dataset), torch.nn.Module)
+    roles.dpsgd_model(1.0, dataset="mnist5k")
+    assert len(list(tmp_path.iterdir())) == 7  # nothing trained, nothing rewritten
 
 
 def test_class_disjoint_generator_never_sees_the_class(tmp_path, monkeypatch):
