@@ -114,6 +114,13 @@ def test_refuses_results_of_different_models(tmp_path):
     (strict / "manifest.json").write_text(json.dumps({**manifest, "config": {**manifest["config"], "judge_threshold": 0.9}}))
     with pytest.raises(InputError, match=r"2 priors or judges .*other verdicts as successes"):
         compare_attacks([a], [strict])
+    # The attacker's generator is compared where recorded: runs that do not record it still pair.
+    vae_e = write_run(tmp_path / "vae-e", attacks(x), models=MODELS | {"generator": "ee" * 32})
+    vae_f = write_run(tmp_path / "vae-f", attacks(x), models=MODELS | {"generator": "ff" * 32})
+    assert compare_attacks([vae_e], [a]).pooled["pairs"] == 50
+    assert compare_attacks([vae_e], [vae_e]).pooled["pairs"] == 50
+    with pytest.raises(InputError, match=r"2 attacker priors \(generator eeeeeeee; generator ffffffff\).*other draws"):
+        compare_attacks([vae_e], [vae_f])
 
 
 def test_refuses_different_attacks_and_bad_selections(tmp_path):

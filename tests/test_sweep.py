@@ -231,6 +231,7 @@ def test_attack_sweep_runs_brep_against_each_rp_point(ray_session, tmp_path):
     spec = parse_sweep({"dataset": "digits", "analysis": "attack", "sigma": [0.1], "n": [20, 40], "alpha": [0.001],
                         "targets": [0, 1], "query_budget": 60, "generator_epochs": 40, "release": "majority"})
     outcome = run_sweep(spec, out=tmp_path, sweep_id="atk", progress=False)
+    assert_points_record_their_models(spec, tmp_path / "atk")  # target, evaluator and the prior's generator
     table = read_sweep(outcome.path).to_pandas()
     assert sorted(set(table["n"])) == [20, 40] and set(table["target"]) == {0, 1}
     assert (table["queries"] <= 60).all() and (table["alpha"] == 0.001).all() and (table["seed"] == 0).all()
@@ -416,8 +417,9 @@ def test_attack_sweep_refuses_to_add_points_on_other_role_models(tmp_path, monke
     import pyarrow as pa
 
     attack = type(analyses.get("attack"))
-    machine = {"target": "a" * 64, "eval": "b" * 64}
-    models = lambda: {role: {"sha256": h} for role, h in machine.items()}  # noqa: E731
+    machine = {"target": "a" * 64, "eval": "b" * 64, "generator": "d" * 64}
+    # The points record no generator (as before manifests hashed it): a model a point did not record is not compared.
+    models = lambda: {role: {"sha256": machine[role]} for role in ("target", "eval")}  # noqa: E731
     ran = []
 
     class Killed(Exception):

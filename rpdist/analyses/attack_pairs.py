@@ -6,7 +6,7 @@ difference of ASRs gets Tango's paired score interval, much narrower than two se
 That holds only when both ran on the same role models, prior and judge: retrained models differ between
 machines, and two results of different models are two independent experiments. So the comparison reads
 every manifest's target and evaluator sha256, prior and judge threshold, and refuses to pair results
-where they differ or are not recorded. Several results per side (one seed each, say) pool into one
+where they differ or are not recorded; the prior's generator sha256 is compared where recorded. Several results per side (one seed each, say) pool into one
 comparison; a side must hold one defense setting.
 """
 
@@ -25,9 +25,11 @@ from rpdist.smoothing.stats import clopper_pearson, paired_difference
 ATTACK_FILE = AttackAnalysis.final_file
 GRID = ("sigma=*", "n=*", "alpha=*", "seed=*")  # a sweep's point folders, outermost first
 PAIR_KEYS = ("seed", "target", "restart")  # one attack: its prior draw and its target
-# The models whose weights decide a verdict and that manifests hash (the attacker's VAE, trained on the same
-# machine, is recorded by recipe only; DP-SGD's released models are not hashed).
+# The models whose weights decide a verdict and that manifests hash (DP-SGD's released models are not hashed).
 ROLES = ("target", "eval")
+# The attacker's prior decides the start draws; manifests hash it since 4 December 2026 and it is compared
+# where recorded (earlier runs trained it with their role models, on the same machine).
+PRIOR = "generator"
 JUDGING = ("prior", "judge_threshold")  # run options that change the start draws or the verdicts
 
 
@@ -38,6 +40,7 @@ class Side:
     table: pd.DataFrame
     models: set[tuple[str, ...]] = field(default_factory=set)  # (target sha256, eval sha256) of each point
     judging: set[tuple] = field(default_factory=set)  # (prior, judge threshold) of each point
+    priors: set[str] = field(default_factory=set)  # the generator sha256 of each point that records one
 
 
 @dataclass
@@ -53,8 +56,9 @@ class Comparison:
         return self.rows[-1]
 
 
-def _point(directory: Path) -> tuple[dict, tuple[str, ...], tuple]:
-    """A run's manifest, its models and how it judged; refuses a run that does not record them."""
+def _point(directory: Path) -> tuple[dict, tuple[str, ...], tuple, str | None]:
+    """A run's manifest, its models, how it judged and its prior's hash (None where unrecorded); refuses a
+    run that does not record its target and evaluator."""
     from rpdist.reporting.report import _manifest
 
     manifest = _manifest(directory)
@@ -66,7 +70,7 @@ def _point(directory: Path) -> tuple[dict, tuple[str, ...], tuple]:
         raise InputError(f"{directory} records no sha256 of its {' and '.join(ROLES)} models, so whether it "
                          "shares models with the other side is unknown; rerun it with this rpdist")
     config = manifest.get("config") or {}
-    return manifest, hashes, tuple(config.get(key) for key in JUDGING)
+    return manifest, hashes, tuple(config.get(key) for key in JUDGING), (models.get(PRIOR) or {}).get("sha256")
 
 
 def _read_side(directory: Path) -> Side:
@@ -78,7 +82,7 @@ def _read_side(directory: Path) -> Side:
     if not directory.is_dir():
         raise InputError(f"{directory} is not a directory")
     if (directory / ATTACK_FILE).is_file():
-        manifest, models, judging = _point(directory)
+        manifest, *point = _point(directory)
         try:
             table = pq.read_table(directory / ATTACK_FILE).to_pandas()
         except Exception as exc:  # noqa: BLE001 — an unreadable file is the user's input
@@ -90,7 +94,7 @@ def _read_side(directory: Path) -> Side:
             table["seed"] = seed
         if "alpha" not in table.columns and "alpha" in (manifest.get("config") or {}):  # a sweep adds it from its path
             table["alpha"] = manifest["config"]["alpha"]
-        points = [(models, judging)]
+        points = [tuple(point)]
     else:
         root, fixed = _sweep_root(directory)
         found = sorted(p.parent for p in directory.glob("/".join([*GRID[len(fixed):], ATTACK_FILE])))
@@ -109,7 +113,7 @@ def _read_side(directory: Path) -> Side:
     missing = [c for c in (*AttackAnalysis.required_columns, *PAIR_KEYS) if c not in table.columns]
     if missing:
         raise InputError(f"{directory} is not an rpdist attack result: column {missing[0]!r} is missing")
-    return Side(table, {m for m, _ in points}, {j for _, j in points})
+    return Side(table, {m for m, _, _ in points}, {j for _, j, _ in points}, {g for _, _, g in points if g})
 
 
 def _sweep_root(directory: Path) -> tuple[Path, dict[str, str]]:
@@ -188,7 +192,7 @@ def _same(what: str, values: set[tuple], names: tuple[str, ...], advice: str) ->
     if len(values) > 1:
         shown = "; ".join(", ".join(f"{n} {str(v)[:8]}" for n, v in zip(names, vs)) for vs in sorted(values, key=str))
         raise InputError(f"the results ran on {len(values)} {what} ({shown}): their attacks do not pair; {advice}")
-    return next(iter(values))
+    return next(iter(values), None)
 
 
 def compare_attacks(a: list[str | Path], b: list[str | Path], where: list[str] = (), where_a: list[str] = (),
@@ -206,9 +210,12 @@ def compare_attacks(a: list[str | Path], b: list[str | Path], where: list[str] =
         read = [_read_side(Path(d)) for d in dirs]
         table = _select(pd.concat([s.table for s in read], ignore_index=True), [*where, *own], label)
         settings.append(_one_setting(table, label, option))
-        sides.append(Side(table, set().union(*(s.models for s in read)), set().union(*(s.judging for s in read))))
+        sides.append(Side(table, *(set().union(*(getattr(s, part) for s in read)) for part in ("models", "judging",
+                                                                                                  "priors"))))
     models = _same("sets of models", sides[0].models | sides[1].models, ROLES,
                    "compare the two ASRs with their own intervals")
+    _same("attacker priors", {(g,) for g in sides[0].priors | sides[1].priors}, (PRIOR,),
+          "they start from other draws; compare the two ASRs with their own intervals")
     _same("priors or judges", sides[0].judging | sides[1].judging, JUDGING,
           "they start from other draws or count other verdicts as successes")
     merged = sides[0].table.merge(sides[1].table, on=list(PAIR_KEYS), how="outer", suffixes=("_a", "_b"),

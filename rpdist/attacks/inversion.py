@@ -14,6 +14,7 @@ with one forward pass on Gaussian-noised input (N = 1) on the same replicas.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import sys
 import time
@@ -283,6 +284,24 @@ def run_secrets(spec: InversionSpec, configs: list[dict]) -> tuple[int, str, obj
     return seed, source, noise_key(spec.noise_key_file) if keyed else None
 
 
+def prior_generators(spec: InversionSpec, targets: list[int]) -> dict:
+    """The attacker's generator for each target class: the public-half VAE, or with the class-disjoint
+    prior one trained without that class (trained and cached on first use)."""
+    return {t: roles.generator(epochs=spec.generator_epochs, dataset=spec.dataset,
+                               exclude=t if spec.prior == DISJOINT else None) for t in targets}
+
+
+def prior_sha256(generators: dict) -> str:
+    """One hash for the attacker's prior: its generator's (that of the cached file), or with one generator per
+    target class, the sha256 of their hashes in class order."""
+    from rpdist.models.refs import state_dict_sha256
+
+    hashes = {t: state_dict_sha256(g.state_dict()) for t, g in sorted(generators.items())}
+    if len(set(hashes.values())) == 1:
+        return next(iter(hashes.values()))
+    return hashlib.sha256(" ".join(f"{t}:{h}" for t, h in hashes.items()).encode()).hexdigest()
+
+
 def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     """Attack every defense config; write attack.parquet, reconstructions.png and manifest.json."""
     configs = defense_configs(spec)
@@ -303,7 +322,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     eval_ref = roles.eval_model(dataset=data)
     exclude = (lambda t: t) if spec.prior == DISJOINT else (lambda t: None)
     gen_recipes = {t: roles.generator_recipe(spec.generator_epochs, data, exclude(t)) for t in targets}
-    generators = {t: roles.generator(epochs=spec.generator_epochs, dataset=data, exclude=exclude(t)) for t in targets}
+    generators = prior_generators(spec, targets)
     evaluator = eval_ref.load("cpu")
     private = roles.role_data("private", data)
     X_test, y_test = roles.role_data("test", data)
@@ -357,8 +376,9 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
                            "clean_accuracy_test": roles.accuracy(target_ref, dataset=data)},
                 "eval": {"sha256": eval_ref.sha256, "recipe": roles.eval_recipe(data),
                          "clean_accuracy_test": roles.accuracy(eval_ref, dataset=data)},
-                "generator": ({"recipe": gen_recipes[targets[0]]} if spec.prior == PUBLIC else
-                              {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})},
+                "generator": {"sha256": prior_sha256(generators),
+                              **({"recipe": gen_recipes[targets[0]]} if spec.prior == PUBLIC else
+                                 {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})}},
         dataset={"spec": spec.dataset}, device={"batch_size": spec.batch_size},
         timings={"seconds": time.perf_counter() - started, "finished": dt.datetime.now(dt.timezone.utc).isoformat()},
         details={"reconstructions": RECONSTRUCTIONS, "seed": seed, "seed_source": seed_source,

@@ -32,6 +32,18 @@ def _quiet_jit():
         yield
 
 
+def state_dict_bytes(state_dict) -> bytes:
+    """A state dict as ``torch.save`` writes it (CPU tensors): the bytes a cached model file holds."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
+    return buffer.getvalue()
+
+
+def state_dict_sha256(state_dict) -> str:
+    """The sha256 of a module's weights, equal to that of its cached file."""
+    return hashlib.sha256(state_dict_bytes(state_dict)).hexdigest()
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """What a replica needs to rebuild a model: a kind, bytes and (for state dicts) an architecture."""
@@ -64,9 +76,7 @@ class ModelRef:
 
     @classmethod
     def from_state_dict(cls, arch: str, arch_kwargs: dict, state_dict) -> ModelRef:
-        buffer = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
-        return cls(STATE_DICT, buffer.getvalue(), arch, dict(arch_kwargs))
+        return cls(STATE_DICT, state_dict_bytes(state_dict), arch, dict(arch_kwargs))
 
     @classmethod
     def from_module(cls, module: torch.nn.Module, example_input: torch.Tensor) -> ModelRef:

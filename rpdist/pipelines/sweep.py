@@ -419,9 +419,11 @@ def check_point_models(analysis, spec, store: Store, sweep_id: str, point: dict)
         return
     recorded = (store.read_json(sweep_id, *partition_dir(**point), "manifest.json") or {}).get("models") or {}
     before = {name: (recorded.get(name) or {}).get("sha256") for name in models}
-    if all(before.values()) and before != models:
+    before = {name: sha256 for name, sha256 in before.items() if sha256}
+    mine = {name: models[name] for name in before}
+    if before != mine:
         raise InputError(f"{store.show(sweep_id)}: its finished points ran on other models ({_short(before)}) "
-                         f"than this machine's ({_short(models)}); a sweep does not mix models: write the rest "
+                         f"than this machine's ({_short(mine)}); a sweep does not mix models: write the rest "
                          "to a new sweep, or run with the $RPDIST_CACHE that made them")
 
 
