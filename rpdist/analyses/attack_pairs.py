@@ -25,7 +25,8 @@ from rpdist.smoothing.stats import clopper_pearson, paired_difference
 ATTACK_FILE = AttackAnalysis.final_file
 GRID = ("sigma=*", "n=*", "alpha=*", "seed=*")  # a sweep's point folders, outermost first
 PAIR_KEYS = ("seed", "target", "restart")  # one attack: its prior draw and its target
-# The models whose weights decide a verdict and that manifests hash (DP-SGD's released models are not hashed).
+# The models every attack's verdict depends on, whatever the defense (a DP-SGD release's own model is the setting
+# under test; manifests hash it too, as 'dpsgd eps=E').
 ROLES = ("target", "eval")
 # The attacker's prior decides the start draws; manifests hash it since 4 December 2026 and it is compared
 # where recorded (earlier runs trained it with their role models, on the same machine).

@@ -326,11 +326,13 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     evaluator = eval_ref.load("cpu")
     private = roles.role_data("private", data)
     X_test, y_test = roles.role_data("test", data)
-    rows, images, labels, matched = [], [], [], {}
+    rows, images, labels, matched, released = [], [], [], {}, {}
     for cfg in configs:
         if spec.defense == "abstain":
             cfg = {**cfg, "abstain_rate": matched_abstain_rate(cfg, spec, target_ref, seed, key, matched)}
-        release, _ = make_release(spec.defense, cfg, spec, target_ref, seed, key)
+        release, ref = make_release(spec.defense, cfg, spec, target_ref, seed, key)
+        if ref is not target_ref:  # a DP-SGD model: the manifest hashes every model a release answers with
+            released[f"dpsgd eps={cfg['epsilon']:g}"] = {"sha256": ref.sha256}
         acc, abstain_rate = utility(release, X_test, y_test)
         brep = BrepConfig(budget=spec.query_budget, points=spec.points, repeat=cfg["repeat"],
                           abstain_aware=cfg["attacker"] == ABSTAIN_AWARE, **nudge_config(cfg))
@@ -378,7 +380,8 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
                          "clean_accuracy_test": roles.accuracy(eval_ref, dataset=data)},
                 "generator": {"sha256": prior_sha256(generators),
                               **({"recipe": gen_recipes[targets[0]]} if spec.prior == PUBLIC else
-                                 {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})}},
+                                 {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})},
+                **released},
         dataset={"spec": spec.dataset}, device={"batch_size": spec.batch_size},
         timings={"seconds": time.perf_counter() - started, "finished": dt.datetime.now(dt.timezone.utc).isoformat()},
         details={"reconstructions": RECONSTRUCTIONS, "seed": seed, "seed_source": seed_source,
