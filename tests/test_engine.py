@@ -205,6 +205,7 @@ def test_certificates_are_exactly_rederivable_from_counts(reference, inputs):
         assert stricter <= pa_lower
 
 
+@pytest.mark.slow  # 8-11 s: the full suite runs it, the fast subset stays under a minute
 def test_predict_abstains_at_the_boundary_and_never_far_from_it(ray_session, model_ref, oracle):
     n = 1000
     near = oracle.inputs_at_distances(np.zeros(200), seed=2)

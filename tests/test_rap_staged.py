@@ -65,6 +65,7 @@ def test_settling_with_the_true_interval_not_the_plug_in(monkeypatch):
     assert settle(mechanism, np.array([[560, 440], [600, 400]])).tolist() == [UNSETTLED, 0]
 
 
+@pytest.mark.slow  # 8-11 s: the full suite runs it, the fast subset stays under a minute
 def test_selection_counts_are_disjoint_stages_not_predict_samples(ray_session):
     """Consecutive stages add up to one longer selection phase, and none of it is PREDICT's noise."""
     from rpdist import predict

@@ -141,6 +141,7 @@ def test_run_with_explicit_batch_size_refuses_another_device_type(ray_session, t
     assert "started with device type 'cpu', now 'cuda'; choose another --run-id or resume on a 'cpu' device" in err
 
 
+@pytest.mark.slow  # 8-11 s: the full suite runs it, the fast subset stays under a minute
 def test_sweep_forward_samples_count_what_was_computed_across_sessions(ray_session, tmp_path, monkeypatch):
     from rpdist.distributed import plan as engine_plan
     from rpdist.pipelines.sweep import parse_sweep, run_sweep

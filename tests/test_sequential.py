@@ -168,6 +168,7 @@ def _sequential(oracle, X, workers, **kwargs):
                    workers=workers, **kwargs)
 
 
+@pytest.mark.slow  # 8-11 s: the full suite runs it, the fast subset stays under a minute
 def test_no_input_is_certified_beyond_its_true_radius(ray_session, oracle):
     """On the linear oracle p_A = Φ(d/σ) exactly: no certified radius (decided or reported) exceeds d,
     easy inputs stop early, and the samples column matches the counts."""
