@@ -6,8 +6,8 @@ difference of ASRs gets Tango's paired score interval, much narrower than two se
 That holds only when both ran on the same role models, prior and judge: retrained models differ between
 machines, and two results of different models are two independent experiments. So the comparison reads
 every manifest's target and evaluator sha256, prior and judge threshold, and refuses to pair results
-where they differ or are not recorded; the prior's generator sha256 is compared where recorded. Several results per side (one seed each, say) pool into one
-comparison; a side must hold one defense setting.
+where they differ or are not recorded; the prior's generator sha256 is compared where recorded. Several
+results per side (one seed each, say) pool into one comparison; a side must hold one defense setting.
 """
 
 from __future__ import annotations

@@ -167,6 +167,7 @@ def target_models(spec: ExtractionSpec) -> dict:
 
 
 def dpsgd_name(epsilon: float) -> str:
+    """The name a manifest records the DP-SGD target of ``epsilon`` under."""
     return f"dpsgd eps={epsilon:g}"
 
 
