@@ -14,7 +14,7 @@ import pytest
 
 from rpdist.cli.main import main
 from rpdist.errors import InputError
-from rpdist.reporting.report import write_report
+from rpdist.reporting.report import model_sets, write_report
 from rpdist.smoothing.job import SmoothingConfig, certificate_table, prediction_table
 from rpdist.pipelines.sweep import partition_dir
 
@@ -304,3 +304,16 @@ def test_privacy_utility_lines_never_join_two_nudges_or_attackers():
     assert lines == {"noise (δ/σ=0.1)": [(60.0, 50.0), (90.0, 70.0)],
                      "noise (δ/σ=ulp)": [(60.0, 40.0), (90.0, 60.0)],
                      "rp (attacker=aware)": [(70.0, 60.0)], "rp": [(70.0, 40.0)]}
+
+
+def test_model_sets_count_only_models_that_differ():
+    """A manifest that records one more model (the attacker's prior, a DP-SGD target) is the same set of models
+    as one that does not, where every model both record agrees; a different hash for any shared name is another."""
+    c = {"eval": "f6c2a5f9", "target": "81b51723"}
+    c_later = {**c, "generator": "32d18189"}
+    c_dpsgd = {**c_later, "dpsgd eps=1": "7a1c9861"}
+    a = {"eval": "34711215", "target": "fd3f9157"}
+    assert model_sets([c, c_later, c_dpsgd, {}]) == 1
+    assert model_sets([c, c_later, a, c_dpsgd]) == 2
+    assert model_sets([c_later, {**c, "generator": "00000000"}]) == 2  # the same classifiers, another prior
+    assert model_sets([{"model": "cdcdcdcd"}, {"model": "efefefef"}, {"model": "cdcdcdcd"}]) == 2

@@ -214,19 +214,37 @@ def _rows(source: Source) -> str:
     return f"{len(source.table):,}"
 
 
-def _models(source: Source) -> str:
-    """The models behind a result, by the first 8 hex digits of their sha256, from its manifest and, for a
-    sweep, its points' manifests: retrained role models can differ between machines, and results of
+def _models(source: Source) -> dict[str, str]:
+    """The models behind a result, name → the first 8 hex digits of their sha256, from its manifest and, for
+    a sweep, its points' manifests: retrained role models can differ between machines, and results of
     different models do not pair."""
     manifests = [source.manifest or {}]
     if source.sweep:
         manifests += [_manifest(p.parent) or {} for p in sorted(source.path.glob(f"{POINT_GLOB}/manifest.json"))]
-    found = set()
+    found: dict[str, set[str]] = {}
     for manifest in manifests:
         for key, value in flatten({k: manifest.get(k) for k in ("models", "config")}):
             if key.endswith(".sha256") and key.split(".")[-2] != "dataset" and isinstance(value, str):
-                found.add(f"{key.split('.')[-2]} {value[:8]}")
-    return ", ".join(sorted(found)) or "—"
+                found.setdefault(key.split(".")[-2], set()).add(value[:8])
+    return {name: "/".join(sorted(hashes)) for name, hashes in sorted(found.items())}
+
+
+def _show_models(models: dict[str, str]) -> str:
+    return ", ".join(f"{name} {sha256}" for name, sha256 in models.items()) or "—"
+
+
+def model_sets(results: list[dict[str, str]]) -> int:
+    """How many different sets of models stand behind ``results`` (each name → sha256). Two results share a
+    set when every model both record is the same: a later manifest may record more models (the attacker's
+    prior, a DP-SGD target) than an earlier one of the same models."""
+    groups: list[dict[str, str]] = []
+    for models in sorted((m for m in results if m), key=len, reverse=True):
+        group = next((g for g in groups if all(g.get(name, sha) == sha for name, sha in models.items())), None)
+        if group is None:
+            groups.append(dict(models))
+        else:
+            group.update(models)
+    return len(groups)
 
 
 def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
@@ -257,10 +275,10 @@ def write_report(directory: str | Path, out: str | Path | None = None) -> Path:
             params = [", ".join(fmt(v) for v in sorted(s.table[c].dropna().unique())) if c in s.table.columns else "—"
                       for c in ("sigma", "n", "alpha")]
             kind = f"{s.kind} sweep" if s.sweep else s.kind
-            w.add("| " + " | ".join([f"`{s.name}`", kind, _rows(s), *params, models[s.name]]) + " |")
+            w.add("| " + " | ".join([f"`{s.name}`", kind, _rows(s), *params, _show_models(models[s.name])]) + " |")
         w.add("")
-        if len(distinct := set(models.values()) - {"—"}) > 1:
-            w.add(f"**These results come from {len(distinct)} different sets of models** (last column): compare "
+        if (sets := model_sets(list(models.values()))) > 1:
+            w.add(f"**These results come from {sets} different sets of models** (last column): compare "
                   "results, and pair their attacks or inputs, only where the models are the same.", "")
     for note in notes:
         w.add(f"Skipped: {note}.", "")
