@@ -243,13 +243,38 @@ def test_folder_of_runs(tmp_path):
     names = {p.name for p in pngs_of(report)}
     assert {"report-all-certified-accuracy.png", "report-a-certified-accuracy.png", "report-b-certified-accuracy.png",
             "report-sw-certified-accuracy.png", "report-sw-versus-n.png"} == names
-    assert "| `a` | certify | 40 | 0.25 | 1,000 | 0.001 | model cdcdcdcd |" in text
+    assert "| `a` | certify | 40 | 0.25 | 1,000 | 0.001 | — | model cdcdcdcd |" in text  # no time recorded
     assert "unfinished" in text and "Skipped" in text
     assert "different sets of models" not in text  # one model behind every result
     write_certify_run(tmp_path, "c", sigma=0.5, model_sha256="ef" * 32)  # the same recipe, retrained elsewhere
     text = write_report(tmp_path).read_text()
-    assert "| `c` | certify | 40 | 0.5 | 1,000 | 0.001 | model efefefef |" in text
+    assert "| `c` | certify | 40 | 0.5 | 1,000 | 0.001 | — | model efefefef |" in text
     assert "**These results come from 2 different sets of models**" in text
+
+
+def test_folder_table_gives_each_result_its_recorded_time_and_the_sum(tmp_path):
+    def manifest(seconds):
+        return json.dumps({"status": "complete", "timings": {"seconds": seconds}})
+
+    for name, seconds in (("first", 3000.4), ("second", 44.0)):
+        run = tmp_path / name
+        run.mkdir()
+        pq.write_table(pa.Table.from_pandas(attack_frame(), preserve_index=False), run / "attack.parquet")
+        (run / "manifest.json").write_text(manifest(seconds))
+    points = attack_frame().query("defense == 'rp'")
+    for sigma, seconds in ((0.1, 1800.0), (0.05, 2700.0)):  # a sweep: each point records its own time
+        point = tmp_path.joinpath("sw", *partition_dir(sigma, 1000, 0.001, 0))
+        point.mkdir(parents=True)
+        table = pa.Table.from_pandas(points[points.sigma == sigma], preserve_index=False)
+        pq.write_table(table, point / "attack.parquet")
+        (point / "manifest.json").write_text(manifest(seconds))
+    (tmp_path / "sw" / "manifest.json").write_text(json.dumps({"status": "complete", "timings": {}}))
+    write_certify_run(tmp_path, "untimed")
+    text = write_report(tmp_path).read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[7].strip() for line in text.splitlines()
+            if line.startswith("| `")}
+    assert rows == {"`first`": "50 min", "`second`": "44 s", "`sw`": "1 h 15 min", "`untimed`": "—"}
+    assert "Time the manifests record: 2 h 06 min for 3 of 4 results" in text  # 7,544.4 s
 
 
 def _make(path: Path, files: dict[str, str]) -> Path:

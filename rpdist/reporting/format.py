@@ -35,6 +35,16 @@ def fmt(value) -> str:
     return str(value)
 
 
+def duration(seconds: float | None) -> str:
+    """A length of time as people read it: "45 s", "12 min", "32 h 40 min"; "—" when unknown."""
+    if seconds is None:
+        return "—"
+    if seconds < 59.5:
+        return f"{seconds:.0f} s"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+
+
 def md_cell(value) -> str:
     return fmt(value).replace("|", "\\|").replace("\n", " ")
 
