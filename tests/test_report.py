@@ -270,11 +270,17 @@ def test_folder_table_gives_each_result_its_recorded_time_and_the_sum(tmp_path):
         (point / "manifest.json").write_text(manifest(seconds))
     (tmp_path / "sw" / "manifest.json").write_text(json.dumps({"status": "complete", "timings": {}}))
     write_certify_run(tmp_path, "untimed")
+    for name, resumed in (("whole", 0), ("resumed", 3)):  # a resumed certify run times only its last session
+        run, _ = write_certify_run(tmp_path, name)
+        recorded = json.loads((run / "manifest.json").read_text())
+        recorded["timings"].update(seconds_this_session=90.0, resumed_chunks=resumed)
+        (run / "manifest.json").write_text(json.dumps(recorded))
     text = write_report(tmp_path).read_text()
     rows = {line.split("|")[1].strip(): line.split("|")[7].strip() for line in text.splitlines()
             if line.startswith("| `")}
-    assert rows == {"`first`": "50 min", "`second`": "44 s", "`sw`": "1 h 15 min", "`untimed`": "—"}
-    assert "Time the manifests record: 2 h 06 min for 3 of 4 results" in text  # 7,544.4 s
+    assert rows == {"`first`": "50 min", "`second`": "44 s", "`sw`": "1 h 15 min", "`untimed`": "—",
+                    "`whole`": "2 min", "`resumed`": "—"}
+    assert "Time the manifests record: 2 h 07 min for 4 of 6 results" in text  # 7,634.4 s
 
 
 def _make(path: Path, files: dict[str, str]) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +47,13 @@ class Source:
     @property
     def kind(self) -> str:
         return self.analysis.name
+
+    @cached_property
+    def point_manifests(self) -> list[dict]:
+        """A sweep's per-point manifests (attack and RAP sweeps write one per point), read once; none for a run."""
+        if not self.sweep:
+            return []
+        return [_manifest(p.parent) or {} for p in sorted(self.path.glob(f"{POINT_GLOB}/manifest.json"))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,19 +222,12 @@ def _rows(source: Source) -> str:
     return f"{len(source.table):,}"
 
 
-def _point_manifests(source: Source) -> list[dict]:
-    """A sweep's per-point manifests (attack and RAP sweeps write one per point); none for a run."""
-    if not source.sweep:
-        return []
-    return [_manifest(p.parent) or {} for p in sorted(source.path.glob(f"{POINT_GLOB}/manifest.json"))]
-
-
 def _models(source: Source) -> dict[str, str]:
     """The models behind a result, name → the first 8 hex digits of their sha256, from its manifest and, for
     a sweep, its points' manifests: retrained role models can differ between machines, and results of
     different models do not pair."""
     found: dict[str, set[str]] = {}
-    for manifest in [source.manifest or {}, *_point_manifests(source)]:
+    for manifest in [source.manifest or {}, *source.point_manifests]:
         for key, value in flatten({k: manifest.get(k) for k in ("models", "config")}):
             if key.endswith(".sha256") and key.split(".")[-2] != "dataset" and isinstance(value, str):
                 found.setdefault(key.split(".")[-2], set()).add(value[:8])
@@ -237,7 +238,7 @@ def compute_seconds(source: Source) -> float | None:
     """The seconds a result took by its own manifests: a run's, or the sum of a sweep's points' (each point
     records its own, so a resumed sweep still adds up). None when any of them records none, as a resumed
     certify run, which times only its last session, or a certify sweep, whose points share one manifest."""
-    manifests = _point_manifests(source) if source.sweep else [source.manifest or {}]
+    manifests = source.point_manifests if source.sweep else [source.manifest or {}]
     total = 0.0
     for manifest in manifests:
         timings = manifest.get("timings") or {}
