@@ -364,3 +364,53 @@ def test_ray_tasks_query_the_drivers_replicas(ray_session, model_ref, inputs):
     other = ModelRef.from_module(torch.nn.Linear(5, 2), torch.zeros(1, 5))
     with pytest.raises(ValueError, match="another model"):
         engine_pool.get_pool(other, WORKERS, None, shared)
+
+
+class _Clock:
+    """time for the scheduler: sleeping moves it on, so waiting out HEAD_GRACE takes no real time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+class _Head:
+    """The driver's GCS client: down (every question fails after its 5 s timeout) or up with no nodes."""
+
+    def __init__(self, clock, up):
+        self.clock, self.up, self.asked = clock, up, 0
+
+    def get_all_node_info(self, timeout):
+        self.asked += 1
+        if not self.up:
+            self.clock.now += timeout
+            raise ConnectionError("the head does not answer")
+        return {}
+
+
+@pytest.mark.parametrize("up, message", [
+    (False, "lost the Ray cluster's head (no answer for 15 s)"),
+    (True, "every model replica was lost (their nodes died or they kept failing)"),
+])
+def test_losing_every_replica_names_the_head_when_it_is_gone(monkeypatch, up, message):
+    """A lone replica on the head's node dies with it, often before a health check has seen the head
+    go: the run's one line must still say it lost the head, and say replicas only while the head answers."""
+    import ray
+
+    from rpdist.distributed import scheduler
+    from rpdist.errors import ClusterLostError
+
+    clock = _Clock()
+    head = _Head(clock, up)
+    monkeypatch.setattr(scheduler, "time", clock)
+    monkeypatch.setattr(ray._private.worker.global_worker, "gcs_client", head, raising=False)
+    lost = scheduler.Scheduler.__new__(scheduler.Scheduler)
+    lost.head_down_since, lost.head_misses = None, 0
+    with pytest.raises(ClusterLostError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        lost._every_replica_lost()
+    assert head.asked == (1 if up else 3)

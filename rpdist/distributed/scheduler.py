@@ -83,7 +83,7 @@ class Scheduler:
             if not pending and not self.retry and exhausted:
                 return
             if not self.healthy and not self.suspect:
-                raise ClusterLostError(f"every model replica was lost (their nodes died or they kept failing); {RERUN}")
+                self._every_replica_lost()
             probes = {s["probe"]: w for w, s in self.suspect.items() if s["probe"] is not None}
             waiting = list(pending) + list(probes)
             if waiting:
@@ -166,6 +166,13 @@ class Scheduler:
                 self.retry.appendleft(unit)
         self.pool.forget(self.actors[worker])
 
+    def _every_replica_lost(self) -> None:
+        """Stop the run, naming the head when it is the one that went: a replica on the head's node
+        dies with it, often before a health check notices the head is gone."""
+        while self._alive_nodes() is None:  # raises once the head has been silent for HEAD_GRACE
+            time.sleep(1)
+        raise ClusterLostError(f"every model replica was lost (their nodes died or they kept failing); {RERUN}")
+
     def _alive_nodes(self) -> set[str] | None:
         """Hex ids of the alive nodes; None while the head does not answer, an error once it has
         not answered for HEAD_GRACE seconds."""
@@ -175,7 +182,8 @@ class Scheduler:
         try:
             info = ray._private.worker.global_worker.gcs_client.get_all_node_info(timeout=5)
         except Exception:  # a busy head may miss one: lost is three misses over HEAD_GRACE seconds
-            self.head_down_since = self.head_down_since or asked
+            if self.head_down_since is None:
+                self.head_down_since = asked
             self.head_misses += 1
             if self.head_misses >= 3 and time.monotonic() - self.head_down_since > HEAD_GRACE:
                 raise ClusterLostError(f"lost the Ray cluster's head (no answer for {HEAD_GRACE:g} s); {RERUN}") from None
