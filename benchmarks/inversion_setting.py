@@ -10,8 +10,9 @@ The undefended release (the target's argmax label) is attacked in process, by th
 machine (:func:`rpdist.attacks.brep.run_lockstep`) and judged by the same function
 (:func:`rpdist.attacks.inversion.judge`) as ``rpdist attack inversion --defense none``, without Ray
 (no replicas are needed for an argmax). Per setting: every target class × ``--restarts`` attacks;
-ASR and start ASR with 95% Clopper–Pearson intervals, and their paired difference with a 95%
-Agresti–Min interval (the two verdicts are on the same attack). The judge threshold only changes
+ASR and start ASR with 95% Clopper–Pearson intervals, and their paired difference with Tango's 95%
+score interval, as ``rpdist attack inversion`` reports it (the two verdicts are on the same attack);
+the rows keep the discordant counts it is computed from. The judge threshold only changes
 the verdict, so every threshold is read off the same attacks. Generators are ``LATENTxHIDDEN``
 (MLP VAE); ``disjoint`` trains one per target class on the public images of the other classes.
 """
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import numpy as np
@@ -30,21 +30,7 @@ from rpdist.attacks.brep import BrepAttack, BrepConfig, run_lockstep
 from rpdist.attacks.brep import DISJOINT
 from rpdist.attacks.inversion import _decoder, judge
 from rpdist.defenses.releases import LabelRelease
-from rpdist.smoothing.stats import clopper_pearson
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """mean(a) − mean(b) for paired booleans, with the Agresti–Min (2005) adjusted Wald interval:
-    the 2×2 table of (a, b) gets 0.5 added to each cell."""
-    from scipy.stats import norm
-
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    n = len(a)
-    only_a = (np.sum(a & ~b) + 0.5) / (n + 2)
-    only_b = (np.sum(~a & b) + 0.5) / (n + 2)
-    d = only_a - only_b
-    half = norm.ppf(0.5 + level / 2) * math.sqrt(max(only_a + only_b - d * d, 0.0) / (n + 2))
-    return float(a.mean() - b.mean()), max(d - half, -1.0), min(d + half, 1.0)
+from rpdist.smoothing.stats import clopper_pearson, paired_difference
 
 
 def attack(dataset: str, prior: str, latent: int, hidden: int, epochs: int | None, budget: int, restarts: int,
@@ -74,7 +60,8 @@ def attack(dataset: str, prior: str, latent: int, hidden: int, epochs: int | Non
                          budget=budget, threshold=threshold, attacks=n, found=float(np.mean([a.found for a in attacks])),
                          asr=float(asr.mean()), asr_ci=clopper_pearson(int(asr.sum()), n, 0.05),
                          start_asr=float(start.mean()), start_ci=clopper_pearson(int(start.sum()), n, 0.05),
-                         diff=diff, diff_ci=(low, high),
+                         diff=diff, diff_ci=(low, high), walk_only=int(np.sum(asr & ~start)),
+                         start_only=int(np.sum(~asr & start)),
                          knn=float(np.nanmedian(v["knn_distance"])), start_knn=float(np.nanmedian(v["start_knn_distance"])),
                          confidence=float(np.mean(v["eval_confidence"])),
                          start_confidence=float(np.mean(v["start_eval_confidence"])),

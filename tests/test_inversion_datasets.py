@@ -249,20 +249,21 @@ def test_manifest_hashes_every_model_a_verdict_depends_on(ray_session, tmp_path,
 
 
 @pytest.mark.slow
-def test_paired_difference_interval_covers_the_true_difference_at_its_level(benchmark_script):
-    """The README's ASR − start ASR interval (Agresti–Min): coverage over 2,000 simulated 100-attack
-    tables with a known difference; 4 binomial standard errors (0.02) around 95% decide."""
-    paired_difference = benchmark_script("inversion_setting").paired_difference
-    rng = np.random.default_rng(1)
-    cells = np.array([0.55, 0.25, 0.05, 0.15])  # (end, start) = (1,1), (1,0), (0,1), (0,0): difference 0.20
-    covered = 0
-    for _ in range(2000):
-        kind = rng.choice(4, size=100, p=cells)
-        end, start = np.isin(kind, [0, 1]), np.isin(kind, [0, 2])
-        diff, low, high = paired_difference(end, start)
-        assert diff == pytest.approx(end.mean() - start.mean())
-        covered += low <= 0.20 <= high
-    assert 0.93 <= covered / 2000 <= 0.97
-    d, low, high = paired_difference(np.array([1, 1, 0, 1], bool), np.array([0, 1, 0, 0], bool))
-    assert (-d, -high, -low) == pytest.approx(paired_difference(np.array([0, 1, 0, 0], bool),
-                                                                  np.array([1, 1, 0, 1], bool)))
+def test_setting_benchmark_reports_the_commands_paired_interval(benchmark_script):
+    """The README's ASR − start ASR intervals come from the same Tango interval as `rpdist attack inversion`,
+    on discordant counts the rows keep: ASR − start ASR = (walk only − start only) / attacks."""
+    from rpdist.smoothing.stats import paired_difference
+
+    setting = benchmark_script("inversion_setting")
+    assert setting.paired_difference is paired_difference
+    target = roles.target_model(dataset="digits")
+    rows = setting.attack("digits", "public", None, None, None, 60, 2, 0, target, roles.eval_model(dataset="digits")
+                          .load("cpu"), roles.role_data("private", "digits"), [0.0, 0.99])
+    assert [r["threshold"] for r in rows] == [0.0, 0.99]
+    for r in rows:
+        n, b, c = r["attacks"], r["walk_only"], r["start_only"]
+        assert n == roles.NUM_CLASSES * 2 and r["diff"] == pytest.approx((b - c) / n)
+        assert r["diff"] == pytest.approx(r["asr"] - r["start_asr"])
+        walk = np.arange(n) < b  # the interval depends on the discordant counts alone
+        start = (np.arange(n) >= b) & (np.arange(n) < b + c)
+        assert (r["diff"], *r["diff_ci"]) == pytest.approx(paired_difference(walk, start))
