@@ -30,7 +30,7 @@ from rpdist.attacks.brep import BrepAttack, BrepConfig, run_lockstep
 from rpdist.attacks.brep import DISJOINT
 from rpdist.attacks.inversion import _decoder, judge
 from rpdist.defenses.releases import LabelRelease
-from rpdist.smoothing.stats import clopper_pearson, paired_difference
+from rpdist.smoothing.stats import clopper_pearson, discordant, paired_difference
 
 
 def attack(dataset: str, prior: str, latent: int, hidden: int, epochs: int | None, budget: int, restarts: int,
@@ -56,12 +56,12 @@ def attack(dataset: str, prior: str, latent: int, hidden: int, epochs: int | Non
         n = len(attacks)
         asr, start = v["success"], v["start_success"]
         diff, low, high = paired_difference(asr, start)
+        walk_only, start_only = discordant(asr, start)
         rows.append(dict(dataset=dataset, prior=prior, latent=gens[0].latent, hidden=gens[0].hidden,
                          budget=budget, threshold=threshold, attacks=n, found=float(np.mean([a.found for a in attacks])),
                          asr=float(asr.mean()), asr_ci=clopper_pearson(int(asr.sum()), n, 0.05),
                          start_asr=float(start.mean()), start_ci=clopper_pearson(int(start.sum()), n, 0.05),
-                         diff=diff, diff_ci=(low, high), walk_only=int(np.sum(asr & ~start)),
-                         start_only=int(np.sum(~asr & start)),
+                         diff=diff, diff_ci=(low, high), walk_only=walk_only, start_only=start_only,
                          knn=float(np.nanmedian(v["knn_distance"])), start_knn=float(np.nanmedian(v["start_knn_distance"])),
                          confidence=float(np.mean(v["eval_confidence"])),
                          start_confidence=float(np.mean(v["start_eval_confidence"])),

@@ -20,7 +20,7 @@ import pandas as pd
 
 from rpdist.analyses.attack import SETTING, AttackAnalysis
 from rpdist.errors import InputError
-from rpdist.smoothing.stats import clopper_pearson, paired_difference
+from rpdist.smoothing.stats import clopper_pearson, discordant, paired_difference
 
 ATTACK_FILE = AttackAnalysis.final_file
 GRID = ("sigma=*", "n=*", "alpha=*", "seed=*")  # a sweep's point folders, outermost first
@@ -182,9 +182,10 @@ def _row(label, x: np.ndarray, y: np.ndarray, utility_a: float, utility_b: float
     diff, low, high = paired_difference(x, y, 0.05)
     a_low, a_high = clopper_pearson(int(x.sum()), n)
     b_low, b_high = clopper_pearson(int(y.sum()), n)
+    a_only, b_only = discordant(x, y)
     return {"seed": label, "pairs": n, "asr_a": x.mean(), "asr_a_low": a_low, "asr_a_high": a_high,
             "asr_b": y.mean(), "asr_b_low": b_low, "asr_b_high": b_high,
-            "a_only": int((x & ~y).sum()), "b_only": int((~x & y).sum()),
+            "a_only": a_only, "b_only": b_only,
             "difference": diff, "difference_low": low, "difference_high": high,
             "utility_a": utility_a, "utility_b": utility_b}
 

@@ -91,6 +91,14 @@ def clopper_pearson(count: int, n: int, alpha: float = 0.05) -> tuple[float, flo
     return low, high
 
 
+def discordant(x, y) -> tuple[int, int]:
+    """The discordant pairs of paired 0/1 outcomes: (x only, y only), all a paired difference depends on."""
+    x, y = np.asarray(x, dtype=bool).ravel(), np.asarray(y, dtype=bool).ravel()
+    if x.shape != y.shape:
+        raise InputError(f"paired outcomes need equal lengths, got {x.size} and {y.size}")
+    return int((x & ~y).sum()), int((~x & y).sum())
+
+
 def paired_difference(x, y, alpha: float = 0.05) -> tuple[float, float, float]:
     """Mean of x − y for paired 0/1 outcomes, with Tango's (1998) (1 − α) score interval.
 
@@ -103,14 +111,11 @@ def paired_difference(x, y, alpha: float = 0.05) -> tuple[float, float, float]:
     """
     from scipy.optimize import brentq
 
-    x, y = np.asarray(x, dtype=bool).ravel(), np.asarray(y, dtype=bool).ravel()
-    if x.shape != y.shape:
-        raise InputError(f"paired outcomes need equal lengths, got {x.size} and {y.size}")
-    n = x.size
+    b, c = discordant(x, y)
+    n = np.size(x)
     if n == 0:
         return float("nan"), float("nan"), float("nan")
     check_alpha(alpha)
-    b, c = int((x & ~y).sum()), int((~x & y).sum())
     z = float(norm.ppf(1 - alpha / 2))
     diff = (b - c) / n
 
