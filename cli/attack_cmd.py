@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from rpdist.analyses.attack import AttackAnalysis
-from rpdist.cli.options import ADDRESS, BATCH, DEVICE, QUIET, RUN_ID, WORKERS
+from rpdist.cli.options import ADDRESS, BATCH, DEVICE, QUIET, RUN_ID, TARGETS_AT_ONCE, WORKERS
 from rpdist.cli.printing import print_outcome
 
 
@@ -58,6 +58,7 @@ def register(app: typer.Typer) -> None:
                                   "disjoint (none of the target's class)."),
         judge_threshold: float = typer.Option(0.0, "--judge-threshold", help="Success needs the evaluator's top-1 "
                                               "to be the target with at least this confidence (0: top-1 alone)."),
+        targets_at_once: Optional[int] = TARGETS_AT_ONCE,
         quiet: bool = QUIET,
     ) -> None:
         """Reconstruct each class from labels only; ASR (judged by an independent classifier) and utility."""
@@ -74,7 +75,8 @@ def register(app: typer.Typer) -> None:
                              noise_key_file=str(noise_key_file) if noise_key_file else None, targets=target_list,
                              restarts=restarts, query_budget=query_budget, alpha=alpha, seed=seed,
                              batch_size=batch_size, workers=workers, address=address, device=device,
-                             prior=prior, judge_threshold=judge_threshold, out=str(out), run_id=run_id)
+                             prior=prior, judge_threshold=judge_threshold, targets_at_once=targets_at_once,
+                             out=str(out), run_id=run_id)
         print_outcome(run_inversion(spec, progress=not quiet), title="BREP-MI model inversion")
 
     @attack_app.command("compare")

@@ -10,3 +10,5 @@ ADDRESS = typer.Option(None, "--address", help="Ray cluster to join (e.g. auto o
 DEVICE = typer.Option(None, "--device", help="cpu or cuda. Default: cuda when the cluster has GPUs.")
 RUN_ID = typer.Option(None, "--run-id", help="Run directory name. Rerunning an interrupted run id resumes it.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
+TARGETS_AT_ONCE = typer.Option(None, "--targets-at-once", help="Attacks: classes attacked at a time (default all). Each "
+                               "is saved when it finishes, so rerunning an interrupted run resumes from it.")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rpdist.cli.options import ADDRESS, DEVICE, QUIET, WORKERS
+from rpdist.cli.options import ADDRESS, DEVICE, QUIET, TARGETS_AT_ONCE, WORKERS
 from rpdist.cli.printing import print_outcome
 
 
@@ -19,12 +19,16 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = WORKERS,
         address: Optional[str] = ADDRESS,
         device: Optional[str] = DEVICE,
+        targets_at_once: Optional[int] = TARGETS_AT_ONCE,
         quiet: bool = QUIET,
     ) -> None:
         """Run sweeps; one run at the largest N per (σ, seed) serves every N and α of a grid."""
-        from rpdist.pipelines.sweep import load_sweeps, run_sweep
+        from rpdist.pipelines.sweep import check_targets_at_once, load_sweeps, run_sweep
 
-        for spec, name in load_sweeps(sweep_files, sweep_id):
+        sweeps = load_sweeps(sweep_files, sweep_id)
+        for spec, _ in sweeps:
+            check_targets_at_once(spec, targets_at_once)
+        for spec, name in sweeps:
             outcome = run_sweep(spec, out=out, sweep_id=name, workers=workers, address=address, device=device,
-                                progress=not quiet)
+                                progress=not quiet, targets_at_once=targets_at_once)
             print_outcome(outcome, title=f"{spec.analysis} sweep: {outcome.path.rsplit('/', 1)[-1]}")

@@ -1,6 +1,7 @@
 """Model inversion: data roles, the BREP-MI state machine, and the end-to-end runner on 2 classes."""
 
 import re
+import time
 
 import numpy as np
 import pandas as pd
@@ -76,8 +77,8 @@ def test_rounds_report_every_query_they_spend():
 
 
 @pytest.mark.slow
-def test_follow_tracks_the_tally_the_tasks_add_to_and_returns_their_results(ray_session):
-    from rpdist.distributed.progress import SampleProgress, Tally, follow, tally_flush
+def test_as_finished_tracks_the_tally_bounds_the_tasks_running_and_returns_their_results(ray_session):
+    from rpdist.distributed.progress import SampleProgress, Tally, as_finished, tally_flush
 
     @ray_session.remote(num_cpus=0)
     def work(tally, steps: list[int]) -> int:
@@ -89,8 +90,31 @@ def test_follow_tracks_the_tally_the_tasks_add_to_and_returns_their_results(ray_
     for total, expected in ((100, 21), (10, 10)):  # the bar stops at its total, whatever the tasks add
         tally = ray_session.remote(num_cpus=0)(Tally).remote()
         meter = SampleProgress(total, "walks", enabled=False, unit="queries")
-        assert follow([work.remote(tally, [1, 2, 3]), work.remote(tally, [4, 5, 6])], tally, meter, 0.05) == [6, 15]
+        starts = [lambda s=s, tally=tally: work.remote(tally, s) for s in ([1, 2, 3], [4, 5, 6])]
+        assert dict(as_finished(starts, 2, tally, meter, 0.05)) == {0: 6, 1: 15}
         assert meter.done == expected
+
+    @ray_session.remote(num_cpus=0)
+    class Running:
+        def __init__(self):
+            self.now = self.most = 0
+
+        def change(self, by: int) -> int:
+            self.now += by
+            self.most = max(self.most, self.now)
+            return self.most
+
+    @ray_session.remote(num_cpus=0)
+    def held(running) -> None:
+        ray_session.get(running.change.remote(1))
+        time.sleep(0.2)
+        ray_session.get(running.change.remote(-1))
+
+    for at_once in (1, 2):
+        running = Running.remote()
+        finished = [i for i, _ in as_finished([lambda running=running: held.remote(running)] * 4, at_once)]
+        assert sorted(finished) == [0, 1, 2, 3]
+        assert ray_session.get(running.change.remote(0)) <= at_once
 
 
 def test_unreachable_class_is_a_failure_with_the_budget_spent():
@@ -189,6 +213,73 @@ def test_rp_inversion_goes_through_the_engine_with_both_releases(ray_session, tm
     assert util["majority"] == pytest.approx((votes.top_class.to_numpy() == y).mean())
     assert util["predict"] == pytest.approx((votes.prediction.to_numpy() == y).mean())  # abstain = wrong
     assert util["predict"] < util["majority"]
+
+
+class Stop(Exception):
+    """Stands in for a kill: raised once a given number of classes has been saved."""
+
+
+@pytest.mark.slow
+def test_an_interrupted_attack_resumes_with_the_classes_left_and_writes_what_one_session_writes(
+        ray_session, tmp_path, quick, monkeypatch):
+    """Two configs × three classes, one class at a time, stopped after four were saved: the rerun attacks
+    only the two classes left, with the seed the first session drew, and its table is that of an
+    uninterrupted run; a finished run is returned as it is; a run started on other models is refused."""
+    import json
+
+    from rpdist.attacks import inversion
+    from rpdist.attacks.parts import AttackParts
+    from rpdist.errors import InputError
+
+    spec = dict(defense="rr", epsilons=[1.0, 8.0], query_budget=60, restarts=2, targets_at_once=1,
+                **{**quick, "targets": [0, 1, 2]})
+    real_save, real_attack = AttackParts.save, inversion.attack_release
+    saved, attacked = [], []
+
+    def stopping(self, config, target, *args):
+        real_save(self, config, target, *args)
+        saved.append((config, target))
+        if len(saved) == 4:
+            raise Stop
+
+    def recording(release, targets, *args, **kwargs):
+        attacked.append(list(targets))
+        return real_attack(release, targets, *args, **kwargs)
+
+    monkeypatch.setattr(AttackParts, "save", stopping)
+    monkeypatch.setattr(inversion, "attack_release", recording)
+    with pytest.raises(Stop):
+        inversion.run_inversion(inversion.InversionSpec(out=str(tmp_path), run_id="cut", **spec))
+    first = json.loads((tmp_path / "cut" / "manifest.json").read_text())
+    assert first["status"] == "running" and first["details"]["seed_source"] == "random"
+    assert not (tmp_path / "cut" / "attack.parquet").exists()
+    assert saved == [(0, 0), (0, 1), (0, 2), (1, 0)]
+
+    # Another model under the saved classes: refused, and nothing written.
+    moved = {**first, "models": {**first["models"], "eval": {"sha256": "0" * 64}}}
+    (tmp_path / "cut" / "manifest.json").write_text(json.dumps(moved))
+    before = sorted(p.name for p in (tmp_path / "cut" / "parts").iterdir())
+    with pytest.raises(InputError, match="another eval model"):
+        inversion.run_inversion(inversion.InversionSpec(out=str(tmp_path), run_id="cut", **spec))
+    assert sorted(p.name for p in (tmp_path / "cut" / "parts").iterdir()) == before
+    (tmp_path / "cut" / "manifest.json").write_text(json.dumps(first))
+
+    attacked.clear()
+    resumed = inversion.run_inversion(inversion.InversionSpec(out=str(tmp_path), run_id="cut",
+                                                              **{**spec, "targets_at_once": 2}))
+    assert attacked == [[1, 2]]  # config 0 was done; of config 1, class 0 was
+    assert resumed.manifest["details"]["seed"] == first["details"]["seed"]
+    assert not (tmp_path / "cut" / "parts").exists()
+    whole = inversion.run_inversion(inversion.InversionSpec(out=str(tmp_path), run_id="whole",
+                                                            **{**spec, "seed": first["details"]["seed"]}))
+    same = [c for c in whole.table().columns if c != "seconds"]
+    pd.testing.assert_frame_equal(resumed.table()[same], whole.table()[same])
+    assert (resumed.table().seconds > 0).all()
+
+    attacked.clear()
+    again = inversion.run_inversion(inversion.InversionSpec(out=str(tmp_path), run_id="cut", **spec))
+    assert attacked == []
+    pd.testing.assert_frame_equal(pd.DataFrame(again.summary), pd.DataFrame(resumed.summary))
 
 
 def test_cli_refuses_unknown_defense(tmp_path):

@@ -87,6 +87,7 @@ def test_bad_yaml_via_cli_exits_2_with_one_line(tmp_path, capsys):
     (["good.yaml", "bad.yaml"], [], "'sigma'"),  # the last file's error, though the first is fine
     (["good.yaml", "other.yaml"], ["--sweep-id", "x"], "--sweep-id names one sweep"),
     (["good.yaml", "sub/good.yaml"], [], "same sweep id: good"),
+    (["good.yaml"], ["--targets-at-once", "2"], "--targets-at-once applies to attack sweeps, not to certify"),
 ])
 def test_several_sweep_files_are_all_checked_before_any_runs(tmp_path, capsys, names, extra, fragment):
     contents = {"bad.yaml": {**BASE, "sigma": "0.5"}}

@@ -22,7 +22,6 @@ from dataclasses import asdict, field
 from typing import Annotated, Literal
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 from pydantic import AfterValidator, Field, model_validator
 
@@ -32,6 +31,7 @@ from rpdist.defenses.releases import (ABSTAIN, FRESH, KEYED, MAJORITY, PREDICT, 
                                       NoisyInputRelease,
                                       RandomAbstention, RandomizedResponse, SmoothedRelease, KEY_GRID_SIGMAS,
                                       noise_key, random_seed)
+from rpdist.attacks.parts import AttackParts
 from rpdist.analyses import REGISTRY
 from rpdist.analyses.attack import RECONSTRUCTIONS, AttackAnalysis, release_name
 from rpdist.analyses.base import Outcome
@@ -95,6 +95,8 @@ class InversionSpec:
     # success = the evaluator's top-1 is the target with at least this confidence (0: top-1 alone)
     judge_threshold: Annotated[float, Field(strict=True, ge=0, lt=1),
                                Must("must be a number in [0, 1)", "--judge-threshold")] = 0.0
+    # classes attacked at a time (None: all); each is saved when it finishes, so fewer lose less to a stop
+    targets_at_once: Annotated[Count | None, Must(name="--targets-at-once")] = None
     out: OutRoot = "results"
     run_id: str | None = None
 
@@ -175,14 +177,15 @@ def _per_target(generators, targets) -> dict:
     return generators if isinstance(generators, dict) else {t: generators for t in targets}
 
 
-def attack_release(release, targets, restarts, config: BrepConfig, seed: int, generators, progress: str | None = None
-                   ) -> tuple[list[BrepAttack], int]:
-    """Run BREP-MI on every target, one Ray task per class, each in the latent space of its generator (one
-    VAE, or {target: VAE}); returns the attacks and the exact forward passes of the release. With
-    ``progress`` (a description), a bar in queries against the walks' whole budget follows them."""
+def attack_release(release, targets, restarts, config: BrepConfig, seed: int, generators, progress: str | None = None,
+                   at_once: int | None = None, on_target=None) -> tuple[list[BrepAttack], int]:
+    """Run BREP-MI on every target, one Ray task per class (``at_once`` of them at a time, default all), each
+    in the latent space of its generator (one VAE, or {target: VAE}); returns the attacks and the exact
+    forward passes of the release. ``on_target(target, attacks, passes)`` hears each class as it finishes.
+    With ``progress`` (a description), a bar in queries against the walks' whole budget follows them."""
     import ray
 
-    from rpdist.distributed.progress import SampleProgress, Tally, follow
+    from rpdist.distributed.progress import SampleProgress, Tally, as_finished
 
     release.share()
     # num_cpus=0: the replica actors may hold every CPU of a small machine; the tasks mostly wait on them.
@@ -190,16 +193,19 @@ def attack_release(release, targets, restarts, config: BrepConfig, seed: int, ge
     gens = _per_target(generators, targets)
     packed = {t: (dict(g.state_dict()), g.latent, g.hidden, g.side) for t, g in gens.items()}
     tally = None if progress is None else ray.remote(num_cpus=0)(Tally).remote()
-    refs = [task.remote(t, restarts, config, seed, packed[t], release, tally) for t in targets]
-    if tally is None:
-        outs = ray.get(refs)
-    else:
-        meter = SampleProgress(len(targets) * restarts * config.budget, progress, enabled=True, unit="queries")
-        try:
-            outs = follow(refs, tally, meter)
-        finally:
+    meter = None if progress is None else SampleProgress(len(targets) * restarts * config.budget, progress,
+                                                         enabled=True, unit="queries")
+    starts = [lambda t=t: task.remote(t, restarts, config, seed, packed[t], release, tally) for t in targets]
+    outs = {}
+    try:
+        for index, (attacks, passes) in as_finished(starts, at_once or len(targets), tally, meter):
+            outs[targets[index]] = attacks, passes
+            if on_target is not None:
+                on_target(targets[index], attacks, passes)
+    finally:
+        if meter is not None:
             meter.close()
-    return [a for attacks, _ in outs for a in attacks], sum(fp for _, fp in outs)
+    return [a for t in targets for a in outs[t][0]], sum(fp for _, fp in outs.values())
 
 
 UNJUDGED = -2  # the judge's verdict on an image whose top class the evaluator is not confident enough in
@@ -274,10 +280,15 @@ def make_release(defense: str, cfg: dict, spec: InversionSpec, target_ref, seed:
     return LabelRelease(ref, **common), ref
 
 
-def run_secrets(spec: InversionSpec, configs: list[dict]) -> tuple[int, str, object]:
-    """The run's noise seed (``spec.seed``, else os.urandom) and its source, and the keyed-noise key
-    (None when no config is keyed and no key file was given)."""
-    seed, source = (random_seed(), "random") if spec.seed is None else (int(spec.seed), "--seed")
+def run_secrets(spec: InversionSpec, configs: list[dict], earlier: dict | None = None) -> tuple[int, str, object]:
+    """The run's noise seed (``spec.seed``, else that of the ``earlier`` manifest of the run it resumes, else
+    os.urandom) and its source, and the keyed-noise key (None when no config is keyed and no key file was
+    given)."""
+    recorded = (earlier or {}).get("details", {})
+    if spec.seed is None and "seed" in recorded:
+        seed, source = int(recorded["seed"]), recorded["seed_source"]
+    else:
+        seed, source = (random_seed(), "random") if spec.seed is None else (int(spec.seed), "--seed")
     if not 0 <= seed < 2**63:
         raise InputError(f"--seed must be a whole number in [0, 2^63), got {spec.seed!r}")
     keyed = spec.noise_key_file is not None or any(c["noise"] == KEYED for c in configs)
@@ -303,94 +314,172 @@ def prior_sha256(generators: dict) -> str:
 
 
 def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
-    """Attack every defense config; write attack.parquet, reconstructions.png and manifest.json."""
+    """Attack every defense config; write attack.parquet, reconstructions.png and manifest.json.
+
+    Each (config, target class) is saved as it finishes (:mod:`rpdist.attacks.parts`), so rerunning an
+    interrupted run id resumes with the classes left, on the models, seed and configuration it started with;
+    rerunning a finished one returns its result."""
     configs = defense_configs(spec)
     targets = spec.targets or list(range(roles.NUM_CLASSES))
     run_id = spec.run_id or f"attack-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
     run_dir = RunDir(spec.out, run_id, "attack.parquet")
-    seed, seed_source, key = run_secrets(spec, configs)
     config = {**asdict(spec), "run_id": run_id}
     config.pop("out")
-    run_dir.claim(config)
+    existing = run_dir.claim(config, "--run-id", compare=_identity)
+    if run_dir.complete:
+        return _outcome(run_dir, existing)
+    parts = AttackParts(run_dir, targets)
+    earlier = existing if existing is not None and parts.done else None
+    seed, seed_source, key = run_secrets(spec, configs, earlier)
 
     from rpdist.distributed.pool import ensure_ray
 
     ensure_ray(spec.address)
-    started = time.perf_counter()
     data = spec.dataset
     target_ref = roles.target_model(dataset=data)
     eval_ref = roles.eval_model(dataset=data)
     exclude = (lambda t: t) if spec.prior == DISJOINT else (lambda t: None)
     gen_recipes = {t: roles.generator_recipe(spec.generator_epochs, data, exclude(t)) for t in targets}
     generators = prior_generators(spec, targets)
+    models = {"target": {"sha256": target_ref.sha256, "recipe": roles.target_recipe(dataset=data),
+                         "clean_accuracy_test": roles.accuracy(target_ref, dataset=data)},
+              "eval": {"sha256": eval_ref.sha256, "recipe": roles.eval_recipe(data),
+                       "clean_accuracy_test": roles.accuracy(eval_ref, dataset=data)},
+              "generator": {"sha256": prior_sha256(generators),
+                            **({"recipe": gen_recipes[targets[0]]} if spec.prior == PUBLIC else
+                               {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})}}
+    if earlier is not None:
+        _check_models(run_dir, earlier["models"], models)
+    keys_drawn = (earlier or {}).get("details", {}).get("random_noise_keys", 0)
+    if key is not None and key.source == "random":
+        keys_drawn += 1
+        if keys_drawn > 1 and progress:
+            print("  resuming keyed noise with a new random key (the earlier one was never stored): classes saved "
+                  "before ran under another key", file=sys.stderr)
+    manifest = new_manifest(
+        ATTACK.name, config, models=models, dataset={"spec": spec.dataset}, device={"batch_size": spec.batch_size},
+        timings={"started": (earlier or {}).get("timings", {}).get("started")
+                 or dt.datetime.now(dt.timezone.utc).isoformat(),
+                 "seconds": (earlier or {}).get("timings", {}).get("seconds", 0.0)},
+        details={"reconstructions": RECONSTRUCTIONS, "seed": seed, "seed_source": seed_source,
+                 "noise_key": key.describe() if key is not None else {"source": "none (no keyed noise)"},
+                 **({"random_noise_keys": keys_drawn} if keys_drawn else {}),
+                 "keyed_grid_sigmas": KEY_GRID_SIGMAS, "judge_threshold": spec.judge_threshold,
+                 "prior": spec.prior, "targets_at_once": spec.targets_at_once or len(targets),
+                 "config_seconds": (earlier or {}).get("details", {}).get("config_seconds", [0.0] * len(configs))})
+    run_dir.write_manifest(manifest)
+    clock = _Clock(manifest)
     evaluator = eval_ref.load("cpu")
     private = roles.role_data("private", data)
     X_test, y_test = roles.role_data("test", data)
-    rows, images, labels, matched, released = [], [], [], {}, {}
-    for cfg in configs:
+    labels, matched = [], {}
+    for index, cfg in enumerate(configs):
         if spec.defense == "abstain":
             cfg = {**cfg, "abstain_rate": matched_abstain_rate(cfg, spec, target_ref, seed, key, matched)}
+        labels.append(_label(spec.defense, cfg))
+        left = parts.left(index)
+        if not left and spec.defense != "dpsgd":
+            continue
         release, ref = make_release(spec.defense, cfg, spec, target_ref, seed, key)
         if ref is not target_ref:  # a DP-SGD model: the manifest hashes every model a release answers with
-            released[f"dpsgd eps={cfg['epsilon']:g}"] = {"sha256": ref.sha256}
-        acc, abstain_rate = utility(release, X_test, y_test)
+            manifest["models"][f"dpsgd eps={cfg['epsilon']:g}"] = {"sha256": ref.sha256}
+        if not left:
+            continue
+        saved = parts.rows(index)
+        acc, abstain_rate = (utility(release, X_test, y_test) if saved is None else
+                             (float(saved["utility_accuracy"].iloc[0]), float(saved["abstain_rate"].iloc[0])))
         brep = BrepConfig(budget=spec.query_budget, points=spec.points, repeat=cfg["repeat"],
                           abstain_aware=cfg["attacker"] == ABSTAIN_AWARE, **nudge_config(cfg))
-        t0 = time.perf_counter()
-        attacks, passes = attack_release(release, targets, spec.restarts, brep, seed, generators,
-                                         _label(spec.defense, cfg) if progress else None)
-        seconds = time.perf_counter() - t0
-        v = judge(evaluator, generators, attacks, spec.judge_threshold, private)
-        per_attack = _split_passes(attacks, passes, spec.defense, cfg)
-        for i, (a, fp) in enumerate(zip(attacks, per_attack)):
-            rows.append({"defense": spec.defense, **{k: cfg[k] for k in ("sigma", "n", "epsilon", "release")},
-                         "noise": cfg["noise"], "repeat": cfg["repeat"], "nudge": cfg["nudge"],
-                         "attacker": cfg["attacker"],
-                         "nudge_distance": brep.nudge if not brep.nudge_ulp else float("nan"),
-                         "target": a.target, "restart": a.restart,
-                         "success": bool(v["success"][i]),
-                         "eval_confidence": float(v["eval_confidence"][i]),
-                         "eval_prediction": int(v["eval_prediction"][i]),
-                         "knn_distance": float(v["knn_distance"][i]),
-                         "start_success": bool(v["start_success"][i]),
-                         "start_eval_confidence": float(v["start_eval_confidence"][i]),
-                         "start_knn_distance": float(v["start_knn_distance"][i]),
-                         "found": a.found, "queries": a.queries, "forward_passes": fp, "steps": a.steps,
-                         "accepted_steps": a.accepted, "final_radius": float(a.radius),
-                         "utility_accuracy": acc, "utility_tests": len(y_test), "abstain_rate": abstain_rate,
-                         "query_budget": spec.query_budget,
-                         "seconds": seconds})
-            images.append(v["images"][i][0])
-        labels.append(_label(spec.defense, cfg))
+        clock.start(index)
+
+        def save(target, attacks, passes, index=index, cfg=cfg, brep=brep, acc=acc, abstain_rate=abstain_rate):
+            v = judge(evaluator, generators, attacks, spec.judge_threshold, private)
+            per_attack = _split_passes(attacks, passes, spec.defense, cfg)
+            rows = [_row(spec, cfg, brep, a, fp, v, i, acc, abstain_rate, len(y_test))
+                    for i, (a, fp) in enumerate(zip(attacks, per_attack))]
+            parts.save(index, target, rows, v["images"][:, 0])
+            clock.tick(index)
+            run_dir.write_manifest(manifest)
+
+        attack_release(release, left, spec.restarts, brep, seed, generators,
+                       labels[-1] if progress else None, spec.targets_at_once, save)
         if progress:
-            done = rows[-len(attacks):]
-            print(f"  {labels[-1]}: ASR {np.mean([r['success'] for r in done]):.0%} (start "
-                  f"{np.mean([r['start_success'] for r in done]):.0%}), utility {acc:.1%}, abstain {abstain_rate:.1%}, "
-                  f"{seconds:.1f}s", file=sys.stderr)
-    table = pd.DataFrame(rows)
+            done = parts.rows(index)
+            print(f"  {labels[-1]}: ASR {done['success'].mean():.0%} (start {done['start_success'].mean():.0%}), "
+                  f"utility {acc:.1%}, abstain {abstain_rate:.1%}, "
+                  f"{manifest['details']['config_seconds'][index]:.1f}s", file=sys.stderr)
+    table, images = parts.collect(len(configs))
+    table["seconds"] = [manifest["details"]["config_seconds"][i] for i in table.pop("config")]
     run_dir.write_table(pa.Table.from_pandas(table, preserve_index=False), run_dir.final_name)
     side = roles.side(data)
-    grid = np.stack(images).reshape(len(configs), len(targets) * spec.restarts, side, side)
+    grid = images.reshape(len(configs), len(targets) * spec.restarts, side, side)
     save_grid(grid, labels, [str(t) for t in targets for _ in range(spec.restarts)], run_dir)
-    manifest = new_manifest(
-        ATTACK.name, config, status="complete",
-        models={"target": {"sha256": target_ref.sha256, "recipe": roles.target_recipe(dataset=data),
-                           "clean_accuracy_test": roles.accuracy(target_ref, dataset=data)},
-                "eval": {"sha256": eval_ref.sha256, "recipe": roles.eval_recipe(data),
-                         "clean_accuracy_test": roles.accuracy(eval_ref, dataset=data)},
-                "generator": {"sha256": prior_sha256(generators),
-                              **({"recipe": gen_recipes[targets[0]]} if spec.prior == PUBLIC else
-                                 {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})},
-                **released},
-        dataset={"spec": spec.dataset}, device={"batch_size": spec.batch_size},
-        timings={"seconds": time.perf_counter() - started, "finished": dt.datetime.now(dt.timezone.utc).isoformat()},
-        details={"reconstructions": RECONSTRUCTIONS, "seed": seed, "seed_source": seed_source,
-                 "noise_key": key.describe() if key is not None else {"source": "none (no keyed noise)"},
-                 "keyed_grid_sigmas": KEY_GRID_SIGMAS, "judge_threshold": spec.judge_threshold,
-                 "prior": spec.prior})
+    manifest["status"] = "complete"
+    manifest["timings"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
     run_dir.write_manifest(manifest)
+    run_dir.store.delete_dir(run_id, "parts")
+    return _outcome(run_dir, manifest)
+
+
+def _identity(config: dict) -> dict:
+    """What a resumed run must share with the one that started it: everything but how many classes are
+    attacked at a time (that changes when a class is saved, not what it computes)."""
+    return {k: v for k, v in config.items() if k != "targets_at_once"}
+
+
+def _check_models(run_dir: RunDir, recorded: dict, mine: dict) -> None:
+    """Refuse to resume on other models than the saved classes ran on (role models trained on demand differ
+    from one machine to the next)."""
+    changed = [name for name in ("target", "eval", "generator")
+               if (recorded.get(name) or {}).get("sha256") != mine[name]["sha256"]]
+    if changed:
+        raise InputError(f"{run_dir.path} was started on another {changed[0]} model "
+                         f"({(recorded.get(changed[0]) or {}).get('sha256', '?')[:8]}, this machine's is "
+                         f"{mine[changed[0]]['sha256'][:8]}); a run does not mix models: resume it with the "
+                         "$RPDIST_CACHE that started it, or start a new run id")
+
+
+class _Clock:
+    """Seconds of attack work per config and in all, summed over the sessions of a resumed run; work lost in
+    flight at an interruption is not counted."""
+
+    def __init__(self, manifest: dict):
+        self.manifest = manifest
+        self.total = manifest["timings"]["seconds"]
+        self.session = time.perf_counter()
+        self.began = self.base = 0.0
+
+    def start(self, index: int) -> None:
+        """A config's attack starts (or resumes) now."""
+        self.began, self.base = time.perf_counter(), self.manifest["details"]["config_seconds"][index]
+
+    def tick(self, index: int) -> None:
+        """A class of the config was saved now."""
+        now = time.perf_counter()
+        self.manifest["details"]["config_seconds"][index] = self.base + now - self.began
+        self.manifest["timings"]["seconds"] = self.total + now - self.session
+
+
+def _row(spec: InversionSpec, cfg: dict, brep: BrepConfig, a: BrepAttack, passes: int, v: dict, i: int, acc: float,
+         abstain_rate: float, tests: int) -> dict:
+    """One attack's row of attack.parquet (its config's ``seconds`` is added when the run is collected)."""
+    return {"defense": spec.defense, **{k: cfg[k] for k in ("sigma", "n", "epsilon", "release")},
+            "noise": cfg["noise"], "repeat": cfg["repeat"], "nudge": cfg["nudge"], "attacker": cfg["attacker"],
+            "nudge_distance": brep.nudge if not brep.nudge_ulp else float("nan"),
+            "target": a.target, "restart": a.restart, "success": bool(v["success"][i]),
+            "eval_confidence": float(v["eval_confidence"][i]), "eval_prediction": int(v["eval_prediction"][i]),
+            "knn_distance": float(v["knn_distance"][i]), "start_success": bool(v["start_success"][i]),
+            "start_eval_confidence": float(v["start_eval_confidence"][i]),
+            "start_knn_distance": float(v["start_knn_distance"][i]),
+            "found": a.found, "queries": a.queries, "forward_passes": passes, "steps": a.steps,
+            "accepted_steps": a.accepted, "final_radius": float(a.radius),
+            "utility_accuracy": acc, "utility_tests": tests, "abstain_rate": abstain_rate,
+            "query_budget": spec.query_budget}
+
+
+def _outcome(run_dir: RunDir, manifest: dict) -> Outcome:
     reader = lambda columns=None: run_dir.read_final(columns=columns).to_pandas()  # noqa: E731
-    return Outcome(ATTACK.name, run_dir.path, manifest, ATTACK.summarize(table), reader=reader)
+    return Outcome(ATTACK.name, run_dir.path, manifest, ATTACK.summarize(reader()), reader=reader)
 
 
 def _split_passes(attacks, total: int, defense: str, cfg: dict) -> list[int]:

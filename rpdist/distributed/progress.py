@@ -70,14 +70,20 @@ def tally_flush(tally) -> None:
     ray.get(tally.add.remote(0))
 
 
-def follow(refs: list, tally, meter: SampleProgress, poll: float = 1.0) -> list:
-    """The results of ``refs``, advancing ``meter`` to the tally's count every ``poll`` seconds until they
-    are all done (capped at its total: a retried task counts its work twice). The final count is exact
-    when each task calls :func:`tally_flush` before it returns."""
+def as_finished(starts: list, at_once: int, tally=None, meter: SampleProgress | None = None, poll: float = 1.0):
+    """Yield ``(index, result)`` of each Ray task as it finishes, keeping at most ``at_once`` running; each of
+    ``starts`` is a function that starts one task and returns its ref. ``meter`` follows the tally's count
+    every ``poll`` seconds (capped at its total: a retried task counts its work twice); the final count is
+    exact when each task calls :func:`tally_flush` before it returns."""
     import ray
 
-    pending = list(refs)
-    while pending:
-        _, pending = ray.wait(pending, num_returns=len(pending), timeout=poll)
-        meter.advance(min(ray.get(tally.total.remote()), meter.total) - meter.done)
-    return ray.get(refs)
+    waiting, running = list(enumerate(starts)), {}
+    while waiting or running:
+        while waiting and len(running) < at_once:
+            index, start = waiting.pop(0)
+            running[start()] = index
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=None if meter is None else poll)
+        if meter is not None:
+            meter.advance(min(ray.get(tally.total.remote()), meter.total) - meter.done)
+        for ref in ready:
+            yield running.pop(ref), ray.get(ref)

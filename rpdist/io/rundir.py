@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,9 +23,10 @@ class RunDir:
     def manifest(self) -> dict | None:
         return self.store.read_json(self.run_id, "manifest.json")
 
-    def claim(self, config: dict, id_flag: str = "run id") -> dict | None:
-        """Start or resume: returns the existing manifest, refusing a different configuration."""
-        return self.store.claim(self.run_id, config, id_flag)
+    def claim(self, config: dict, id_flag: str = "run id", compare: Callable[[dict], dict] | None = None) -> dict | None:
+        """Start or resume: returns the existing manifest, refusing a different configuration (as
+        ``compare`` sees it; default all of it)."""
+        return self.store.claim(self.run_id, config, id_flag, compare)
 
     @property
     def complete(self) -> bool:

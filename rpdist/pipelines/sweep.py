@@ -31,6 +31,7 @@ from rpdist.errors import InputError
 from rpdist.specs import input_error
 from rpdist.smoothing.noise import DEFAULT_BLOCK, NOISE_SCHEME, Phase
 from rpdist.analyses.base import Outcome
+from rpdist.analyses.attack import AttackAnalysis
 from rpdist.analyses.rap import RapAnalysis
 from rpdist.attacks.brep import ABSTAIN_AWARE, EXACT, PLAIN, PRIORS, PUBLIC, nudge_name
 from rpdist.defenses import DEFENSES
@@ -303,6 +304,16 @@ def comparable(config: dict) -> dict:
     return {**config, "sweep": sweep}
 
 
+def check_targets_at_once(spec: SweepSpec, targets_at_once: int | None) -> None:
+    """--targets-at-once is a count of an attack's target classes; other analyses have none."""
+    if targets_at_once is None:
+        return
+    if spec.analysis != AttackAnalysis.name:
+        raise InputError(f"--targets-at-once applies to attack sweeps, not to {spec.analysis}")
+    if isinstance(targets_at_once, bool) or not isinstance(targets_at_once, int) or targets_at_once < 1:
+        raise InputError(f"--targets-at-once must be a whole number ≥ 1, got {targets_at_once!r}")
+
+
 def partition_dir(sigma: float, n: int, alpha: float, seed: int) -> tuple[str, ...]:
     return (f"sigma={sigma!r}", f"n={n}", f"alpha={alpha!r}", f"seed={seed}")
 
@@ -315,11 +326,13 @@ _POINT_FILE = re.compile(_POINT_DIR + "(" + "|".join(
 
 def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, workers: int | None = None,
               address: str | None = None, device: str | None = None, progress: bool = True,
-              on_unit: Callable | None = None) -> Outcome:
-    """Run the whole grid, or resume it: chunks whose files all exist are skipped."""
+              on_unit: Callable | None = None, targets_at_once: int | None = None) -> Outcome:
+    """Run the whole grid, or resume it: chunks whose files all exist are skipped. ``targets_at_once``
+    (attack sweeps only) bounds the classes a point attacks at a time, each saved as it finishes."""
     from rpdist.datasets.catalog import load_dataset
     from rpdist.pipelines.run import RunSpec, engine_identity, resolve_model
 
+    check_targets_at_once(spec, targets_at_once)
     store = open_run(out, sweep_id)
     data = load_dataset(spec.dataset, split=spec.split, label_column=spec.label_column, limit=spec.limit,
                         stream=True)
@@ -332,7 +345,10 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
     resume = manifest["details"].setdefault("resume", {})
     analysis = analyses.get(spec.analysis)
     if analysis.per_point:
-        return _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address, device, progress)
+        options = dict(workers=workers, address=address, device=device)
+        if targets_at_once is not None:
+            options["targets_at_once"] = targets_at_once
+        return _run_each_point(analysis, spec, store, sweep_id, manifest, options, progress)
     # Forward samples computed for this sweep, summed over its sessions: a chunk counts when its files
     # are written, so chunks skipped on resume are not counted again and a chunk computed twice (its
     # session killed between its files) counts twice. Work lost in flight at an interruption is not counted.
@@ -431,7 +447,7 @@ def _short(models: dict[str, str]) -> str:
     return ", ".join(f"{role} {sha256[:8]}" for role, sha256 in models.items())
 
 
-def _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address, device, progress) -> Outcome:
+def _run_each_point(analysis, spec, store, sweep_id, manifest, options: dict, progress) -> Outcome:
     """A per-point analysis (RAP, a model-inversion attack) at every grid point, each a run of its own
     in its partition directory; a finished point is skipped on resume, and new points are added only on the
     models the finished ones ran on.
@@ -449,7 +465,6 @@ def _run_each_point(analysis, spec, store, sweep_id, manifest, workers, address,
         if finished:
             continue
         out = Store(store.path(*parent), filesystem=store.fs)
-        options = dict(workers=workers, address=address, device=device)
         analysis.run_point(spec, point, out, leaf, options, progress)
         ran = True
     _finish(manifest, ran)
