@@ -282,6 +282,34 @@ def test_an_interrupted_attack_resumes_with_the_classes_left_and_writes_what_one
     pd.testing.assert_frame_equal(pd.DataFrame(again.summary), pd.DataFrame(resumed.summary))
 
 
+@pytest.mark.slow
+def test_an_attack_sweep_point_stopped_midway_resumes_to_the_rows_of_an_uninterrupted_sweep(
+        ray_session, tmp_path, quick, monkeypatch):
+    from rpdist.attacks.parts import AttackParts
+    from rpdist.pipelines.sweep import parse_sweep, read_sweep, run_sweep
+
+    spec = parse_sweep({"dataset": "digits", "analysis": "attack", "defense": "rp", "release": "predict",
+                        "sigma": [0.5], "n": [20], "seed": [0], "query_budget": 60, "restarts": 2,
+                        "targets": [0, 1, 2, 3], "generator_epochs": quick["generator_epochs"]})
+    real_save, saved = AttackParts.save, []
+
+    def stopping(self, *args):
+        real_save(self, *args)
+        saved.append(args[:2])
+        if len(saved) == 2:
+            raise Stop
+
+    monkeypatch.setattr(AttackParts, "save", stopping)
+    with pytest.raises(Stop):
+        run_sweep(spec, out=tmp_path, sweep_id="cut", progress=False, targets_at_once=1)
+    monkeypatch.setattr(AttackParts, "save", real_save)
+    run_sweep(spec, out=tmp_path, sweep_id="cut", progress=False, targets_at_once=2)
+    run_sweep(spec, out=tmp_path, sweep_id="whole", progress=False)
+    cut, whole = (read_sweep(tmp_path / name).to_pandas().drop(columns="seconds") for name in ("cut", "whole"))
+    assert saved == [(0, 0), (0, 1)] and len(cut) == 8
+    pd.testing.assert_frame_equal(cut, whole)
+
+
 def test_cli_refuses_unknown_defense(tmp_path):
     from rpdist.cli.main import main
 

@@ -326,6 +326,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     config = {**asdict(spec), "run_id": run_id}
     config.pop("out")
     existing = run_dir.claim(config, "--run-id", compare=_identity)
+    session = time.perf_counter()
     if run_dir.complete:
         return _outcome(run_dir, existing)
     parts = AttackParts(run_dir, targets)
@@ -350,6 +351,9 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
                                {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})}}
     if earlier is not None:
         _check_models(run_dir, earlier["models"], models)
+        if progress:
+            print(f"  resuming {run_dir.path}: {len(parts.done)} of {len(configs) * len(targets)} (config, class) "
+                  "attacks saved", file=sys.stderr)
     keys_drawn = (earlier or {}).get("details", {}).get("random_noise_keys", 0)
     if key is not None and key.source == "random":
         keys_drawn += 1
@@ -368,7 +372,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
                  "prior": spec.prior, "targets_at_once": spec.targets_at_once or len(targets),
                  "config_seconds": (earlier or {}).get("details", {}).get("config_seconds", [0.0] * len(configs))})
     run_dir.write_manifest(manifest)
-    clock = _Clock(manifest)
+    clock = _Clock(manifest, session)
     evaluator = eval_ref.load("cpu")
     private = roles.role_data("private", data)
     X_test, y_test = roles.role_data("test", data)
@@ -415,7 +419,8 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     grid = images.reshape(len(configs), len(targets) * spec.restarts, side, side)
     save_grid(grid, labels, [str(t) for t in targets for _ in range(spec.restarts)], run_dir)
     manifest["status"] = "complete"
-    manifest["timings"]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
+    manifest["timings"].update(seconds=clock.total + time.perf_counter() - session,
+                               finished=dt.datetime.now(dt.timezone.utc).isoformat())
     run_dir.write_manifest(manifest)
     run_dir.store.delete_dir(run_id, "parts")
     return _outcome(run_dir, manifest)
@@ -440,13 +445,13 @@ def _check_models(run_dir: RunDir, recorded: dict, mine: dict) -> None:
 
 
 class _Clock:
-    """Seconds of attack work per config and in all, summed over the sessions of a resumed run; work lost in
-    flight at an interruption is not counted."""
+    """Seconds of attack work per config and of the run, summed over the sessions of a resumed run (this one
+    began at ``session``, a perf_counter time); work lost in flight at an interruption is not counted."""
 
-    def __init__(self, manifest: dict):
+    def __init__(self, manifest: dict, session: float):
         self.manifest = manifest
         self.total = manifest["timings"]["seconds"]
-        self.session = time.perf_counter()
+        self.session = session
         self.began = self.base = 0.0
 
     def start(self, index: int) -> None:
