@@ -311,7 +311,7 @@ def check_targets_at_once(spec: SweepSpec, targets_at_once: int | None) -> None:
     if spec.analysis != AttackAnalysis.name:
         raise InputError(f"--targets-at-once applies to attack sweeps, not to {spec.analysis}")
     if isinstance(targets_at_once, bool) or not isinstance(targets_at_once, int) or targets_at_once < 1:
-        raise InputError(f"--targets-at-once must be a whole number ≥ 1, got {targets_at_once!r}")
+        raise InputError(f"--targets-at-once must be a whole number >= 1, got {targets_at_once!r}")
 
 
 def partition_dir(sigma: float, n: int, alpha: float, seed: int) -> tuple[str, ...]:
