@@ -2,9 +2,9 @@
 
 Writes ``OUT/RUN_ID/attack.parquet`` (one row per defense config, target class and restart), a
 PNG grid of the reconstructions and a manifest. Every target class is attacked by a Ray task of
-its own, and saved when it finishes (:mod:`rpdist.attacks.parts`), so a stopped run resumes. Queries to smoothed targets go through :func:`rpdist.predict` on the replicas the driver
-started (the tasks hold handles to them), so a round's sphere points × N samples share forward
-batches there.
+its own, and saved when it finishes (:mod:`rpdist.attacks.parts`), so a stopped run resumes. Queries
+to smoothed targets go through :func:`rpdist.predict` on the replicas the driver started (the tasks
+hold handles to them), so a round's sphere points × N samples share forward batches there.
 
 Baselines without a certificate: ``abstain`` answers with the undefended label or abstains at random at
 the rate RP's PREDICT release abstains on the test split at the same (σ, N, noise); ``noise`` answers
