@@ -37,7 +37,7 @@ from rpdist.analyses.attack import RECONSTRUCTIONS, AttackAnalysis, release_name
 from rpdist.analyses.base import Outcome
 from rpdist.defenses import DEFENSES
 from rpdist.errors import InputError
-from rpdist.io.manifest import new_manifest
+from rpdist.io.manifest import new_manifest, recorded_models
 from rpdist.io.rundir import RunDir
 from rpdist.specs import Alpha, Count, Must, OutRoot, Positive, Seed, Sigma, spec
 
@@ -350,7 +350,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
                             **({"recipe": gen_recipes[targets[0]]} if spec.prior == PUBLIC else
                                {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})}}
     if earlier is not None:
-        _check_models(run_dir, earlier["models"], models)
+        _check_models(run_dir, earlier, models)
         if progress:
             print(f"  resuming {run_dir.path}: {len(parts.done)} of {len(configs) * len(targets)} (config, class) "
                   "attacks saved", file=sys.stderr)
@@ -432,16 +432,16 @@ def _identity(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "targets_at_once"}
 
 
-def _check_models(run_dir: RunDir, recorded: dict, mine: dict) -> None:
+def _check_models(run_dir: RunDir, earlier: dict, mine: dict) -> None:
     """Refuse to resume on other models than the saved classes ran on (role models trained on demand differ
     from one machine to the next)."""
-    changed = [name for name in ("target", "eval", "generator")
-               if (recorded.get(name) or {}).get("sha256") != mine[name]["sha256"]]
+    before = recorded_models(earlier, mine)
+    changed = [name for name in before if before[name] != mine[name]["sha256"]]
     if changed:
-        raise InputError(f"{run_dir.path} was started on another {changed[0]} model "
-                         f"({(recorded.get(changed[0]) or {}).get('sha256', '?')[:8]}, this machine's is "
-                         f"{mine[changed[0]]['sha256'][:8]}); a run does not mix models: resume it with the "
-                         "$RPDIST_CACHE that started it, or start a new run id")
+        name = changed[0]
+        raise InputError(f"{run_dir.path} was started on another {name} model ({before[name][:8]}, this "
+                         f"machine's is {mine[name]['sha256'][:8]}); a run does not mix models: resume it with "
+                         "the $RPDIST_CACHE that started it, or start a new run id")
 
 
 class _Clock:

@@ -53,3 +53,11 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def recorded_models(manifest: dict | None, names) -> dict[str, str]:
+    """Role -> sha256 of the models among ``names`` that a manifest recorded: what a resume must run on again
+    (models trained on demand differ from one machine to the next). Older manifests lack some roles; those
+    are left out rather than compared."""
+    models = (manifest or {}).get("models") or {}
+    return {name: models[name]["sha256"] for name in names if (models.get(name) or {}).get("sha256")}

@@ -36,7 +36,7 @@ from rpdist.analyses.rap import RapAnalysis
 from rpdist.attacks.brep import ABSTAIN_AWARE, EXACT, PLAIN, PRIORS, PUBLIC, nudge_name
 from rpdist.defenses import DEFENSES
 from rpdist.defenses.releases import FRESH, KEYED, SMOOTHED_RELEASES
-from rpdist.io.manifest import new_manifest
+from rpdist.io.manifest import new_manifest, recorded_models
 from rpdist.io.store import Store, describe_change, open_run
 from rpdist.privacy.staged import DEFAULT_PILOT
 from rpdist.smoothing.job import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
@@ -433,9 +433,7 @@ def check_point_models(analysis, spec, store: Store, sweep_id: str, point: dict)
     models = analysis.point_models(spec, point)
     if models is None:
         return
-    recorded = (store.read_json(sweep_id, *partition_dir(**point), "manifest.json") or {}).get("models") or {}
-    before = {name: (recorded.get(name) or {}).get("sha256") for name in models}
-    before = {name: sha256 for name, sha256 in before.items() if sha256}
+    before = recorded_models(store.read_json(sweep_id, *partition_dir(**point), "manifest.json"), models)
     mine = {name: models[name] for name in before}
     if before != mine:
         raise InputError(f"{store.show(sweep_id)}: its finished points ran on other models ({_short(before)}) "
