@@ -228,19 +228,46 @@ def test_mnist5k_run_writes_28_pixel_reconstructions_and_knn_columns(ray_session
     assert manifest["models"]["target"]["recipe"]["dataset"] == "mnist5k"
 
 
+class Stop(Exception):
+    """Stands for a run killed mid-way."""
+
+
 @pytest.mark.slow
 def test_manifest_hashes_every_model_a_verdict_depends_on(ray_session, tmp_path, monkeypatch):
     """Target, evaluator, the attacker's generator and each released DP-SGD model, by sha256 (a stand-in DP-SGD
-    model here: the real ones train for minutes)."""
+    model here: the real ones train for minutes); a run stopped after one class does not resume where another
+    DP-SGD model would answer (another machine retrains it)."""
     from rpdist.attacks import inversion
+    from rpdist.attacks.parts import AttackParts
+    from rpdist.errors import InputError
     from rpdist.models.refs import ModelRef, state_dict_sha256
 
-    torch.manual_seed(0)
     kwargs = roles.RECIPES["digits"]["target"]["arch_kwargs"]
+    torch.manual_seed(0)
     stand_in = ModelRef.from_state_dict("cnn", kwargs, architectures.build("cnn", **kwargs).state_dict())
+    other = ModelRef.from_state_dict("cnn", kwargs, architectures.build("cnn", **kwargs).state_dict())
+    assert other.sha256 != stand_in.sha256
+    spec = inversion.InversionSpec(dataset="digits", defense="dpsgd", epsilons=[8.0], targets=[0, 1],
+                                   targets_at_once=1, restarts=1, query_budget=20, seed=0, out=str(tmp_path),
+                                   run_id="d")
+    real_save = AttackParts.save
+
+    def stopping(self, *args):
+        real_save(self, *args)
+        raise Stop
+
     monkeypatch.setattr(roles, "dpsgd_model", lambda epsilon, **kw: stand_in)
-    inversion.run_inversion(inversion.InversionSpec(dataset="digits", defense="dpsgd", epsilons=[8.0], targets=[0],
-                                                    restarts=1, query_budget=20, seed=0, out=str(tmp_path), run_id="d"))
+    monkeypatch.setattr(AttackParts, "save", stopping)
+    with pytest.raises(Stop):
+        inversion.run_inversion(spec)
+    monkeypatch.setattr(AttackParts, "save", real_save)
+    monkeypatch.setattr(roles, "dpsgd_model", lambda epsilon, **kw: other)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(InputError, match="another dpsgd eps=8 model"):
+        inversion.run_inversion(spec)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # nothing written
+    monkeypatch.setattr(roles, "dpsgd_model", lambda epsilon, **kw: stand_in)
+    inversion.run_inversion(spec)
     models = json.loads((tmp_path / "d" / "manifest.json").read_text())["models"]
     assert models["target"]["sha256"] == roles.target_model(dataset="digits").sha256
     assert models["eval"]["sha256"] == roles.eval_model(dataset="digits").sha256

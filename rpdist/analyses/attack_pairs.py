@@ -26,7 +26,7 @@ ATTACK_FILE = AttackAnalysis.final_file
 GRID = ("sigma=*", "n=*", "alpha=*", "seed=*")  # a sweep's point folders, outermost first
 PAIR_KEYS = ("seed", "target", "restart")  # one attack: its prior draw and its target
 # The models every attack's verdict depends on, whatever the defense (a DP-SGD release's own model is the setting
-# under test; manifests hash it too, as 'dpsgd eps=E').
+# under test; manifests hash it too, under rpdist.io.manifest.dpsgd_name).
 ROLES = ("target", "eval")
 # The attacker's prior decides the start draws; manifests hash it since 4 December 2026 and it is compared
 # where recorded (earlier runs trained it with their role models, on the same machine).

@@ -34,6 +34,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from rpdist.errors import InputError
+from rpdist.io.manifest import dpsgd_name
 from rpdist.privacy.mechanisms import Certify, Majority, Predict
 from rpdist.specs import Alpha, Count, OutRoot, Sigma, cli_option, input_error, one_of
 
@@ -164,11 +165,6 @@ def target_models(spec: ExtractionSpec) -> dict:
             models[dpsgd_name(setting["epsilon"])] = target_model(spec.dataset, spec.train_sigma,
                                                                   setting["epsilon"], dpsgd=True)
     return models
-
-
-def dpsgd_name(epsilon: float) -> str:
-    """The name a manifest records the DP-SGD target of ``epsilon`` under."""
-    return f"dpsgd eps={epsilon:g}"
 
 
 def query_pool(spec: ExtractionSpec, seed: int) -> np.ndarray:

@@ -37,7 +37,7 @@ from rpdist.analyses.attack import RECONSTRUCTIONS, AttackAnalysis, release_name
 from rpdist.analyses.base import Outcome
 from rpdist.defenses import DEFENSES
 from rpdist.errors import InputError
-from rpdist.io.manifest import new_manifest, recorded_models
+from rpdist.io.manifest import dpsgd_name, new_manifest, recorded_models
 from rpdist.io.rundir import RunDir
 from rpdist.specs import Alpha, Count, Must, OutRoot, Positive, Seed, Sigma, spec
 
@@ -276,8 +276,14 @@ def make_release(defense: str, cfg: dict, spec: InversionSpec, target_ref, seed:
     if defense == "noise":
         return NoisyInputRelease(target_ref, cfg["sigma"], seed=seed, batch_size=spec.batch_size, workers=spec.workers,
                                  address=spec.address, device=spec.device, **common), target_ref
-    ref = roles.dpsgd_model(None if math.isinf(cfg["epsilon"]) else cfg["epsilon"], dataset=spec.dataset)
+    ref = dpsgd_ref(spec, cfg["epsilon"])
     return LabelRelease(ref, **common), ref
+
+
+def dpsgd_ref(spec: InversionSpec, epsilon: float):
+    """The DP-SGD target released at ``epsilon`` (ε = inf: clipping without noise), trained and cached on first
+    use."""
+    return roles.dpsgd_model(None if math.isinf(epsilon) else epsilon, dataset=spec.dataset)
 
 
 def run_secrets(spec: InversionSpec, configs: list[dict], earlier: dict | None = None) -> tuple[int, str, object]:
@@ -349,6 +355,8 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
               "generator": {"sha256": prior_sha256(generators),
                             **({"recipe": gen_recipes[targets[0]]} if spec.prior == PUBLIC else
                                {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})}}
+    if spec.defense == "dpsgd":  # the released models too: a resumed config answers with the model it started on
+        models.update({dpsgd_name(c["epsilon"]): {"sha256": dpsgd_ref(spec, c["epsilon"]).sha256} for c in configs})
     if earlier is not None:
         _check_models(run_dir, earlier, models)
         if progress:
@@ -382,13 +390,9 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
             cfg = {**cfg, "abstain_rate": matched_abstain_rate(cfg, spec, target_ref, seed, key, matched)}
         labels.append(_label(spec.defense, cfg))
         left = parts.left(index)
-        if not left and spec.defense != "dpsgd":
-            continue
-        release, ref = make_release(spec.defense, cfg, spec, target_ref, seed, key)
-        if ref is not target_ref:  # a DP-SGD model: the manifest hashes every model a release answers with
-            manifest["models"][f"dpsgd eps={cfg['epsilon']:g}"] = {"sha256": ref.sha256}
         if not left:
             continue
+        release, _ = make_release(spec.defense, cfg, spec, target_ref, seed, key)
         saved = parts.rows(index)
         acc, abstain_rate = (utility(release, X_test, y_test) if saved is None else
                              (float(saved["utility_accuracy"].iloc[0]), float(saved["abstain_rate"].iloc[0])))

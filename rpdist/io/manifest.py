@@ -61,3 +61,8 @@ def recorded_models(manifest: dict | None, names) -> dict[str, str]:
     are left out rather than compared."""
     models = (manifest or {}).get("models") or {}
     return {name: models[name]["sha256"] for name in names if (models.get(name) or {}).get("sha256")}
+
+
+def dpsgd_name(epsilon: float) -> str:
+    """The name a manifest records the DP-SGD model of ``epsilon`` under (beside target, eval, ...)."""
+    return f"dpsgd eps={epsilon:g}"
