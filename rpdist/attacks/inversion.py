@@ -255,7 +255,7 @@ def matched_abstain_rate(cfg: dict, spec: InversionSpec, target_ref, seed: int, 
     point = (cfg["sigma"], cfg["n"], cfg["noise"])
     if point not in cache:
         rp = {**cfg, "release": PREDICT}
-        release, _ = make_release("rp", rp, spec, target_ref, seed, key)
+        release = make_release("rp", rp, spec, target_ref, seed, key)
         cache[point] = utility(release, *roles.role_data("test", spec.dataset))[1]
     return cache[point]
 
@@ -264,20 +264,19 @@ def make_release(defense: str, cfg: dict, spec: InversionSpec, target_ref, seed:
     """The release of one config; ``seed`` and ``key`` are the run's secrets (see :func:`run_secrets`)."""
     common = dict(noise=cfg["noise"], key=key)
     if defense == "none":
-        return LabelRelease(target_ref, **common), target_ref
+        return LabelRelease(target_ref, **common)
     if defense == "rp":
         return SmoothedRelease(target_ref, cfg["sigma"], cfg["n"], release=cfg["release"], alpha=spec.alpha,
                                seed=seed, batch_size=spec.batch_size, workers=spec.workers,
-                               address=spec.address, device=spec.device, **common), target_ref
+                               address=spec.address, device=spec.device, **common)
     if defense == "rr":
-        return RandomizedResponse(target_ref, cfg["epsilon"], roles.NUM_CLASSES, seed=seed, **common), target_ref
+        return RandomizedResponse(target_ref, cfg["epsilon"], roles.NUM_CLASSES, seed=seed, **common)
     if defense == "abstain":
-        return RandomAbstention(target_ref, cfg["abstain_rate"], seed=seed, **common), target_ref
+        return RandomAbstention(target_ref, cfg["abstain_rate"], seed=seed, **common)
     if defense == "noise":
         return NoisyInputRelease(target_ref, cfg["sigma"], seed=seed, batch_size=spec.batch_size, workers=spec.workers,
-                                 address=spec.address, device=spec.device, **common), target_ref
-    ref = dpsgd_ref(spec, cfg["epsilon"])
-    return LabelRelease(ref, **common), ref
+                                 address=spec.address, device=spec.device, **common)
+    return LabelRelease(dpsgd_ref(spec, cfg["epsilon"]), **common)
 
 
 def dpsgd_ref(spec: InversionSpec, epsilon: float):
@@ -392,7 +391,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
         left = parts.left(index)
         if not left:
             continue
-        release, _ = make_release(spec.defense, cfg, spec, target_ref, seed, key)
+        release = make_release(spec.defense, cfg, spec, target_ref, seed, key)
         saved = parts.rows(index)
         acc, abstain_rate = (utility(release, X_test, y_test) if saved is None else
                              (float(saved["utility_accuracy"].iloc[0]), float(saved["abstain_rate"].iloc[0])))
