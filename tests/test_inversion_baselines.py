@@ -1,6 +1,8 @@
 """Issue 13's baselines and measures for model inversion: random abstention, Gaussian input noise (N = 1),
 the abstain-aware attacker, the paper-protocol ASR and ASR − start ASR with Tango's paired score interval."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -303,3 +305,40 @@ def test_abstain_baseline_matches_the_rp_predict_abstain_rate_end_to_end(ray_ses
     assert sorted(set(ab.attacker)) == ["abstain-aware", "plain"] and (ab.forward_passes == ab.queries).all()
     noise = run_inversion(InversionSpec(defense="noise", run_id="noise", **{**common, "ns": None})).table()
     assert (noise.n == 1).all() and (noise.forward_passes == noise.queries).all() and (noise.abstain_rate == 0).all()
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resumed_abstain_baseline_keeps_the_rate_its_saved_classes_ran_at(ray_session, tmp_path, monkeypatch):
+    """The matched abstain rate is measured once and recorded in the run's manifest: a resumed run reads it
+    rather than measuring again (under a new random noise key it would come out otherwise, and one config's
+    classes would run at two rates)."""
+    from rpdist.attacks import inversion
+    from rpdist.attacks.parts import AttackParts
+
+    spec = inversion.InversionSpec(defense="abstain", sigmas=[0.5], ns=[20], targets=[0, 1], targets_at_once=1,
+                                   restarts=1, query_budget=20, points=8, generator_epochs=40, seed=3, workers=1,
+                                   out=str(tmp_path), run_id="ab")
+    real_save = AttackParts.save
+
+    def stopping(self, *args):
+        real_save(self, *args)
+        raise Stop
+
+    monkeypatch.setattr(AttackParts, "save", stopping)
+    with pytest.raises(Stop):
+        inversion.run_inversion(spec)
+    manifest = tmp_path / "ab" / "manifest.json"
+    recorded = json.loads(manifest.read_text())["details"]["matched_abstain_rates"]
+    assert list(recorded) == ["sigma=0.5 n=20 noise=fresh"] and 0 < recorded["sigma=0.5 n=20 noise=fresh"] < 1
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("the resumed run measured the abstain rate again")
+
+    monkeypatch.setattr(AttackParts, "save", real_save)
+    monkeypatch.setattr(inversion, "SmoothedRelease", no_measuring)  # the rate's only source in this run
+    inversion.run_inversion(spec)
+    assert json.loads(manifest.read_text())["details"]["matched_abstain_rates"] == recorded

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from rpdist import analyses
 from rpdist.attacks import roles
 from rpdist.datasets.catalog import load_dataset
 from rpdist.errors import InputError
 from rpdist.models import architectures, zoo
+from rpdist.pipelines.sweep import parse_sweep
 
 
 def test_roles_split_per_dataset_is_disjoint_and_covers_train():
@@ -273,6 +275,11 @@ def test_manifest_hashes_every_model_a_verdict_depends_on(ray_session, tmp_path,
     assert models["eval"]["sha256"] == roles.eval_model(dataset="digits").sha256
     assert models["generator"]["sha256"] == state_dict_sha256(roles.generator(dataset="digits").state_dict())
     assert models["dpsgd eps=8"]["sha256"] == stand_in.sha256
+    # A sweep adding points checks the same models, the released DP-SGD one included.
+    sweep = parse_sweep({"dataset": "digits", "analysis": "attack", "defense": "dpsgd", "epsilon": [8.0],
+                         "targets": [0, 1], "restarts": 1, "query_budget": 20})
+    point_models = analyses.get("attack").point_models(sweep, sweep.points[0])
+    assert point_models == {name: m["sha256"] for name, m in models.items()}
 
 
 @pytest.mark.slow

@@ -112,16 +112,14 @@ class AttackAnalysis(Analysis):
         return options.get("defense", RP) != NOISE
 
     def point_models(self, sweep, point: dict) -> dict[str, str]:
-        """The target, evaluator and attacker's prior this machine has for the point (trained and cached on first
-        use, as the run would): retrained on another machine they differ, and attacks on other models do not pair."""
+        """The models this machine has for the point (trained and cached on first use, as the run would):
+        retrained on another machine they differ, and attacks on other models do not pair."""
         from rpdist.attacks import roles
-        from rpdist.attacks.inversion import prior_generators, prior_sha256
+        from rpdist.attacks.inversion import RoleModels, defense_configs
 
         spec = self.point_spec(sweep, point, out=".", run_id="models")
         targets = spec.targets or list(range(roles.NUM_CLASSES))
-        return {"target": roles.target_model(dataset=sweep.dataset).sha256,
-                "eval": roles.eval_model(dataset=sweep.dataset).sha256,
-                "generator": prior_sha256(prior_generators(spec, targets))}
+        return RoleModels.load(spec, targets, defense_configs(spec)).hashes()
 
     def point_spec(self, sweep, point: dict, **fixed):
         """One attack run per grid point: every release × repeat × noise (× ε for dpsgd and rr) of the sweep."""

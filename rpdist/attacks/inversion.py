@@ -18,7 +18,7 @@ import hashlib
 import math
 import sys
 import time
-from dataclasses import asdict, field
+from dataclasses import asdict, dataclass, field
 from typing import Annotated, Literal
 
 import numpy as np
@@ -249,40 +249,75 @@ def utility(release, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float((labels == y).mean()), float((labels == ABSTAIN).mean())
 
 
-def matched_abstain_rate(cfg: dict, spec: InversionSpec, target_ref, seed: int, key, cache: dict) -> float:
+def matched_abstain_rate(cfg: dict, spec: InversionSpec, models: RoleModels, seed: int, key, cache: dict) -> float:
     """The abstain rate, on the test split, of the rp PREDICT release at the config's (σ, N, noise): what
-    the random-abstention baseline matches. Measured once per point of a run."""
-    point = (cfg["sigma"], cfg["n"], cfg["noise"])
+    the random-abstention baseline matches. Measured once per point of a run: ``cache`` is the run manifest's
+    record, so a resumed run keeps the rates its saved classes ran at."""
+    point = f"sigma={cfg['sigma']:g} n={cfg['n']} noise={cfg['noise']}"
     if point not in cache:
         rp = {**cfg, "release": PREDICT}
-        release = make_release("rp", rp, spec, target_ref, seed, key)
+        release = make_release("rp", rp, spec, models, seed, key)
         cache[point] = utility(release, *roles.role_data("test", spec.dataset))[1]
     return cache[point]
 
 
-def make_release(defense: str, cfg: dict, spec: InversionSpec, target_ref, seed: int, key=None):
+def make_release(defense: str, cfg: dict, spec: InversionSpec, models: RoleModels, seed: int, key=None):
     """The release of one config; ``seed`` and ``key`` are the run's secrets (see :func:`run_secrets`)."""
     common = dict(noise=cfg["noise"], key=key)
+    target = models.target
     if defense == "none":
-        return LabelRelease(target_ref, **common)
+        return LabelRelease(target, **common)
     if defense == "rp":
-        return SmoothedRelease(target_ref, cfg["sigma"], cfg["n"], release=cfg["release"], alpha=spec.alpha,
+        return SmoothedRelease(target, cfg["sigma"], cfg["n"], release=cfg["release"], alpha=spec.alpha,
                                seed=seed, batch_size=spec.batch_size, workers=spec.workers,
                                address=spec.address, device=spec.device, **common)
     if defense == "rr":
-        return RandomizedResponse(target_ref, cfg["epsilon"], roles.NUM_CLASSES, seed=seed, **common)
+        return RandomizedResponse(target, cfg["epsilon"], roles.NUM_CLASSES, seed=seed, **common)
     if defense == "abstain":
-        return RandomAbstention(target_ref, cfg["abstain_rate"], seed=seed, **common)
+        return RandomAbstention(target, cfg["abstain_rate"], seed=seed, **common)
     if defense == "noise":
-        return NoisyInputRelease(target_ref, cfg["sigma"], seed=seed, batch_size=spec.batch_size, workers=spec.workers,
+        return NoisyInputRelease(target, cfg["sigma"], seed=seed, batch_size=spec.batch_size, workers=spec.workers,
                                  address=spec.address, device=spec.device, **common)
-    return LabelRelease(dpsgd_ref(spec, cfg["epsilon"]), **common)
+    return LabelRelease(models.dpsgd[cfg["epsilon"]], **common)
 
 
-def dpsgd_ref(spec: InversionSpec, epsilon: float):
-    """The DP-SGD target released at ``epsilon`` (ε = inf: clipping without noise), trained and cached on first
-    use."""
-    return roles.dpsgd_model(None if math.isinf(epsilon) else epsilon, dataset=spec.dataset)
+@dataclass
+class RoleModels:
+    """The models an attack's verdicts depend on: the target, the evaluator (the judge), the attacker's
+    generators (one per target class) and, for dpsgd, each released model. All are trained and cached on
+    first use, so another machine has others; a run records their hashes and a resume (or a sweep adding
+    points) refuses models that differ."""
+
+    target: object
+    eval: object
+    generators: dict
+    dpsgd: dict
+
+    @classmethod
+    def load(cls, spec: InversionSpec, targets: list[int], configs: list[dict]) -> RoleModels:
+        dpsgd = sorted({c["epsilon"] for c in configs}) if spec.defense == "dpsgd" else []
+        return cls(target=roles.target_model(dataset=spec.dataset), eval=roles.eval_model(dataset=spec.dataset),
+                   generators=prior_generators(spec, targets),
+                   dpsgd={e: roles.dpsgd_model(None if math.isinf(e) else e, dataset=spec.dataset) for e in dpsgd})
+
+    def hashes(self) -> dict[str, str]:
+        """Role -> sha256, under the names a manifest records them by."""
+        return {"target": self.target.sha256, "eval": self.eval.sha256, "generator": prior_sha256(self.generators),
+                **{dpsgd_name(e): ref.sha256 for e, ref in self.dpsgd.items()}}
+
+    def records(self, spec: InversionSpec, targets: list[int]) -> dict[str, dict]:
+        """The manifest's ``models``: each hash with how the model was made (and the classifiers' test accuracy)."""
+        data, hashes = spec.dataset, self.hashes()
+        exclude = (lambda t: t) if spec.prior == DISJOINT else (lambda t: None)
+        gen_recipes = {t: roles.generator_recipe(spec.generator_epochs, data, exclude(t)) for t in targets}
+        generator = ({"recipe": gen_recipes[targets[0]]} if spec.prior == PUBLIC else
+                     {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})
+        return {"target": {"sha256": hashes["target"], "recipe": roles.target_recipe(dataset=data),
+                           "clean_accuracy_test": roles.accuracy(self.target, dataset=data)},
+                "eval": {"sha256": hashes["eval"], "recipe": roles.eval_recipe(data),
+                         "clean_accuracy_test": roles.accuracy(self.eval, dataset=data)},
+                "generator": {"sha256": hashes["generator"], **generator},
+                **{dpsgd_name(e): {"sha256": ref.sha256} for e, ref in self.dpsgd.items()}}
 
 
 def run_secrets(spec: InversionSpec, configs: list[dict], earlier: dict | None = None) -> tuple[int, str, object]:
@@ -342,26 +377,16 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
 
     ensure_ray(spec.address)
     data = spec.dataset
-    target_ref = roles.target_model(dataset=data)
-    eval_ref = roles.eval_model(dataset=data)
-    exclude = (lambda t: t) if spec.prior == DISJOINT else (lambda t: None)
-    gen_recipes = {t: roles.generator_recipe(spec.generator_epochs, data, exclude(t)) for t in targets}
-    generators = prior_generators(spec, targets)
-    models = {"target": {"sha256": target_ref.sha256, "recipe": roles.target_recipe(dataset=data),
-                         "clean_accuracy_test": roles.accuracy(target_ref, dataset=data)},
-              "eval": {"sha256": eval_ref.sha256, "recipe": roles.eval_recipe(data),
-                       "clean_accuracy_test": roles.accuracy(eval_ref, dataset=data)},
-              "generator": {"sha256": prior_sha256(generators),
-                            **({"recipe": gen_recipes[targets[0]]} if spec.prior == PUBLIC else
-                               {"prior": spec.prior, "recipes": {str(t): r for t, r in gen_recipes.items()}})}}
-    if spec.defense == "dpsgd":  # the released models too: a resumed config answers with the model it started on
-        models.update({dpsgd_name(c["epsilon"]): {"sha256": dpsgd_ref(spec, c["epsilon"]).sha256} for c in configs})
+    role_models = RoleModels.load(spec, targets, configs)
+    generators = role_models.generators
+    models = role_models.records(spec, targets)
     if earlier is not None:
         _check_models(run_dir, earlier, models)
         if progress:
             print(f"  resuming {run_dir.path}: {len(parts.done)} of {len(configs) * len(targets)} (config, class) "
                   "attacks saved", file=sys.stderr)
-    keys_drawn = (earlier or {}).get("details", {}).get("random_noise_keys", 0)
+    recorded = (earlier or {}).get("details", {})
+    keys_drawn = recorded.get("random_noise_keys", 0)
     if key is not None and key.source == "random":
         keys_drawn += 1
         if keys_drawn > 1 and progress:
@@ -377,21 +402,25 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
                  **({"random_noise_keys": keys_drawn} if keys_drawn else {}),
                  "keyed_grid_sigmas": KEY_GRID_SIGMAS, "judge_threshold": spec.judge_threshold,
                  "prior": spec.prior, "targets_at_once": spec.targets_at_once or len(targets),
-                 "config_seconds": (earlier or {}).get("details", {}).get("config_seconds", [0.0] * len(configs))})
+                 "config_seconds": recorded.get("config_seconds", [0.0] * len(configs)),
+                 **({"matched_abstain_rates": recorded.get("matched_abstain_rates", {})}
+                    if spec.defense == "abstain" else {})})
     run_dir.write_manifest(manifest)
     clock = _Clock(manifest, session)
-    evaluator = eval_ref.load("cpu")
+    evaluator = role_models.eval.load("cpu")
     private = roles.role_data("private", data)
     X_test, y_test = roles.role_data("test", data)
-    labels, matched = [], {}
+    labels = []
     for index, cfg in enumerate(configs):
         if spec.defense == "abstain":
-            cfg = {**cfg, "abstain_rate": matched_abstain_rate(cfg, spec, target_ref, seed, key, matched)}
+            rates = manifest["details"]["matched_abstain_rates"]
+            cfg = {**cfg, "abstain_rate": matched_abstain_rate(cfg, spec, role_models, seed, key, rates)}
+            run_dir.write_manifest(manifest)  # recorded before any class runs at it
         labels.append(_label(spec.defense, cfg))
         left = parts.left(index)
         if not left:
             continue
-        release = make_release(spec.defense, cfg, spec, target_ref, seed, key)
+        release = make_release(spec.defense, cfg, spec, role_models, seed, key)
         saved = parts.rows(index)
         acc, abstain_rate = (utility(release, X_test, y_test) if saved is None else
                              (float(saved["utility_accuracy"].iloc[0]), float(saved["abstain_rate"].iloc[0])))
