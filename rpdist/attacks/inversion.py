@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +40,9 @@ from rpdist.errors import InputError
 from rpdist.io.manifest import dpsgd_name, new_manifest, recorded_models
 from rpdist.io.rundir import RunDir
 from rpdist.specs import Alpha, Count, Must, OutRoot, Positive, Seed, Sigma, spec
+
+if TYPE_CHECKING:
+    from rpdist.models.refs import ModelRef
 
 ATTACK = REGISTRY[AttackAnalysis.name]
 CLIP_ONLY = float("inf")  # the epsilon of the DP-SGD clip-only control (no noise: no privacy)
@@ -288,10 +291,10 @@ class RoleModels:
     first use, so another machine has others; a run records their hashes and a resume (or a sweep adding
     points) refuses models that differ."""
 
-    target: object
-    eval: object
-    generators: dict
-    dpsgd: dict
+    target: ModelRef
+    eval: ModelRef
+    generators: dict[int, roles.VAE]  # target class -> the attacker's prior for it
+    dpsgd: dict[float, ModelRef]  # epsilon -> the released DP-SGD model
 
     @classmethod
     def load(cls, spec: InversionSpec, targets: list[int], configs: list[dict]) -> RoleModels:
