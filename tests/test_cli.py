@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from scipy.stats import beta, norm
+from scipy.stats import beta, binomtest, norm
 
 from rpdist.cli.main import main
 
@@ -56,6 +56,8 @@ def test_certify_writes_parquet_manifest_and_summary(ray_session, tmp_path, caps
     assert manifest["versions"]["torch"].startswith("2.13.0") and manifest["versions"]["ray"] == "2.60.0"
     assert manifest["timings"]["samples_per_second"] > 0 and manifest["device"]["type"] == "cpu"
     assert "certified accuracy" in out and "abstain rate" in out and str(run) in out.replace("\n", "")
+    ci = binomtest(int(df["correct"].sum()), len(df)).proportion_ci(0.95, method="exact")  # the printed interval
+    assert f"{100 * df['correct'].mean():.1f}% [{100 * ci.low:.1f}, {100 * ci.high:.1f}]" in out
 
 
 @pytest.mark.slow

@@ -35,6 +35,15 @@ def certificates(sigma: float, n: int, alpha: float, inputs: int = 40, seed: int
     return certificate_table(np.arange(inputs), labels, selection, counts, config)
 
 
+def rate_cell(hits) -> str:
+    """A rate and its exact 95% interval, computed here with scipy rather than rpdist.smoothing.stats."""
+    from scipy.stats import binomtest
+
+    hits = np.asarray(hits, dtype=bool)
+    ci = binomtest(int(hits.sum()), hits.size).proportion_ci(0.95, method="exact")
+    return f"{100 * hits.mean():.1f}% [{100 * ci.low:.1f}, {100 * ci.high:.1f}]"
+
+
 def write_certify_run(root: Path, run_id: str = "run", sigma: float = 0.5, n: int = 1000, alpha: float = 0.001,
                       dataset: str = "insurance", model_sha256: str = "cd" * 32) -> tuple[Path, pd.DataFrame]:
     run = root / run_id
@@ -139,12 +148,13 @@ def test_certify_run_report_numbers_and_plot(tmp_path, capsys):
     assert [p.name for p in pngs_of(report)] == ["report-certified-accuracy.png"]
     # Certified accuracy, computed here independently of rpdist.analyses.smoothing.
     correct = (df["prediction"] == df["label"]).to_numpy()
-    assert f"| smoothed accuracy (certified at radius ≥ 0) | {100 * correct.mean():.1f}% |" in text
+    assert f"| smoothed accuracy (certified at radius ≥ 0) | {rate_cell(correct)} |" in text
     for multiple in (0.25, 0.5, 1.0, 2.0):
         r = multiple * 0.5
-        expected = 100 * np.mean(correct & (df["radius"].to_numpy() >= r))
-        assert f"| certified accuracy at radius ≥ {r:g} ({multiple:g}σ) | {expected:.1f}% |" in text, (r, expected)
-    assert f"| abstain rate | {100 * np.mean(df['prediction'] == -1):.1f}% |" in text
+        expected = rate_cell(correct & (df["radius"].to_numpy() >= r))
+        assert f"| certified accuracy at radius ≥ {r:g} ({multiple:g}σ) | {expected} |" in text, (r, expected)
+    assert f"| abstain rate | {rate_cell(df['prediction'] == -1)} |" in text
+    assert "95% Clopper–Pearson intervals over the inputs" in text
     assert f"| mean radius (abstain = 0) | {df['radius'].mean():.4f} |" in text
     assert "123,457" in text  # samples/s from the manifest
     assert "standardised units" in text and "| smoothing.sigma | 0.5 |" in text
@@ -168,10 +178,9 @@ def test_sweep_report_tables_and_plots(tmp_path):
     assert not (root / "report.md").exists()
     for (sigma, n, alpha), part in df.groupby(["sigma", "n", "alpha"]):
         correct = (part["prediction"] == part["label"]).to_numpy()
-        cells = [f"{100 * np.mean(correct & (part['radius'].to_numpy() >= m * sigma)):.1f}%"
-                 for m in (0.0, 0.25, 0.5, 1.0, 2.0)]
+        cells = [rate_cell(correct & (part['radius'].to_numpy() >= m * sigma)) for m in (0.0, 0.25, 0.5, 1.0, 2.0)]
         row = (f"| {sigma:g} | {n:,} | {alpha:g} | 0 | 40 | " + " | ".join(cells)
-               + f" | {100 * np.mean(part['prediction'] == -1):.1f}% | {part['radius'].mean():.4f} |")
+               + f" | {rate_cell(part['prediction'] == -1)} | {part['radius'].mean():.4f} |")
         assert row in text, row
     assert "123,000 used" in text and "456,000" in text
     assert "largest N (10,000) and smallest α (0.001)" in text
@@ -192,7 +201,7 @@ def test_predict_run_report(tmp_path):
     pq.write_table(table, run / "predictions.parquet")
     text = write_report(run).read_text()
     df = table.to_pandas()
-    assert f"| accuracy (abstain = wrong) | {100 * (df['prediction'] == df['label']).mean():.1f}% |" in text
+    assert f"| accuracy (abstain = wrong) | {rate_cell(df['prediction'] == df['label'])} |" in text
     assert "No `manifest.json`" in text and "![" not in text
 
 

@@ -10,22 +10,40 @@ import numpy as np
 import pandas as pd
 
 from rpdist.analyses.base import Analysis, Column
-from rpdist.reporting.format import UNITS, dataset_name, md_table, num, pct, radius_label
+from rpdist.reporting.format import UNITS, dataset_name, md_table, num, pct_interval, radius_label
 from rpdist.reporting.plots import caps_note, curves_plot, figure, labelled, style
 from rpdist.smoothing.job import CERTIFY, PREDICT
+from rpdist.smoothing.stats import clopper_pearson
 
+INTERVALS = ("Brackets: 95% Clopper–Pearson intervals over the inputs, which say how far the rate on the data "
+             "these inputs were drawn from may lie; they do not cover the Monte Carlo error of each input's outcome.")
 NO_LABELS = "n/a (no labels)"  # a rate over true labels, of a dataset that has none
 
 RADIUS_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 2.0)  # radii reported, in units of σ
 PARAMETERS = ("sigma", "n", "alpha", "seed")
 
 
+def certified(df: pd.DataFrame, radius: float) -> np.ndarray:
+    """Which inputs are correct and certified at ``radius`` (radius 0: correct under the smoothed prediction)."""
+    return df["correct"].fillna(False).to_numpy(dtype=bool) & (df["radius"].to_numpy() >= radius)
+
+
 def certified_accuracy(df: pd.DataFrame, radius: float) -> float:
     """Share of inputs that are correct and certified at ``radius`` (radius 0: smoothed accuracy)."""
-    if not labelled(df):
-        return float("nan")
-    correct = df["correct"].fillna(False).to_numpy(dtype=bool)
-    return float(np.mean(correct & (df["radius"].to_numpy() >= radius)))
+    return float(np.mean(certified(df, radius))) if labelled(df) and len(df) else float("nan")
+
+
+def interval(hits: np.ndarray) -> tuple[float, float] | None:
+    """95% Clopper–Pearson interval of a rate over inputs (the inputs a sample of the data they came from)."""
+    return clopper_pearson(int(hits.sum()), hits.size) if hits.size else None
+
+
+def rate(row: dict, key: str, radius: str | None = None, missing: str = "n/a") -> str:
+    """A summary row's rate with its interval when the row has one (certified accuracy: at ``radius``)."""
+    value, ci = row[key], row.get(f"{key}_interval")
+    if radius is not None:
+        value, ci = value[radius], (ci or {}).get(radius)
+    return pct_interval(value, ci, missing)
 
 
 def multiples_header(m: float) -> str:
@@ -46,10 +64,13 @@ class SmoothingAnalysis(Analysis):
 
     def _summarize_group(self, df: pd.DataFrame, sigma: float) -> dict:
         abstain = df["prediction"].to_numpy() == -1
+        correct = df["correct"].fillna(False).to_numpy(dtype=bool) if labelled(df) else np.zeros(0, dtype=bool)
         out = {
             "inputs": int(len(df)),
             "abstain_rate": float(abstain.mean()) if len(df) else float("nan"),
-            "accuracy": float(df["correct"].fillna(False).mean()) if labelled(df) else float("nan"),
+            "abstain_rate_interval": interval(abstain),
+            "accuracy": float(correct.mean()) if correct.size else float("nan"),
+            "accuracy_interval": interval(correct),
         }
         if "nonfinite" in df:  # inputs that abstain because the model gave NaN/inf logits on some sample
             out["nonfinite_inputs"] = int((df["nonfinite"].to_numpy() > 0).sum())
@@ -58,6 +79,8 @@ class SmoothingAnalysis(Analysis):
             out["mean_radius"] = float(radii.mean()) if len(df) else float("nan")
             out["median_radius_certified"] = float(np.median(radii[~abstain])) if (~abstain).any() else 0.0
             out["certified_accuracy"] = {f"{m * sigma:g}": certified_accuracy(df, m * sigma) for m in RADIUS_MULTIPLES}
+            out["certified_accuracy_interval"] = {
+                f"{m * sigma:g}": interval(certified(df, m * sigma)) if labelled(df) else None for m in RADIUS_MULTIPLES}
             if "advantage_at_radius" in df and (~abstain).any():  # the deployed release, not g: see privacy.bounds
                 out["median_advantage_at_radius"] = float(np.median(df["advantage_at_radius"].to_numpy()[~abstain]))
         return out
@@ -79,15 +102,15 @@ class SmoothingAnalysis(Analysis):
             rows = [["inputs", s["inputs"]]]
             if self.certifies:
                 for m in RADIUS_MULTIPLES:
-                    value = s["certified_accuracy"][f"{m * sigma:g}"]
                     rows.append(["smoothed accuracy (certified at radius ≥ 0)" if m == 0 else
-                                 f"certified accuracy at radius ≥ {m * sigma:g} ({m:g}σ)", pct(value)])
-                rows += [["abstain rate", pct(s["abstain_rate"])],
+                                 f"certified accuracy at radius ≥ {m * sigma:g} ({m:g}σ)",
+                                 rate(s, "certified_accuracy", f"{m * sigma:g}")])
+                rows += [["abstain rate", rate(s, "abstain_rate")],
                          ["mean radius (abstain = 0)", num(s["mean_radius"])],
                          ["median radius of certified inputs", num(s["median_radius_certified"])],
                          ["largest certifiable radius at this N, α", num(max_radius(int(n), float(alpha), float(sigma)))]]
             else:
-                rows += [["accuracy (abstain = wrong)", pct(s["accuracy"])], ["abstain rate", pct(s["abstain_rate"])]]
+                rows += [["accuracy (abstain = wrong)", rate(s, "accuracy")], ["abstain rate", rate(s, "abstain_rate")]]
             if len(groups) == 1 and timings.get("samples_per_second"):
                 rows.append(["samples/s (forward samples per second of wall time)",
                              f"{timings['samples_per_second']:,.0f}"])
@@ -96,6 +119,7 @@ class SmoothingAnalysis(Analysis):
             w.add(f"Radii are ℓ2 distances in {UNITS.get(dataset_name(source) or '', 'input units')} (the model's input "
                   "space); certified accuracy at radius r is the share of inputs predicted correctly and certified at "
                   "radius ≥ r, abstentions counting as wrong.", "")
+        w.add(INTERVALS, "")
         if self.certifies and not labelled(df):
             w.add("The table has no labels, so accuracy is n/a and the plot shows the share of inputs certified.", "")
         if not self.certifies:
@@ -115,7 +139,8 @@ class SmoothingAnalysis(Analysis):
         from rpdist.smoothing.stats import max_radius
 
         df = source.table
-        summary = pd.DataFrame(self.summarize(df))
+        rows_of = self.summarize(df)
+        summary = pd.DataFrame(rows_of)
         manifest = source.manifest or {}
         w.add("### Summary", "")
         if manifest and manifest.get("status") != "complete":
@@ -124,18 +149,18 @@ class SmoothingAnalysis(Analysis):
         if self.certifies:
             header = ["σ", "N", "α", "seed", "inputs", *[multiples_header(m) for m in RADIUS_MULTIPLES], "abstain",
                       "mean radius"]
-            rows = [[r.sigma, r.n, r.alpha, r.seed, r.inputs,
-                     *[pct(r.certified_accuracy[f"{m * r.sigma:g}"]) for m in RADIUS_MULTIPLES], pct(r.abstain_rate),
-                     num(r.mean_radius)] for r in summary.itertuples()]
+            rows = [[r["sigma"], r["n"], r["alpha"], r["seed"], r["inputs"],
+                     *[rate(r, "certified_accuracy", f"{m * r['sigma']:g}") for m in RADIUS_MULTIPLES],
+                     rate(r, "abstain_rate"), num(r["mean_radius"])] for r in rows_of]
             w.add(*md_table(header, rows))
             w.add("r ≥ kσ: certified accuracy at ℓ2 radius k·σ of that row (r = 0 is the smoothed accuracy); "
-                  "abstain: "
-                  "abstain rate; mean radius: over all inputs, abstentions counted as 0, in "
-                  f"{UNITS.get(dataset_name(source) or '', 'input units')}.", "")
+                  "abstain: abstain rate; mean radius: over all inputs, abstentions counted as 0, in "
+                  f"{UNITS.get(dataset_name(source) or '', 'input units')}. {INTERVALS}", "")
         else:
-            rows = [[r.sigma, r.n, r.alpha, r.seed, r.inputs, pct(r.accuracy), pct(r.abstain_rate)]
-                    for r in summary.itertuples()]
+            rows = [[r["sigma"], r["n"], r["alpha"], r["seed"], r["inputs"], rate(r, "accuracy"), rate(r, "abstain_rate")]
+                    for r in rows_of]
             w.add(*md_table(["σ", "N", "α", "seed", "inputs", "accuracy (abstain = wrong)", "abstain"], rows))
+            w.add(INTERVALS, "")
         samples = manifest.get("details", {}).get("forward_samples")
         if samples:
             w.add(f"Forward samples: {samples['used']:,} used, against {samples['naive_grid']:,} for a naive grid of "
@@ -180,9 +205,10 @@ class CertifyAnalysis(SmoothingAnalysis):
         Column("σ", lambda r: f"{r['sigma']:g}", key=True), Column("N", lambda r: f"{r['n']:,}", key=True),
         Column("α", lambda r: f"{r['alpha']:g}", key=True), Column("seed", lambda r: str(r["seed"]), key=True),
         Column("inputs", lambda r: f"{r['inputs']:,}"),
-        *(Column(f"certified accuracy @ r ≥ {m:g}σ", lambda r, m=m: pct(r["certified_accuracy"][f"{m * r['sigma']:g}"], missing=NO_LABELS))
+        *(Column(f"certified accuracy @ r ≥ {m:g}σ [95% CI]",
+                 lambda r, m=m: rate(r, "certified_accuracy", f"{m * r['sigma']:g}", missing=NO_LABELS))
           for m in RADIUS_MULTIPLES),
-        Column("abstain rate", lambda r: pct(r["abstain_rate"], missing=NO_LABELS)), Column("mean radius", lambda r: f"{r['mean_radius']:.4f}"),
+        Column("abstain rate [95% CI]", lambda r: rate(r, "abstain_rate")), Column("mean radius", lambda r: f"{r['mean_radius']:.4f}"),
         Column("release advantage at R ≤ (median)",
                lambda r: "—" if r.get("median_advantage_at_radius") is None else f"{r['median_advantage_at_radius']:.3f}"),
     )
@@ -217,8 +243,8 @@ class PredictAnalysis(SmoothingAnalysis):
         Column("σ", lambda r: f"{r['sigma']:g}", key=True), Column("N", lambda r: f"{r['n']:,}", key=True),
         Column("α", lambda r: f"{r['alpha']:g}", key=True), Column("seed", lambda r: str(r["seed"]), key=True),
         Column("inputs", lambda r: f"{r['inputs']:,}"),
-        Column("accuracy (abstain = wrong)", lambda r: pct(r["accuracy"], missing=NO_LABELS)),
-        Column("abstain rate", lambda r: pct(r["abstain_rate"], missing=NO_LABELS)),
+        Column("accuracy (abstain = wrong) [95% CI]", lambda r: rate(r, "accuracy", missing=NO_LABELS)),
+        Column("abstain rate [95% CI]", lambda r: rate(r, "abstain_rate")),
     )
 
 

@@ -16,6 +16,15 @@ def pct(value, missing: str = "n/a") -> str:
     return missing if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
 
 
+def pct_interval(value, interval, missing: str = "n/a") -> str:
+    """A rate with its 95% interval, "83.1% [80.6, 85.4]"; the bare rate when there is no interval."""
+    text = pct(value, missing)
+    if interval is None or text == missing:
+        return text
+    low, high = interval
+    return f"{text} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
 def num(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
