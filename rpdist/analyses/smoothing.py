@@ -23,19 +23,10 @@ RADIUS_MULTIPLES = (0.0, 0.25, 0.5, 1.0, 2.0)  # radii reported, in units of σ
 PARAMETERS = ("sigma", "n", "alpha", "seed")
 
 
-def certified(df: pd.DataFrame, radius: float) -> np.ndarray:
-    """Which inputs are correct and certified at ``radius`` (radius 0: correct under the smoothed prediction)."""
-    return df["correct"].fillna(False).to_numpy(dtype=bool) & (df["radius"].to_numpy() >= radius)
-
-
-def certified_accuracy(df: pd.DataFrame, radius: float) -> float:
-    """Share of inputs that are correct and certified at ``radius`` (radius 0: smoothed accuracy)."""
-    return float(np.mean(certified(df, radius))) if labelled(df) and len(df) else float("nan")
-
-
-def interval(hits: np.ndarray) -> tuple[float, float] | None:
-    """95% Clopper–Pearson interval of a rate over inputs (the inputs a sample of the data they came from)."""
-    return clopper_pearson(int(hits.sum()), hits.size) if hits.size else None
+def share(hits: np.ndarray) -> tuple[float, tuple[float, float] | None]:
+    """A rate over inputs and its 95% Clopper–Pearson interval (the inputs a sample of the data they came from);
+    NaN and no interval over no inputs."""
+    return (float(hits.mean()), clopper_pearson(int(hits.sum()), hits.size)) if hits.size else (float("nan"), None)
 
 
 def rate(row: dict, key: str, radius: str | None = None, missing: str = "n/a") -> str:
@@ -64,23 +55,21 @@ class SmoothingAnalysis(Analysis):
 
     def _summarize_group(self, df: pd.DataFrame, sigma: float) -> dict:
         abstain = df["prediction"].to_numpy() == -1
-        correct = df["correct"].fillna(False).to_numpy(dtype=bool) if labelled(df) else np.zeros(0, dtype=bool)
-        out = {
-            "inputs": int(len(df)),
-            "abstain_rate": float(abstain.mean()) if len(df) else float("nan"),
-            "abstain_rate_interval": interval(abstain),
-            "accuracy": float(correct.mean()) if correct.size else float("nan"),
-            "accuracy_interval": interval(correct),
-        }
+        labels = labelled(df)
+        correct = df["correct"].fillna(False).to_numpy(dtype=bool) if labels else np.zeros(0, dtype=bool)
+        (abstain_rate, abstain_ci), (accuracy, accuracy_ci) = share(abstain), share(correct)
+        out = {"inputs": int(len(df)), "abstain_rate": abstain_rate, "abstain_rate_interval": abstain_ci,
+               "accuracy": accuracy, "accuracy_interval": accuracy_ci}
         if "nonfinite" in df:  # inputs that abstain because the model gave NaN/inf logits on some sample
             out["nonfinite_inputs"] = int((df["nonfinite"].to_numpy() > 0).sum())
         if self.certifies:
             radii = df["radius"].to_numpy()
             out["mean_radius"] = float(radii.mean()) if len(df) else float("nan")
             out["median_radius_certified"] = float(np.median(radii[~abstain])) if (~abstain).any() else 0.0
-            out["certified_accuracy"] = {f"{m * sigma:g}": certified_accuracy(df, m * sigma) for m in RADIUS_MULTIPLES}
-            out["certified_accuracy_interval"] = {
-                f"{m * sigma:g}": interval(certified(df, m * sigma)) if labelled(df) else None for m in RADIUS_MULTIPLES}
+            # Correct and certified at radius ≥ mσ (radius 0: the smoothed accuracy); no labels, no rate.
+            at = {f"{m * sigma:g}": share(correct & (radii >= m * sigma) if labels else correct) for m in RADIUS_MULTIPLES}
+            out["certified_accuracy"] = {radius: value for radius, (value, _) in at.items()}
+            out["certified_accuracy_interval"] = {radius: ci for radius, (_, ci) in at.items()}
             if "advantage_at_radius" in df and (~abstain).any():  # the deployed release, not g: see privacy.bounds
                 out["median_advantage_at_radius"] = float(np.median(df["advantage_at_radius"].to_numpy()[~abstain]))
         return out
