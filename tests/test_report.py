@@ -14,6 +14,7 @@ import pytest
 
 from rpdist.cli.main import main
 from rpdist.errors import InputError
+from rpdist.reporting.format import with_interval
 from rpdist.reporting.report import model_sets, write_report
 from rpdist.smoothing.job import SmoothingConfig, certificate_table, prediction_table
 from rpdist.pipelines.sweep import partition_dir
@@ -42,6 +43,16 @@ def rate_cell(hits) -> str:
     hits = np.asarray(hits, dtype=bool)
     ci = binomtest(int(hits.sum()), hits.size).proportion_ci(0.95, method="exact")
     return f"{100 * hits.mean():.1f}% [{100 * ci.low:.1f}, {100 * ci.high:.1f}]"
+
+
+def test_with_interval_reads_value_and_bounds_from_one_record():
+    """The one formatter behind the audit, RAP and extraction interval columns: value, bounds, sign and the
+    two missing cases."""
+    record = {"gap": -0.0512, "gap_low": -0.0934, "gap_high": 0.0021, "bare": 1.5, "none": float("nan")}
+    assert with_interval(record, "gap") == "-0.051 [-0.093, 0.002]"
+    assert with_interval(record, "gap", digits=2, sign="+") == "-0.05 [-0.09, +0.00]"
+    assert with_interval(record, "bare") == "1.500"  # no bounds recorded: the bare value
+    assert with_interval(record, "none") == "—" and with_interval(record, "absent") == "—"
 
 
 def write_certify_run(root: Path, run_id: str = "run", sigma: float = 0.5, n: int = 1000, alpha: float = 0.001,

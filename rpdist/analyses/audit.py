@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from rpdist.analyses.base import Analysis, Column, Outcome
-from rpdist.reporting.format import fmt, num
+from rpdist.reporting.format import fmt, num, with_interval
 from rpdist.reporting.plots import figure, style
 from rpdist.privacy.distinguish import family_lower
 from rpdist.smoothing.stats import bootstrap_interval
@@ -18,12 +18,6 @@ from rpdist.smoothing.stats import bootstrap_interval
 KEYS = ("release", "n", "k")
 POINT = ("sigma", "alpha", "seed")  # a sweep's grid point (single runs from before these columns lack them)
 AT_RADIUS = "r1"  # the partner on the edge of x's certified ball
-
-
-def _interval(r: dict, key: str, digits: int = 3) -> str:
-    if r[key] != r[key]:
-        return "—"
-    return f"{r[key]:.{digits}f} [{r[key + '_low']:.{digits}f}, {r[key + '_high']:.{digits}f}]"
 
 
 def _release(r: dict) -> str:
@@ -47,7 +41,7 @@ class AuditAnalysis(Analysis):
         Column("α", lambda r: fmt(r["alpha"]) if "alpha" in r else "—", key=True),
         Column("release", _release, key=True), Column("N", lambda r: f"{r['n']:,}", key=True),
         Column("k", lambda r: f"{r['k']}", key=True), Column("inputs", lambda r: f"{r['inputs']:,}"),
-        Column("advantage at R, median [95% CI]", lambda r: _interval(r, "median_advantage_at_radius")),
+        Column("advantage at R, median [95% CI]", lambda r: with_interval(r, "median_advantage_at_radius")),
         Column("bound at R, median", lambda r: num(r["median_bound_at_radius"], 3)),
         Column("largest advantage [95% CI]",
                lambda r: f"{r['max_advantage']:.3f} [{r['max_advantage_low']:.3f}, {r['max_advantage_high']:.3f}]"),

@@ -13,7 +13,7 @@ from scipy.stats import t as student_t
 from rpdist.analyses.attack import RP
 from rpdist.analyses.base import Analysis, Column, Outcome
 from rpdist.errors import InputError
-from rpdist.reporting.format import fmt
+from rpdist.reporting.format import fmt, with_interval
 from rpdist.reporting.plots import figure, style
 
 SETTING = ("defense", "sigma", "n", "epsilon", "release", "query_source", "student")
@@ -38,10 +38,6 @@ def _knob(value) -> str:
     return "—" if value is None or value != value else fmt(value)
 
 
-def _ci(r: dict, key: str) -> str:
-    return "—" if r[key] != r[key] else f"{r[key]:.3f} [{r[key + '_low']:.3f}, {r[key + '_high']:.3f}]"
-
-
 def setting_label(r: dict) -> str:
     if r["defense"] == "rp":
         tail = "" if r["certified_release"] else " (uncertified)"
@@ -60,10 +56,10 @@ class ExtractionAnalysis(Analysis):
     summary_columns = (
         Column("setting", setting_label, key=True), Column("queries", lambda r: f"{r['budget']:,}", key=True),
         Column("seeds", lambda r: str(r["seeds"])),
-        Column("fidelity to target [95% CI]", lambda r: _ci(r, "fidelity_target")),
-        Column("fidelity to release", lambda r: _ci(r, "fidelity_release")),
-        Column("student accuracy", lambda r: _ci(r, "student_accuracy")),
-        Column("release utility", lambda r: _ci(r, "utility_accuracy")),
+        Column("fidelity to target [95% CI]", lambda r: with_interval(r, "fidelity_target")),
+        Column("fidelity to release", lambda r: with_interval(r, "fidelity_release")),
+        Column("student accuracy", lambda r: with_interval(r, "student_accuracy")),
+        Column("release utility", lambda r: with_interval(r, "utility_accuracy")),
         Column("abstained", lambda r: f"{100 * r['abstain_share']:.1f}%"),
     )
 

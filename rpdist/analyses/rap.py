@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 
 from rpdist.analyses.base import Analysis, Column, Outcome
-from rpdist.reporting.format import fmt, md_table, num, pct
+from rpdist.reporting.format import fmt, md_table, num, pct, with_interval
 from rpdist.reporting.plots import figure, style
 
 SMOOTHED = "smoothed"
 CURVE_FILE = "rap_curve.parquet"  # release rates over the grid, written beside rap.parquet
 POSTERIORS_FILE = "rap_posteriors.parquet"  # per-cell posteriors of a few typical inputs, beside rap.parquet
-
-
-def _ci(record: dict, key: str, digits: int = 2, sign: str = "") -> str:
-    """A summary value with its 95% bootstrap interval: ``12.30 [11.90, 12.80]`` (``sign="+"``: signed)."""
-    value, low, high = record.get(key), record.get(f"{key}_low"), record.get(f"{key}_high")
-    spec = f"{sign}.{digits}f"
-    if value is None or value != value:
-        return "—"
-    if low is None or low != low:
-        return f"{value:{spec}}"
-    return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
+_ci = partial(with_interval, digits=2)  # lengths and errors in the attribute's units: two decimals
 
 
 def _paired(record: dict, key: str) -> str:

@@ -25,6 +25,18 @@ def pct_interval(value, interval, missing: str = "n/a") -> str:
     return f"{text} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
+def with_interval(record: dict, key: str, digits: int = 3, sign: str = "") -> str:
+    """A summary value and its 95% interval from ``key``, ``key_low`` and ``key_high``: "0.412 [0.388, 0.436]";
+    ``sign="+"`` signs a difference; "—" when there is no value, the bare value when there is no interval."""
+    value, low, high = record.get(key), record.get(f"{key}_low"), record.get(f"{key}_high")
+    spec = f"{sign}.{digits}f"
+    if value is None or value != value:
+        return "—"
+    if low is None or low != low:
+        return f"{value:{spec}}"
+    return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
+
+
 def num(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
