@@ -43,8 +43,7 @@ class AuditAnalysis(Analysis):
         Column("k", lambda r: f"{r['k']}", key=True), Column("inputs", lambda r: f"{r['inputs']:,}"),
         Column("advantage at R, median [95% CI]", lambda r: with_interval(r, "median_advantage_at_radius")),
         Column("bound at R, median", lambda r: num(r["median_bound_at_radius"], 3)),
-        Column("largest advantage [95% CI]",
-               lambda r: f"{r['max_advantage']:.3f} [{r['max_advantage_low']:.3f}, {r['max_advantage_high']:.3f}]"),
+        Column("largest advantage [95% CI]", lambda r: with_interval(r, "max_advantage")),
         Column("pairs above bound (family-wise 95%)", lambda r: f"{r['pairs_above_bound']} / {r['pairs']}"),
         Column("pairs above α/2 (family-wise 95%)", lambda r: f"{r['pairs_above_alpha_half']} / {r['pairs']}"),
     )
