@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rpdist import analyses
+from rpdist.reporting.format import pct_interval, points_interval
 
 
 def print_outcome(outcome, title: str | None = None) -> None:
@@ -55,8 +56,8 @@ def print_comparison(comparison) -> None:
     for r in comparison.rows:
         label = "pooled" if r["seed"] == "pooled" else f"seed {r['seed']}"
         console.print(f"  {label}: {r['pairs']} pairs | ASR A {_rate(r, 'asr_a')} | ASR B {_rate(r, 'asr_b')} | "
-                      f"discordant {r['a_only']} A / {r['b_only']} B | A − B {100 * r['difference']:+.0f} pp "
-                      f"[{100 * r['difference_low']:+.0f}, {100 * r['difference_high']:+.0f}] | utility "
+                      f"discordant {r['a_only']} A / {r['b_only']} B | A − B "
+                      f"{points_interval(r['difference'], r['difference_low'], r['difference_high'])} | utility "
                       f"{100 * r['utility_a']:.1f}% / {100 * r['utility_b']:.1f}%", soft_wrap=True, highlight=False)
     for name, settings in zip("AB", comparison.settings):
         shown = ", ".join(f"{k}={v}" for k, v in settings.items() if v == v)  # NaN: not this defense's knob
@@ -66,4 +67,4 @@ def print_comparison(comparison) -> None:
 
 
 def _rate(row: dict, key: str) -> str:
-    return f"{100 * row[key]:.0f}% [{100 * row[key + '_low']:.0f}, {100 * row[key + '_high']:.0f}]"
+    return pct_interval(row[key], (row[key + "_low"], row[key + "_high"]), digits=0)

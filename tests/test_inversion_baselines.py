@@ -247,7 +247,7 @@ def test_summary_gives_utility_its_interval_over_the_test_split():
     exact = binomtest(287, 359).proportion_ci(0.95, method="exact")
     assert (row["utility_low"], row["utility_high"]) == pytest.approx((exact.low, exact.high))
     shown = {c.header: c.cell(row) for c in AttackAnalysis.summary_columns}["utility"]
-    assert shown == f"79.9% [{100 * exact.low:.1f}–{100 * exact.high:.1f}]"
+    assert shown == f"79.9% [{100 * exact.low:.1f}, {100 * exact.high:.1f}]"
 
 
 # --- configs and bad input ------------------------------------------------------------------------------------------

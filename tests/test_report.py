@@ -14,7 +14,7 @@ import pytest
 
 from rpdist.cli.main import main
 from rpdist.errors import InputError
-from rpdist.reporting.format import with_interval
+from rpdist.reporting.format import pct_interval, with_interval
 from rpdist.reporting.report import model_sets, write_report
 from rpdist.smoothing.job import SmoothingConfig, certificate_table, prediction_table
 from rpdist.pipelines.sweep import partition_dir
@@ -53,6 +53,16 @@ def test_with_interval_reads_value_and_bounds_from_one_record():
     assert with_interval(record, "gap", digits=2, sign="+") == "-0.05 [-0.09, +0.00]"
     assert with_interval(record, "bare") == "1.500"  # no bounds recorded: the bare value
     assert with_interval(record, "none") == "—" and with_interval(record, "absent") == "—"
+
+
+def test_pct_interval_is_the_one_rate_style():
+    """Every rate with its interval (certify/predict, attack CLI and report, utility) prints "value [low, high]";
+    whole percents where 50 attacks make decimals noise, and the bare rate when a table recorded no bounds."""
+    assert pct_interval(0.92, (0.8077, 0.9778)) == "92.0% [80.8, 97.8]"
+    assert pct_interval(0.92, (0.8077, 0.9778), digits=0) == "92% [81, 98]"
+    assert pct_interval(0.831, (float("nan"), float("nan")), missing="—") == "83.1%"
+    assert pct_interval(0.831, None) == "83.1%"
+    assert pct_interval(float("nan"), (0.1, 0.2), missing="—") == "—"
 
 
 def write_certify_run(root: Path, run_id: str = "run", sigma: float = 0.5, n: int = 1000, alpha: float = 0.001,
@@ -238,9 +248,9 @@ def test_rap_and_attack_sections_appear_with_their_files(tmp_path):
     assert "report-attack-asr.png" in [p.name for p in pngs_of(report)]
     # ASR with its 95% Clopper–Pearson interval over the 20 targets (scipy: binomtest(1, 20) etc.)
     # (one restart per target: the paper protocol judges the same 20 attacks; no start verdicts: no difference)
-    assert "| rp | 0.1 | 1,000 | — | label | 20 | 5.0% [0.1%–24.9%] | n/a | — | 5.0% [0.1%–24.9%] | 70.0% |" in text
-    assert "| none | — | — | — | label | 20 | 75.0% [50.9%–91.3%] | n/a | — | 75.0% [50.9%–91.3%] | 90.0% |" in text
-    assert "| dpsgd | — | — | 8 | label | 20 | 25.0% [8.7%–49.1%] | n/a | — | 25.0% [8.7%–49.1%] | 60.0% |" in text
+    assert "| rp | 0.1 | 1,000 | — | label | 20 | 5.0% [0.1, 24.9] | n/a | — | 5.0% [0.1, 24.9] | 70.0% |" in text
+    assert "| none | — | — | — | label | 20 | 75.0% [50.9, 91.3] | n/a | — | 75.0% [50.9, 91.3] | 90.0% |" in text
+    assert "| dpsgd | — | — | 8 | label | 20 | 25.0% [8.7, 49.1] | n/a | — | 25.0% [8.7, 49.1] | 60.0% |" in text
 
 
 def test_attack_only_directory(tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 from rpdist.analyses.base import Analysis, Column, Outcome
 from rpdist.attacks.brep import EXACT, PLAIN
 from rpdist.defenses.releases import FRESH
-from rpdist.reporting.format import fmt, md_table, num, pct
+from rpdist.reporting.format import fmt, md_table, num, pct, pct_interval, points_interval
 from rpdist.reporting.plots import figure, style
 from rpdist.smoothing.stats import clopper_pearson, paired_difference
 
@@ -40,21 +40,15 @@ def _knob(value) -> str:
     return "—" if value is None or value != value else fmt(value)
 
 
-def _interval(value, low, high) -> str:
-    return "—" if value != value else f"{100 * value:.0f}% [{100 * low:.0f}–{100 * high:.0f}]"
-
-
-def _points(value, low, high) -> str:
-    """A difference of rates in percentage points, signed."""
-    return "—" if value != value else f"{100 * value:+.0f} pp [{100 * low:+.0f}, {100 * high:+.0f}]"
+def _rate(r: dict, key: str, digits: int = 1) -> str:
+    """A rate of the summary row with its 95% interval (``key_low``, ``key_high``), "92.0% [80.8, 97.8]"."""
+    return pct_interval(r[key], (r.get(f"{key}_low"), r.get(f"{key}_high")), missing="—", digits=digits)
 
 
 def _utility(r: dict) -> str:
     """Utility accuracy with its Clopper–Pearson interval over the test split (none for tables written before
     rows recorded the split's size)."""
-    low, high = r.get("utility_low", float("nan")), r.get("utility_high", float("nan"))
-    bounds = "" if low != low else f" [{100 * low:.1f}–{100 * high:.1f}]"
-    return f"{100 * r['utility_accuracy']:.1f}%{bounds}"
+    return pct_interval(r["utility_accuracy"], (r.get("utility_low"), r.get("utility_high")), missing="—")
 
 
 def utility_interval(part: pd.DataFrame) -> tuple[float, float]:
@@ -90,10 +84,10 @@ class AttackAnalysis(Analysis):
         Column("k", lambda r: _knob(r.get("repeat")), key=True),
         Column("δ/σ", lambda r: str(r.get("nudge", "—")), key=True),
         Column("attacker", lambda r: str(r.get("attacker", PLAIN)), key=True),
-        Column("ASR [95% CI]", lambda r: _interval(r["asr"], r["asr_low"], r["asr_high"])),
-        Column("start ASR", lambda r: "—" if r["start_asr"] != r["start_asr"] else f"{100 * r['start_asr']:.0f}%"),
-        Column(DIFF, lambda r: _points(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"])),
-        Column(PAPER, lambda r: _interval(r["paper_asr"], r["paper_asr_low"], r["paper_asr_high"])),
+        Column("ASR [95% CI]", lambda r: _rate(r, "asr", digits=0)),
+        Column("start ASR", lambda r: pct(r["start_asr"], missing="—", digits=0)),
+        Column(DIFF, lambda r: points_interval(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"])),
+        Column(PAPER, lambda r: _rate(r, "paper_asr", digits=0)),
         Column("utility", _utility),
         Column("abstain rate", lambda r: pct(r["abstain_rate"], missing="—")),
         Column("mean queries", lambda r: f"{r['mean_queries']:.0f}"),
@@ -209,9 +203,9 @@ class AttackAnalysis(Analysis):
                                             "utility accuracy", "abstain rate", "mean eval. confidence",
                                             "mean queries", "forward passes"]
         rows = [[*(r[k] for k in keys), int(r["targets"]),
-                 f"{pct(r['asr'])} [{pct(r['asr_low'])}–{pct(r['asr_high'])}]", pct(r["start_asr"]),
-                 _points(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"]),
-                 f"{pct(r['paper_asr'])} [{pct(r['paper_asr_low'])}–{pct(r['paper_asr_high'])}]",
+                 _rate(r, "asr"), pct(r["start_asr"]),
+                 points_interval(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"]),
+                 _rate(r, "paper_asr"),
                  _utility(r), pct(r["abstain_rate"]), num(r["eval_confidence"], 3),
                  f"{r['mean_queries']:,.0f}", f"{r['forward_passes']:,}"] for r in summary]
         w.add(*md_table(header, rows))

@@ -11,18 +11,28 @@ UNITS = {"insurance": "standardised units", "insurance-recommend": "standardised
          "digits": "input units, pixels in [0, 1]", "mnist5k": "input units, pixels in [0, 1]"}
 
 
-def pct(value, missing: str = "n/a") -> str:
-    """A rate as a percentage with one decimal; ``missing`` says why there is none (None or NaN)."""
-    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def pct_interval(value, interval, missing: str = "n/a") -> str:
-    """A rate with its 95% interval, "83.1% [80.6, 85.4]"; the bare rate when there is no interval."""
-    text = pct(value, missing)
-    if interval is None or text == missing:
+def pct(value, missing: str = "n/a", digits: int = 1) -> str:
+    """A rate as a percentage (one decimal unless told); ``missing`` says why there is none (None or NaN)."""
+    return missing if _missing(value) else f"{100 * value:.{digits}f}%"
+
+
+def pct_interval(value, interval, missing: str = "n/a", digits: int = 1) -> str:
+    """A rate with its 95% interval, "83.1% [80.6, 85.4]" (every rate interval of the project prints this way);
+    the bare rate when there is no interval (None, or bounds that are missing)."""
+    text = pct(value, missing, digits)
+    if interval is None or text == missing or any(_missing(bound) for bound in interval):
         return text
     low, high = interval
-    return f"{text} [{100 * low:.1f}, {100 * high:.1f}]"
+    return f"{text} [{100 * low:.{digits}f}, {100 * high:.{digits}f}]"
+
+
+def points_interval(value, low, high) -> str:
+    """A difference of two rates in signed percentage points with its 95% interval, "+2 pp [-7, +12]"."""
+    return "—" if _missing(value) else f"{100 * value:+.0f} pp [{100 * low:+.0f}, {100 * high:+.0f}]"
 
 
 def with_interval(record: dict, key: str, digits: int = 3, sign: str = "") -> str:
@@ -38,13 +48,13 @@ def with_interval(record: dict, key: str, digits: int = 3, sign: str = "") -> st
 
 
 def num(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "—"
     return f"{value:.{digits}f}"
 
 
 def fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "—"
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
