@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rpdist import analyses
-from rpdist.reporting.format import pct_interval, points_interval
+from rpdist.reporting.format import points_interval, rate_with_interval
 
 
 def print_outcome(outcome, title: str | None = None) -> None:
@@ -55,7 +55,7 @@ def print_comparison(comparison) -> None:
                   soft_wrap=True)
     for r in comparison.rows:
         label = "pooled" if r["seed"] == "pooled" else f"seed {r['seed']}"
-        console.print(f"  {label}: {r['pairs']} pairs | ASR A {_rate(r, 'asr_a')} | ASR B {_rate(r, 'asr_b')} | "
+        console.print(f"  {label}: {r['pairs']} pairs | ASR A {rate_with_interval(r, 'asr_a', digits=0)} | ASR B {rate_with_interval(r, 'asr_b', digits=0)} | "
                       f"discordant {r['a_only']} A / {r['b_only']} B | A − B "
                       f"{points_interval(r['difference'], r['difference_low'], r['difference_high'])} | utility "
                       f"{100 * r['utility_a']:.1f}% / {100 * r['utility_b']:.1f}%", soft_wrap=True, highlight=False)
@@ -64,7 +64,3 @@ def print_comparison(comparison) -> None:
         console.print(f"{name}: {shown}", soft_wrap=True, highlight=False)
     console.print("models (both sides): " + ", ".join(f"{role} {sha256[:8]}" for role, sha256 in comparison.models.items()),
                   highlight=False)
-
-
-def _rate(row: dict, key: str) -> str:
-    return pct_interval(row[key], (row[key + "_low"], row[key + "_high"]), digits=0)

@@ -10,7 +10,7 @@ import pandas as pd
 from rpdist.analyses.base import Analysis, Column, Outcome
 from rpdist.attacks.brep import EXACT, PLAIN
 from rpdist.defenses.releases import FRESH
-from rpdist.reporting.format import fmt, md_table, num, pct, pct_interval, points_interval
+from rpdist.reporting.format import fmt, md_table, num, pct, pct_interval, points_interval, rate_with_interval
 from rpdist.reporting.plots import figure, style
 from rpdist.smoothing.stats import clopper_pearson, paired_difference
 
@@ -38,11 +38,6 @@ def release_name(release) -> str:
 
 def _knob(value) -> str:
     return "—" if value is None or value != value else fmt(value)
-
-
-def _rate(r: dict, key: str, digits: int = 1) -> str:
-    """A rate of the summary row with its 95% interval (``key_low``, ``key_high``), "92.0% [80.8, 97.8]"."""
-    return pct_interval(r[key], (r.get(f"{key}_low"), r.get(f"{key}_high")), missing="—", digits=digits)
 
 
 def _utility(r: dict) -> str:
@@ -84,10 +79,10 @@ class AttackAnalysis(Analysis):
         Column("k", lambda r: _knob(r.get("repeat")), key=True),
         Column("δ/σ", lambda r: str(r.get("nudge", "—")), key=True),
         Column("attacker", lambda r: str(r.get("attacker", PLAIN)), key=True),
-        Column("ASR [95% CI]", lambda r: _rate(r, "asr", digits=0)),
+        Column("ASR [95% CI]", lambda r: rate_with_interval(r, "asr", digits=0)),
         Column("start ASR", lambda r: pct(r["start_asr"], missing="—", digits=0)),
         Column(DIFF, lambda r: points_interval(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"])),
-        Column(PAPER, lambda r: _rate(r, "paper_asr", digits=0)),
+        Column(PAPER, lambda r: rate_with_interval(r, "paper_asr", digits=0)),
         Column("utility", _utility),
         Column("abstain rate", lambda r: pct(r["abstain_rate"], missing="—")),
         Column("mean queries", lambda r: f"{r['mean_queries']:.0f}"),
@@ -203,9 +198,9 @@ class AttackAnalysis(Analysis):
                                             "utility accuracy", "abstain rate", "mean eval. confidence",
                                             "mean queries", "forward passes"]
         rows = [[*(r[k] for k in keys), int(r["targets"]),
-                 _rate(r, "asr"), pct(r["start_asr"]),
+                 rate_with_interval(r, "asr"), pct(r["start_asr"]),
                  points_interval(r["asr_gain"], r["asr_gain_low"], r["asr_gain_high"]),
-                 _rate(r, "paper_asr"),
+                 rate_with_interval(r, "paper_asr"),
                  _utility(r), pct(r["abstain_rate"]), num(r["eval_confidence"], 3),
                  f"{r['mean_queries']:,.0f}", f"{r['forward_passes']:,}"] for r in summary]
         w.add(*md_table(header, rows))

@@ -30,6 +30,12 @@ def pct_interval(value, interval, missing: str = "n/a", digits: int = 1) -> str:
     return f"{text} [{100 * low:.{digits}f}, {100 * high:.{digits}f}]"
 
 
+def rate_with_interval(record: dict, key: str, digits: int = 1, missing: str = "—") -> str:
+    """A rate and its 95% interval read from ``key``, ``key_low`` and ``key_high`` of one summary record, as
+    ``pct_interval`` prints them (the rate counterpart of ``with_interval``)."""
+    return pct_interval(record[key], (record.get(f"{key}_low"), record.get(f"{key}_high")), missing, digits)
+
+
 def points_interval(value, low, high) -> str:
     """A difference of two rates in signed percentage points with its 95% interval, "+2 pp [-7, +12]"."""
     return "—" if _missing(value) else f"{100 * value:+.0f} pp [{100 * low:+.0f}, {100 * high:+.0f}]"
