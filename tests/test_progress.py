@@ -1,0 +1,50 @@
+"""SampleProgress away from a terminal: a log file gets plain lines as the work goes, not one bar at the end."""
+
+import io
+
+from rich.console import Console
+
+from rpdist.distributed.progress import SampleProgress
+
+
+def _log() -> Console:
+    return Console(file=io.StringIO(), force_terminal=False, width=80)
+
+
+def test_a_log_gets_one_line_per_interval_with_count_share_and_rate_then_a_closing_line():
+    console = _log()
+    meter = SampleProgress(1000, "attack σ=1.0", True, unit="queries", console=console, log_every=0.0)
+    meter.advance(400)
+    meter.advance(599)
+    meter.close()
+    lines = console.file.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("attack σ=1.0: 400/1,000 queries (40%), ") and lines[0].endswith(" left")
+    assert lines[1].startswith("attack σ=1.0: 999/1,000 queries (99%), ")  # rounded down: not done yet
+    assert lines[2].startswith("attack σ=1.0: 999/1,000 queries in ") and lines[2].endswith("/s")
+    meter.close()  # closing twice prints nothing more
+    assert len(console.file.getvalue().splitlines()) == 3
+
+
+def test_between_intervals_the_log_stays_quiet_and_a_disabled_meter_prints_nothing():
+    console = _log()
+    meter = SampleProgress(10_000, "certify σ=0.5", True, console=console, log_every=3600.0)
+    for _ in range(10):
+        meter.advance(1000)
+    meter.close()
+    [line] = console.file.getvalue().splitlines()
+    assert line.startswith("certify σ=0.5: 10,000/10,000 samples in ")
+    quiet = _log()
+    silent = SampleProgress(10, "x", False, console=quiet, log_every=0.0)
+    silent.advance(10)
+    silent.close()
+    assert quiet.file.getvalue() == "" and silent.done == 10
+
+
+def test_a_terminal_gets_the_bar_not_the_log_lines():
+    console = Console(file=io.StringIO(), force_terminal=True, width=80)
+    meter = SampleProgress(100, "walks", True, unit="queries", console=console, log_every=0.0)
+    meter.advance(100)
+    meter.close()
+    out = console.file.getvalue()
+    assert "100/100 queries" in out and "walks: " not in out  # the bar's columns, not a log line
