@@ -36,10 +36,6 @@ def release_name(release) -> str:
     return f"{release} (uncertified)" if release == "majority" else str(release)
 
 
-def _knob(value) -> str:
-    return "—" if value is None or value != value else fmt(value)
-
-
 def _utility(r: dict) -> str:
     """Utility accuracy with its Clopper–Pearson interval over the test split (none for tables written before
     rows recorded the split's size)."""
@@ -73,10 +69,10 @@ class AttackAnalysis(Analysis):
     title = "Attack benchmark"
     required_columns = ("defense", "success", "utility_accuracy")
     summary_columns = (
-        Column("defense", lambda r: str(r["defense"]), key=True), Column("σ", lambda r: _knob(r.get("sigma")), key=True),
-        Column("N", lambda r: _knob(r.get("n")), key=True), Column("ε", lambda r: _knob(r.get("epsilon")), key=True),
+        Column("defense", lambda r: str(r["defense"]), key=True), Column("σ", lambda r: fmt(r.get("sigma")), key=True),
+        Column("N", lambda r: fmt(r.get("n")), key=True), Column("ε", lambda r: fmt(r.get("epsilon")), key=True),
         Column("release", lambda r: release_name(r.get("release")), key=True), Column("noise", lambda r: str(r.get("noise", "—")), key=True),
-        Column("k", lambda r: _knob(r.get("repeat")), key=True),
+        Column("k", lambda r: fmt(r.get("repeat")), key=True),
         Column("δ/σ", lambda r: str(r.get("nudge", "—")), key=True),
         Column("attacker", lambda r: str(r.get("attacker", PLAIN)), key=True),
         Column("ASR [95% CI]", lambda r: rate_with_interval(r, "asr", digits=0)),

@@ -34,10 +34,6 @@ def mean_interval(values) -> tuple[float, float, float]:
     return mean, max(0.0, mean - half), min(1.0, mean + half)  # the metrics are shares: clip to [0, 1]
 
 
-def _knob(value) -> str:
-    return "—" if value is None or value != value else fmt(value)
-
-
 def setting_label(r: dict) -> str:
     if r["defense"] == "rp":
         tail = "" if r["certified_release"] else " (uncertified)"

@@ -12,6 +12,7 @@ import pandas as pd
 
 from rpdist.analyses.base import Column
 from rpdist.analyses.smoothing import CertifyAnalysis, labelled
+from rpdist.reporting.format import pct
 from pydantic import BaseModel, ConfigDict
 
 from rpdist.smoothing.sequential import CERTIFIED, UNDECIDED
@@ -34,7 +35,7 @@ class SequentialAnalysis(CertifyAnalysis):
         Column("median samples per input", lambda r: f"{r['median_samples']:,.0f}"),
         Column("undecided at max N", lambda r: f"{100 * r['undecided_rate']:.1f}%"),
         Column("certified accuracy at target radii", lambda r: ", ".join(
-            f"r={k}: " + ("n/a" if v != v else f"{100 * v:.1f}%") for k, v in r["certified_at_target"].items())),
+            f"r={k}: {pct(v)}" for k, v in r["certified_at_target"].items())),
         Column("mean radius", lambda r: f"{r['mean_radius']:.4f}"),
     )
 

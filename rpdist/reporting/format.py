@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 # What one unit of the ℓ2 radius means for the built-in datasets; anything else is "input units".
@@ -12,7 +10,8 @@ UNITS = {"insurance": "standardised units", "insurance-recommend": "standardised
 
 
 def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """None or NaN of any float type (NaN alone is unequal to itself: numpy float32 included)."""
+    return value is None or value != value
 
 
 def pct(value, missing: str = "n/a", digits: int = 1) -> str:
@@ -46,9 +45,9 @@ def with_interval(record: dict, key: str, digits: int = 3, sign: str = "") -> st
     ``sign="+"`` signs a difference; "—" when there is no value, the bare value when there is no interval."""
     value, low, high = record.get(key), record.get(f"{key}_low"), record.get(f"{key}_high")
     spec = f"{sign}.{digits}f"
-    if value is None or value != value:
+    if _missing(value):
         return "—"
-    if low is None or low != low:
+    if _missing(low):
         return f"{value:{spec}}"
     return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
 
