@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rpdist import analyses
-from rpdist.reporting.format import points_interval, rate_with_interval
+from rpdist.reporting.format import pct, points_interval, rate_with_interval
 
 
 def print_outcome(outcome, title: str | None = None) -> None:
@@ -58,7 +58,7 @@ def print_comparison(comparison) -> None:
         console.print(f"  {label}: {r['pairs']} pairs | ASR A {rate_with_interval(r, 'asr_a', digits=0)} | ASR B {rate_with_interval(r, 'asr_b', digits=0)} | "
                       f"discordant {r['a_only']} A / {r['b_only']} B | A − B "
                       f"{points_interval(r['difference'], r['difference_low'], r['difference_high'])} | utility "
-                      f"{100 * r['utility_a']:.1f}% / {100 * r['utility_b']:.1f}%", soft_wrap=True, highlight=False)
+                      f"{pct(r['utility_a'])} / {pct(r['utility_b'])}", soft_wrap=True, highlight=False)
     for name, settings in zip("AB", comparison.settings):
         shown = ", ".join(f"{k}={v}" for k, v in settings.items() if v == v)  # NaN: not this defense's knob
         console.print(f"{name}: {shown}", soft_wrap=True, highlight=False)
