@@ -48,3 +48,23 @@ def test_a_terminal_gets_the_bar_not_the_log_lines():
     meter.close()
     out = console.file.getvalue()
     assert "100/100 queries" in out and "walks: " not in out  # the bar's columns, not a log line
+
+
+def test_training_in_a_log_reports_epochs_on_stderr_and_a_slow_rate_keeps_two_digits(capsys):
+    import numpy as np
+
+    from rpdist.models.zoo import fit_classifier
+
+    rec = {"arch": "mlp", "arch_kwargs": {"in_features": 3, "num_classes": 2, "hidden": [4]}, "epochs": 2,
+           "lr": 0.01, "batch_size": 8, "seed": 0}
+    X, y = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32), np.arange(16) % 2
+    fit_classifier(rec, X, y, description="training toy model", progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("training toy model: 2/2 epochs in ") and err.rstrip().endswith("/s")
+    fit_classifier(rec, X, y, description="training toy model")  # progress off: silent
+    assert capsys.readouterr() == ("", "")
+    console = _log()
+    with SampleProgress(10, "x", True, unit="epochs", console=console, log_every=3600.0) as slow:
+        slow.started -= 40.0  # 1 epoch in 40 s: the rate keeps two digits instead of rounding to 0/s
+        slow.advance(1)
+    assert console.file.getvalue().rstrip().endswith(", 0.025/s")

@@ -47,15 +47,20 @@ class SampleProgress:
     def advance(self, samples: int) -> None:
         self.done += samples
         if self._progress is not None:
-            self._progress.update(self._task, advance=samples, rate=f"{self.rate:,.0f}/s")
+            self._progress.update(self._task, advance=samples, rate=self._rate_text())
         if self._log is not None and time.perf_counter() - self._logged_at >= self._log_every:
             self._logged_at = time.perf_counter()
             left = (self.total - self.done) / self.rate if self.rate > 0 else None
-            self._print(f"({self.done * 100 // max(self.total, 1)}%), {self.rate:,.0f}/s, {duration(left)} left")
+            self._print(f"({self.done * 100 // max(self.total, 1)}%), {self._rate_text()}, {duration(left)} left")
 
     def _print(self, tail: str) -> None:
         self._log.print(f"{self.description}: {self.done:,}/{self.total:,} {self.unit} {tail}",
                         markup=False, highlight=False, soft_wrap=True)
+
+    def _rate_text(self) -> str:
+        """Whole units a second, or two significant digits below ten (epochs take seconds each)."""
+        rate = self.rate
+        return f"{rate:,.0f}/s" if rate >= 10 else f"{rate:.2g}/s"
 
     @property
     def elapsed(self) -> float:
@@ -65,11 +70,18 @@ class SampleProgress:
     def rate(self) -> float:
         return self.done / max(self.elapsed, 1e-9)
 
+    def __enter__(self) -> SampleProgress:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
         if self._log is not None:
-            self._print(f"in {duration(self.elapsed)}, {self.rate:,.0f}/s")
+            self._print(f"in {duration(self.elapsed)}, {self._rate_text()}")
             self._log = None
 
 

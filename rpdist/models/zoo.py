@@ -22,6 +22,7 @@ from torch import nn
 
 from rpdist.models import architectures
 from rpdist.datasets.catalog import SPLIT_SEED, TEST_FRACTION, load_dataset
+from rpdist.distributed.progress import SampleProgress
 from rpdist.errors import InputError
 from rpdist.models.refs import ModelRef
 from rpdist.io.store import atomic_write
@@ -173,7 +174,7 @@ def fit_classifier(rec: dict, X: np.ndarray, y: np.ndarray, *, penalised: list[i
         optimizer = torch.optim.Adam(model.parameters(), lr=rec["lr"])
         loss_fn = nn.CrossEntropyLoss()
         model.train()
-        with _epoch_bar(rec["epochs"], description, progress) as advance:
+        with _epoch_meter(rec["epochs"], description, progress) as meter:
             for _ in range(rec["epochs"]):
                 order = torch.randperm(X.shape[0], generator=generator)
                 for start in range(0, X.shape[0], batch_size):
@@ -187,7 +188,7 @@ def fit_classifier(rec: dict, X: np.ndarray, y: np.ndarray, *, penalised: list[i
                         loss = loss + l1 * first_layer_weight(model)[:, penalised].abs().sum()
                     loss.backward()
                     optimizer.step()
-                advance()
+                meter.advance(1)
     model.eval()
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -200,28 +201,14 @@ def first_layer_weight(model: nn.Module) -> torch.Tensor:
     raise InputError("the l1 penalty on input features needs a model with a linear first layer")
 
 
-class _epoch_bar:
-    """A rich progress bar over epochs when asked for, else a no-op (rich is imported lazily)."""
-
-    def __init__(self, total: int, description: str, enabled: bool):
-        self.total, self.description, self.enabled = total, description, enabled
-        self._progress = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
+def _epoch_meter(total: int, description: str, enabled: bool) -> SampleProgress:
+    """Epochs as progress on stderr (a bar on a terminal, a line a minute and a last one in a log)."""
+    console = None
+    if enabled:
         from rich.console import Console
-        from rich.progress import Progress
 
-        self._progress = Progress(console=Console(stderr=True), transient=True)
-        self._progress.__enter__()
-        task = self._progress.add_task(self.description, total=self.total)
-        return lambda: self._progress.advance(task)
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-        return False
+        console = Console(stderr=True)
+    return SampleProgress(total, description, enabled, unit="epochs", console=console)
 
 
 def cached_state(path: Path, build, train) -> dict[str, torch.Tensor]:
