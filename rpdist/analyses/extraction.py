@@ -13,7 +13,7 @@ from scipy.stats import t as student_t
 from rpdist.analyses.attack import RP
 from rpdist.analyses.base import Analysis, Column, Outcome
 from rpdist.errors import InputError
-from rpdist.reporting.format import fmt, with_interval
+from rpdist.reporting.format import fmt, pct, with_interval
 from rpdist.reporting.plots import figure, style
 
 SETTING = ("defense", "sigma", "n", "epsilon", "release", "query_source", "student")
@@ -56,7 +56,7 @@ class ExtractionAnalysis(Analysis):
         Column("fidelity to release", lambda r: with_interval(r, "fidelity_release")),
         Column("student accuracy", lambda r: with_interval(r, "student_accuracy")),
         Column("release utility", lambda r: with_interval(r, "utility_accuracy")),
-        Column("abstained", lambda r: f"{100 * r['abstain_share']:.1f}%"),
+        Column("abstained", lambda r: pct(r['abstain_share'])),
     )
 
     def run(self, spec, progress: bool = False) -> Outcome:

@@ -38,9 +38,9 @@ class RapAnalysis(Analysis):
         Column("HDI length − base (paired)", lambda r: _paired(r, "hdi_length_vs_base")),
         Column("median compatible length", lambda r: _ci(r, "median_compatible_length")),
         Column("compatible-set MAE", lambda r: _ci(r, "adversary_mae")),
-        Column("accuracy", lambda r: f"{100 * r['accuracy']:.1f}%"),
-        Column("abstain", lambda r: f"{100 * r['abstain_rate']:.1f}%"),
-        Column("certified", lambda r: f"{100 * r['certified_rate']:.1f}%" if r["release_model"] == SMOOTHED else "—"),
+        Column("accuracy", lambda r: pct(r['accuracy'])),
+        Column("abstain", lambda r: pct(r['abstain_rate'])),
+        Column("certified", lambda r: pct(r['certified_rate']) if r["release_model"] == SMOOTHED else "—"),
         Column("release advantage at R ≤ (median)",
                lambda r: f"{r['median_release_advantage']:.3f}" if r["release_model"] == SMOOTHED else "—"),
     )

@@ -33,7 +33,7 @@ class SequentialAnalysis(CertifyAnalysis):
         Column("inputs", lambda r: f"{r['inputs']:,}"),
         Column("mean samples per input", lambda r: f"{r['mean_samples']:,.0f}"),
         Column("median samples per input", lambda r: f"{r['median_samples']:,.0f}"),
-        Column("undecided at max N", lambda r: f"{100 * r['undecided_rate']:.1f}%"),
+        Column("undecided at max N", lambda r: pct(r['undecided_rate'])),
         Column("certified accuracy at target radii", lambda r: ", ".join(
             f"r={k}: {pct(v)}" for k, v in r["certified_at_target"].items())),
         Column("mean radius", lambda r: f"{r['mean_radius']:.4f}"),
