@@ -78,7 +78,8 @@ def test_rounds_report_every_query_they_spend():
 
 @pytest.mark.slow
 def test_as_finished_tracks_the_tally_bounds_the_tasks_running_and_returns_their_results(ray_session):
-    from rpdist.distributed.progress import SampleProgress, Tally, as_finished, tally_flush
+    from rpdist.distributed.tally import Tally, as_finished, tally_flush
+    from rpdist.reporting.progress import SampleProgress
 
     @ray_session.remote(num_cpus=0)
     def work(tally, steps: list[int]) -> int:

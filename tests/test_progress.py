@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from rpdist.distributed.progress import SampleProgress
+from rpdist.reporting.progress import SampleProgress
 
 
 def _log() -> Console:

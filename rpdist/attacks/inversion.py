@@ -18,6 +18,7 @@ import hashlib
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -161,7 +162,7 @@ def _attack_task(target: int, restarts: int, config: BrepConfig, seed: int, gen:
     generator's (state, latent, hidden, side); ``tally``, when given, hears the queries of every round."""
     import torch
 
-    from rpdist.distributed.progress import tally_flush
+    from rpdist.distributed.tally import tally_flush
 
     torch.set_num_threads(1)
     state, latent, hidden, side = gen
@@ -188,7 +189,8 @@ def attack_release(release, targets, restarts, config: BrepConfig, seed: int, ge
     With ``progress`` (a description), a bar in queries against the walks' whole budget follows them."""
     import ray
 
-    from rpdist.distributed.progress import SampleProgress, Tally, as_finished
+    from rpdist.distributed.tally import Tally, as_finished
+    from rpdist.reporting.progress import SampleProgress
 
     release.share()
     # num_cpus=0: the replica actors may hold every CPU of a small machine; the tasks mostly wait on them.
@@ -196,18 +198,15 @@ def attack_release(release, targets, restarts, config: BrepConfig, seed: int, ge
     gens = _per_target(generators, targets)
     packed = {t: (dict(g.state_dict()), g.latent, g.hidden, g.side) for t, g in gens.items()}
     tally = None if progress is None else ray.remote(num_cpus=0)(Tally).remote()
-    meter = None if progress is None else SampleProgress(len(targets) * restarts * config.budget, progress,
-                                                         enabled=True, unit="queries")
+    bar = nullcontext() if progress is None else SampleProgress(len(targets) * restarts * config.budget,
+                                                                progress, enabled=True, unit="queries")
     starts = [lambda t=t: task.remote(t, restarts, config, seed, packed[t], release, tally) for t in targets]
     outs = {}
-    try:
+    with bar as meter:
         for index, (attacks, passes) in as_finished(starts, at_once or len(targets), tally, meter):
             outs[targets[index]] = attacks, passes
             if on_target is not None:
                 on_target(targets[index], attacks, passes)
-    finally:
-        if meter is not None:
-            meter.close()
     return [a for t in targets for a in outs[t][0]], sum(fp for _, fp in outs.values())
 
 

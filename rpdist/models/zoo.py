@@ -22,7 +22,7 @@ from torch import nn
 
 from rpdist.models import architectures
 from rpdist.datasets.catalog import SPLIT_SEED, TEST_FRACTION, load_dataset
-from rpdist.distributed.progress import SampleProgress
+from rpdist.reporting.progress import SampleProgress
 from rpdist.errors import InputError
 from rpdist.models.refs import ModelRef
 from rpdist.io.store import atomic_write

@@ -23,7 +23,7 @@ from rpdist.privacy.per_input import DEFAULT_ADVANTAGE, DEFAULT_QUERIES, DEFAULT
 from rpdist.smoothing import stats
 from rpdist.distributed.plan import PhaseSpec, Plan
 from rpdist.distributed.pool import default_batch_size, ensure_ray, get_pool
-from rpdist.distributed.progress import SampleProgress
+from rpdist.reporting.progress import SampleProgress
 from rpdist.distributed.scheduler import run_plan
 from rpdist.errors import InputError
 from rpdist.models.refs import ModelRef, load_model_file
