@@ -68,3 +68,17 @@ def test_training_in_a_log_reports_epochs_on_stderr_and_a_slow_rate_keeps_two_di
         slow.started -= 40.0  # 1 epoch in 40 s: the rate keeps two digits instead of rounding to 0/s
         slow.advance(1)
     assert console.file.getvalue().rstrip().endswith(", 0.025/s")
+
+
+def test_role_models_trained_on_a_cache_miss_show_their_epochs(tmp_path, capsys):
+    """The inversion roles (a VAE prior, a DP-SGD target) train for minutes on mnist5k: on a cache miss each
+    names itself and counts epochs on stderr; a cache hit loads silently."""
+    from rpdist.attacks import roles
+
+    roles.generator(cache_dir=tmp_path, epochs=2, dataset="digits", exclude=3, progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("training the digits generator without class 3: 2/2 epochs in ")
+    roles.generator(cache_dir=tmp_path, epochs=2, dataset="digits", exclude=3, progress=True)
+    assert capsys.readouterr() == ("", "")
+    roles.dpsgd_model(None, cache_dir=tmp_path, dataset="digits", progress=True)
+    assert capsys.readouterr().err.startswith("training the digits DP-SGD target (clip only): 30/30 epochs in ")

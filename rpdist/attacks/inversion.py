@@ -296,11 +296,15 @@ class RoleModels:
     dpsgd: dict[float, ModelRef]  # epsilon -> the released DP-SGD model
 
     @classmethod
-    def load(cls, spec: InversionSpec, targets: list[int], configs: list[dict]) -> RoleModels:
-        dpsgd = sorted({c["epsilon"] for c in configs}) if spec.defense == "dpsgd" else []
-        return cls(target=roles.target_model(dataset=spec.dataset), eval=roles.eval_model(dataset=spec.dataset),
-                   generators=prior_generators(spec, targets),
-                   dpsgd={e: roles.dpsgd_model(None if math.isinf(e) else e, dataset=spec.dataset) for e in dpsgd})
+    def load(cls, spec: InversionSpec, targets: list[int], configs: list[dict], progress: bool = False
+             ) -> RoleModels:
+        """Each role's model, from the cache or trained now (its epochs on stderr with ``progress``)."""
+        data, dpsgd = spec.dataset, sorted({c["epsilon"] for c in configs}) if spec.defense == "dpsgd" else []
+        return cls(target=roles.target_model(dataset=data, progress=progress),
+                   eval=roles.eval_model(dataset=data, progress=progress),
+                   generators=prior_generators(spec, targets, progress),
+                   dpsgd={e: roles.dpsgd_model(None if math.isinf(e) else e, dataset=data, progress=progress)
+                          for e in dpsgd})
 
     def hashes(self) -> dict[str, str]:
         """Role -> sha256, under the names a manifest records them by."""
@@ -337,11 +341,11 @@ def run_secrets(spec: InversionSpec, configs: list[dict], earlier: dict | None =
     return seed, source, noise_key(spec.noise_key_file) if keyed else None
 
 
-def prior_generators(spec: InversionSpec, targets: list[int]) -> dict:
+def prior_generators(spec: InversionSpec, targets: list[int], progress: bool = False) -> dict:
     """The attacker's generator for each target class: the public-half VAE, or with the class-disjoint
     prior one trained without that class (trained and cached on first use)."""
     return {t: roles.generator(epochs=spec.generator_epochs, dataset=spec.dataset,
-                               exclude=t if spec.prior == DISJOINT else None) for t in targets}
+                               exclude=t if spec.prior == DISJOINT else None, progress=progress) for t in targets}
 
 
 def prior_sha256(generators: dict) -> str:
@@ -379,7 +383,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
 
     ensure_ray(spec.address)
     data = spec.dataset
-    role_models = RoleModels.load(spec, targets, configs)
+    role_models = RoleModels.load(spec, targets, configs, progress)
     generators = role_models.generators
     models = role_models.records(spec, targets)
     if earlier is not None:

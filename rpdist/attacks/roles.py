@@ -177,9 +177,20 @@ def _one_thread():
     return one_thread()
 
 
-def _train_vae(rec: dict, X: np.ndarray, side: int) -> dict[str, torch.Tensor]:
+def training(rec: dict) -> str:
+    """How a role model's training is named in progress output."""
+    role = {"eval": "evaluator", "dpsgd": "DP-SGD target"}.get(rec["role"], rec["role"])
+    if "exclude_class" in rec:
+        role += f" without class {rec['exclude_class']}"
+    if rec["role"] == "dpsgd":
+        role += " (clip only)" if rec["epsilon"] is None else f" at ε={rec['epsilon']:g}"
+    return f"training the {rec['dataset']} {role}"
+
+
+def _train_vae(rec: dict, X: np.ndarray, side: int, progress: bool = False) -> dict[str, torch.Tensor]:
     Xt = torch.from_numpy(X).flatten(1)
-    with _one_thread(), torch.random.fork_rng(devices=[]):
+    with (_one_thread(), torch.random.fork_rng(devices=[]),
+          models.epoch_meter(rec["epochs"], training(rec), progress) as meter):
         torch.manual_seed(rec["seed"])
         vae = VAE(rec["latent"], rec["hidden"], side)
         gen = torch.Generator().manual_seed(rec["seed"])
@@ -196,41 +207,43 @@ def _train_vae(rec: dict, X: np.ndarray, side: int) -> dict[str, torch.Tensor]:
                 opt.zero_grad(set_to_none=True)
                 (rec_loss + rec["beta"] * kl).backward()
                 opt.step()
+            meter.advance(1)
     vae.eval()
     return {k: v.detach().clone() for k, v in vae.state_dict().items()}
 
 
-def _classifier(rec: dict, dataset: str, cache_dir) -> ModelRef:
+def _classifier(rec: dict, dataset: str, cache_dir, progress: bool) -> ModelRef:
     X, y = role_data("private", dataset)
     state = _cached(rec, lambda: architectures.build(rec["arch"], **rec["arch_kwargs"]),
-                    lambda: _fit(rec, X, y), cache_dir)
+                    lambda: _fit(rec, X, y, progress), cache_dir)
     return ModelRef.from_state_dict(rec["arch"], rec["arch_kwargs"], state)
 
 
-def _fit(rec: dict, X: np.ndarray, y: np.ndarray) -> dict[str, torch.Tensor]:
+def _fit(rec: dict, X: np.ndarray, y: np.ndarray, progress: bool) -> dict[str, torch.Tensor]:
     with _one_thread():
-        return models.fit_classifier(rec, X, y)
+        return models.fit_classifier(rec, X, y, description=training(rec), progress=progress)
 
 
-def target_model(train_sigma: float = TARGET_TRAIN_SIGMA, cache_dir=None, dataset: str = DATASET) -> ModelRef:
-    """The attacked CNN, trained on the private half."""
-    return _classifier(target_recipe(train_sigma, dataset), dataset, cache_dir)
+def target_model(train_sigma: float = TARGET_TRAIN_SIGMA, cache_dir=None, dataset: str = DATASET,
+                 progress: bool = False) -> ModelRef:
+    """The attacked CNN, trained on the private half (on a cache miss, with ``progress``, its epochs on stderr)."""
+    return _classifier(target_recipe(train_sigma, dataset), dataset, cache_dir, progress)
 
 
-def eval_model(cache_dir=None, dataset: str = DATASET) -> ModelRef:
+def eval_model(cache_dir=None, dataset: str = DATASET, progress: bool = False) -> ModelRef:
     """The judge: an MLP (another architecture and seed) trained on the same private half."""
-    return _classifier(eval_recipe(dataset), dataset, cache_dir)
+    return _classifier(eval_recipe(dataset), dataset, cache_dir, progress)
 
 
 def generator(cache_dir=None, epochs: int | None = None, dataset: str = DATASET, exclude: int | None = None,
-              **overrides) -> VAE:
+              progress: bool = False, **overrides) -> VAE:
     """The attacker's prior: a VAE trained on the public half only (without class ``exclude``, if given)."""
     rec = generator_recipe(epochs, dataset, exclude, **overrides)
     X, y = role_data("public", dataset)
     if exclude is not None:
         X = X[y != int(exclude)]
     size = side(dataset)
-    state = _cached(rec, lambda: VAE(rec["latent"], rec["hidden"], size), lambda: _train_vae(rec, X, size),
+    state = _cached(rec, lambda: VAE(rec["latent"], rec["hidden"], size), lambda: _train_vae(rec, X, size, progress),
                     cache_dir)
     vae = VAE(rec["latent"], rec["hidden"], size)
     vae.load_state_dict(state)
@@ -238,14 +251,14 @@ def generator(cache_dir=None, epochs: int | None = None, dataset: str = DATASET,
 
 
 def dpsgd_model(epsilon: float | None, delta: float = 1e-5, clip: float = 1.0, cache_dir=None,
-                dataset: str = DATASET) -> ModelRef:
+                dataset: str = DATASET, progress: bool = False) -> ModelRef:
     """The target CNN trained with Opacus DP-SGD at (ε, δ), or clip-only when ``epsilon`` is None."""
     from rpdist.defenses.dpsgd import train_dpsgd
 
     rec = dpsgd_recipe(epsilon, delta, clip, dataset)
     X, y = role_data("private", dataset)
     state = _cached(rec, lambda: architectures.build(rec["arch"], **rec["arch_kwargs"]),
-                    lambda: train_dpsgd(rec, X, y), cache_dir)
+                    lambda: train_dpsgd(rec, X, y, training(rec), progress), cache_dir)
     return ModelRef.from_state_dict(rec["arch"], rec["arch_kwargs"], state)
 
 

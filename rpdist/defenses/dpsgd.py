@@ -7,9 +7,11 @@ import torch
 from torch import nn
 
 from rpdist.models import architectures
+from rpdist.models.zoo import epoch_meter
 
 
-def train_dpsgd(rec: dict, X: np.ndarray, y: np.ndarray) -> dict[str, torch.Tensor]:
+def train_dpsgd(rec: dict, X: np.ndarray, y: np.ndarray, description: str = "training with DP-SGD",
+                progress: bool = False) -> dict[str, torch.Tensor]:
     """Train ``rec['arch']`` with per-sample clipping at ``rec['clip']`` and Gaussian noise calibrated
     by Opacus' RDP accountant to (ε, δ) over ``rec['epochs']`` epochs of Poisson-sampled batches.
 
@@ -39,13 +41,15 @@ def train_dpsgd(rec: dict, X: np.ndarray, y: np.ndarray) -> dict[str, torch.Tens
                 target_delta=rec["delta"], epochs=rec["epochs"], max_grad_norm=rec["clip"])
         loss_fn = nn.CrossEntropyLoss()
         model.train()
-        for _ in range(rec["epochs"]):
-            for inputs, labels in loader:
-                if len(inputs) == 0:
-                    continue
-                opt.zero_grad(set_to_none=True)
-                loss_fn(model(inputs), labels).backward()
-                opt.step()
+        with epoch_meter(rec["epochs"], description, progress) as meter:
+            for _ in range(rec["epochs"]):
+                for inputs, labels in loader:
+                    if len(inputs) == 0:
+                        continue
+                    opt.zero_grad(set_to_none=True)
+                    loss_fn(model(inputs), labels).backward()
+                    opt.step()
+                meter.advance(1)
         spent = None if rec["epsilon"] is None else float(engine.get_epsilon(rec["delta"]))
     model.eval()
     state = {k.removeprefix("_module."): v.detach().clone() for k, v in model.state_dict().items()}

@@ -174,7 +174,7 @@ def fit_classifier(rec: dict, X: np.ndarray, y: np.ndarray, *, penalised: list[i
         optimizer = torch.optim.Adam(model.parameters(), lr=rec["lr"])
         loss_fn = nn.CrossEntropyLoss()
         model.train()
-        with _epoch_meter(rec["epochs"], description, progress) as meter:
+        with epoch_meter(rec["epochs"], description, progress) as meter:
             for _ in range(rec["epochs"]):
                 order = torch.randperm(X.shape[0], generator=generator)
                 for start in range(0, X.shape[0], batch_size):
@@ -201,7 +201,7 @@ def first_layer_weight(model: nn.Module) -> torch.Tensor:
     raise InputError("the l1 penalty on input features needs a model with a linear first layer")
 
 
-def _epoch_meter(total: int, description: str, enabled: bool) -> SampleProgress:
+def epoch_meter(total: int, description: str, enabled: bool) -> SampleProgress:
     """Epochs as progress on stderr (a bar on a terminal, a line a minute and a last one in a log)."""
     console = None
     if enabled:
