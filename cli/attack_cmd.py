@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         attacker: Optional[List[str]] = typer.Option(None, "--attacker", help="plain (abstain = another class) or "
                                                      "abstain-aware (abstain = near the boundary; repeatable)."),
         noise_key_file: Optional[Path] = typer.Option(None, "--noise-key-file", help="Secret key of keyed noise "
-                                                      "(else $RPDIST_NOISE_KEY, else a random key for this run)."),
+                                                      "(else $RPDIST_NOISE_KEY, else a random key, kept at 0600 in the cache until the run completes)."),
         targets: Optional[str] = typer.Option(None, "--targets", help="Comma-separated classes; default all."),
         restarts: int = typer.Option(1, "--restarts", help="Attacks per target class."),
         query_budget: int = typer.Option(400, "--query-budget", help="Released labels per attack."),

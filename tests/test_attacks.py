@@ -224,15 +224,18 @@ class Stop(Exception):
 def test_an_interrupted_attack_resumes_with_the_classes_left_and_writes_what_one_session_writes(
         ray_session, tmp_path, quick, monkeypatch):
     """Two configs × three classes, one class at a time, stopped after four were saved: the rerun attacks
-    only the two classes left, with the seed the first session drew, and its table is that of an
-    uninterrupted run; a finished run is returned as it is; a run started on other models is refused."""
+    only the two classes left, with the seed and the keyed-noise key the first session drew (the key kept
+    at 0600 in the cache until the run completes), and its table is that of an uninterrupted run; a finished
+    run is returned as it is; a run started on other models is refused."""
     import json
+    import stat
 
     from rpdist.attacks import inversion
     from rpdist.attacks.parts import AttackParts
     from rpdist.errors import InputError
+    from rpdist.io.rundir import RunDir
 
-    spec = dict(defense="rr", epsilons=[1.0, 8.0], query_budget=60, restarts=2, targets_at_once=1,
+    spec = dict(defense="rr", epsilons=[1.0, 8.0], query_budget=60, restarts=2, targets_at_once=1, noises=["keyed"],
                 **{**quick, "targets": [0, 1, 2]})
     real_save, real_attack = AttackParts.save, inversion.attack_release
     saved, attacked = [], []
@@ -253,6 +256,10 @@ def test_an_interrupted_attack_resumes_with_the_classes_left_and_writes_what_one
         inversion.run_inversion(inversion.InversionSpec(out=str(tmp_path), run_id="cut", **spec))
     first = json.loads((tmp_path / "cut" / "manifest.json").read_text())
     assert first["status"] == "running" and first["details"]["seed_source"] == "random"
+    assert first["details"]["noise_key"]["source"] == "generated" and first["details"]["random_noise_keys"] == 1
+    kept = inversion.key_store(RunDir(str(tmp_path), "cut", "attack.parquet"))
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and kept.read_bytes() not in json.dumps(first).encode()
+    (tmp_path / "key").write_bytes(kept.read_bytes())
     assert not (tmp_path / "cut" / "attack.parquet").exists()
     assert saved == [(0, 0), (0, 1), (0, 2), (1, 0)]
 
@@ -270,9 +277,11 @@ def test_an_interrupted_attack_resumes_with_the_classes_left_and_writes_what_one
                                                               **{**spec, "targets_at_once": 2}))
     assert attacked == [[1, 2]]  # config 0 was done; of config 1, class 0 was
     assert resumed.manifest["details"]["seed"] == first["details"]["seed"]
-    assert not (tmp_path / "cut" / "parts").exists()
-    whole = inversion.run_inversion(inversion.InversionSpec(out=str(tmp_path), run_id="whole",
-                                                            **{**spec, "seed": first["details"]["seed"]}))
+    assert resumed.manifest["details"]["noise_key"]["source"] == "stored"
+    assert resumed.manifest["details"]["random_noise_keys"] == 1
+    assert not (tmp_path / "cut" / "parts").exists() and not kept.exists()
+    whole = inversion.run_inversion(inversion.InversionSpec(out=str(tmp_path), run_id="whole", **{
+        **spec, "seed": first["details"]["seed"], "noise_key_file": str(tmp_path / "key")}))
     same = [c for c in whole.table().columns if c != "seconds"]
     pd.testing.assert_frame_equal(resumed.table()[same], whole.table()[same])
     assert (resumed.table().seconds > 0).all()

@@ -83,6 +83,30 @@ def test_key_comes_from_file_or_environment_else_random(tmp_path):
         noise_key(tmp_path / "missing", environ={})
 
 
+def test_a_run_without_a_key_keeps_the_one_it_draws_private_and_reads_it_back(tmp_path):
+    """stored_key: drawn once, written 0600 even under a permissive umask, the same secret when read back (as a
+    --noise-key-file of it gives), and one clear line when it cannot be kept."""
+    import os
+    import stat
+
+    from rpdist.defenses.releases import stored_key
+
+    path = tmp_path / "keys" / "run.key"
+    old = os.umask(0)
+    try:
+        drawn = stored_key(path)
+    finally:
+        os.umask(old)
+    assert drawn.source == "generated" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0 and [p.name for p in path.parent.iterdir()] == ["run.key"]
+    again = stored_key(path)
+    assert again.source == "stored" and again.secret == drawn.secret == noise_key(path, environ={}).secret
+    assert stored_key(tmp_path / "other.key").secret != drawn.secret
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(InputError, match="cannot keep the noise key"):
+        stored_key(tmp_path / "file" / "run.key")
+
+
 def _constant_keys(tree: ast.AST) -> list[int]:
     """Lines where a key is a literal: key=<constant>, a parameter named *key* defaulting to a string
     or bytes, or an assignment of a literal to a name containing KEY."""

@@ -30,8 +30,8 @@ from rpdist.attacks import roles
 from rpdist.attacks.brep import ABSTAIN_AWARE, DISJOINT, EXACT, PLAIN, PRIORS, PUBLIC, ULP, BrepAttack, BrepConfig, nudge_name, run_lockstep
 from rpdist.defenses.releases import (ABSTAIN, FRESH, KEYED, MAJORITY, PREDICT, SMOOTHED_RELEASES, LabelRelease,
                                       NoisyInputRelease,
-                                      RandomAbstention, RandomizedResponse, SmoothedRelease, KEY_GRID_SIGMAS,
-                                      noise_key, random_seed)
+                                      RandomAbstention, RandomizedResponse, SmoothedRelease, KEY_ENV,
+                                      KEY_GRID_SIGMAS, noise_key, random_seed, stored_key)
 from rpdist.attacks.parts import AttackParts
 from rpdist.analyses import REGISTRY
 from rpdist.analyses.attack import RECONSTRUCTIONS, AttackAnalysis, release_name
@@ -341,6 +341,15 @@ def run_secrets(spec: InversionSpec, configs: list[dict], earlier: dict | None =
     return seed, source, noise_key(spec.noise_key_file) if keyed else None
 
 
+def key_store(run_dir: RunDir):
+    """Where a run given no noise key keeps the one it draws: under the cache directory (never beside the
+    results, which get shared), named by a hash of the run's location."""
+    from rpdist.models.zoo import cache_dir
+
+    where = f"{type(run_dir.store.fs).__name__}:{run_dir.store.path(run_dir.run_id)}"
+    return cache_dir() / "noise-keys" / f"{hashlib.sha256(where.encode()).hexdigest()[:32]}.key"
+
+
 def prior_generators(spec: InversionSpec, targets: list[int], progress: bool = False) -> dict:
     """The attacker's generator for each target class: the public-half VAE, or with the class-disjoint
     prior one trained without that class (trained and cached on first use)."""
@@ -391,12 +400,17 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
         if progress:
             print(f"  resuming {run_dir.path}: {len(parts.done)} of {len(configs) * len(targets)} (config, class) "
                   "attacks saved", file=sys.stderr)
+    if key is not None and key.source == "random":  # kept, so that a resume answers under the same key
+        key = stored_key(key_store(run_dir))  # (only now: a refused run keeps none)
     recorded = (earlier or {}).get("details", {})
     keys_drawn = recorded.get("random_noise_keys", 0)
-    if key is not None and key.source == "random":
+    if key is not None and key.source == "generated":
         keys_drawn += 1
+        if progress:
+            print(f"  keyed noise: no --noise-key-file or ${KEY_ENV}, so a random key is kept (mode 0600) in "
+                  f"{key_store(run_dir)} until the run completes", file=sys.stderr)
         if keys_drawn > 1 and progress:
-            print("  resuming keyed noise with a new random key (the earlier one was never stored): classes saved "
+            print("  resuming keyed noise with a new random key (the earlier one was not kept): classes saved "
                   "before ran under another key", file=sys.stderr)
     manifest = new_manifest(
         ATTACK.name, config, models=models, dataset={"spec": spec.dataset}, device={"batch_size": spec.batch_size},
@@ -461,6 +475,8 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
                                finished=dt.datetime.now(dt.timezone.utc).isoformat())
     run_dir.write_manifest(manifest)
     run_dir.store.delete_dir(run_id, "parts")
+    if key is not None and key.source in ("generated", "stored"):
+        key_store(run_dir).unlink(missing_ok=True)  # nothing is left to resume under it
     return _outcome(run_dir, manifest)
 
 

@@ -9,7 +9,8 @@ noise streams, that of randomized response from a hash of (seed, id); so the ans
 on how queries are batched or spread over Ray tasks.
 
 The key is a secret: it comes from a key file, from ``$RPDIST_NOISE_KEY``, or from ``os.urandom``
-for one run (:func:`noise_key`). No key is built into the code.
+(for one process, or kept for one run under the cache directory) (:func:`noise_key`). No key is built
+into the code.
 
 ``forward_passes`` counts model evaluations exactly as they are run.
 """
@@ -54,12 +55,15 @@ class NoiseKey:
     """A secret key for keyed noise and where it came from; only ``source`` may be recorded."""
 
     secret: bytes = field(repr=False)
-    source: str  # "file", "environment" or "random"
+    source: str  # "file", "environment", "random", or "generated" / "stored" (see stored_key)
 
     def describe(self) -> dict:
         """What a manifest may say about the key: its source, never the key."""
         text = {"file": "read from --noise-key-file", "environment": f"read from ${KEY_ENV}",
-                "random": "drawn from os.urandom for this run only (not stored)"}[self.source]
+                "random": "drawn from os.urandom for this run only (not stored)",
+                "generated": "drawn from os.urandom and kept (mode 0600) under the cache directory until the run "
+                             "completes",
+                "stored": "read back from the cache directory, where this run kept the key it drew"}[self.source]
         return {"source": self.source, "description": text}
 
 
@@ -74,7 +78,8 @@ def _key_from(material: bytes, source: str, where: str) -> NoiseKey:
 
 def noise_key(key_file: str | os.PathLike | None = None, environ=None) -> NoiseKey:
     """The secret for keyed noise: ``key_file``, else ``$RPDIST_NOISE_KEY``, else 32 bytes of
-    ``os.urandom`` for this process only (answers then hold within a run, not across runs)."""
+    ``os.urandom`` for this process only (answers then hold within a run, not across runs; a run
+    keeps such a key with :func:`stored_key`)."""
     environ = os.environ if environ is None else environ
     if key_file is not None:
         path = Path(key_file)
@@ -87,6 +92,29 @@ def noise_key(key_file: str | os.PathLike | None = None, environ=None) -> NoiseK
     if value is not None:
         return _key_from(value.encode("utf-8"), "environment", f"in ${KEY_ENV}")
     return NoiseKey(os.urandom(32), "random")
+
+
+def stored_key(path: Path) -> NoiseKey:
+    """The key kept at ``path``, or, when there is none, 32 ``os.urandom`` bytes written there first (hex, mode
+    0600, atomically): a run given no key of its own resumes under the key it started with."""
+    path = Path(path)
+    try:
+        if path.is_file():
+            return _key_from(path.read_bytes(), "stored", f"in {str(path)!r}")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        material = os.urandom(32).hex().encode()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)  # a stale one may have other permissions; O_EXCL creates it at 0600
+        handle = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+        with handle:
+            handle.write(material)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"cannot keep the noise key at {str(path)!r}: {exc.strerror or exc} (give one with "
+                         f"--noise-key-file or ${KEY_ENV})") from None
+    return _key_from(material, "generated", f"in {str(path)!r}")
 
 
 def random_seed() -> int:
