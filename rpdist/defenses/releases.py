@@ -9,8 +9,8 @@ noise streams, that of randomized response from a hash of (seed, id); so the ans
 on how queries are batched or spread over Ray tasks.
 
 The key is a secret: it comes from a key file, from ``$RPDIST_NOISE_KEY``, or from ``os.urandom``
-(for one process, or kept for one run under the cache directory) (:func:`noise_key`). No key is built
-into the code.
+(:func:`noise_key`; an attack run keeps such a key under the cache directory until it completes,
+:func:`stored_key`). No key is built into the code.
 
 ``forward_passes`` counts model evaluations exactly as they are run.
 """
