@@ -82,7 +82,7 @@ def test_committed_role_models_are_used_as_cached_and_are_those_the_latest_resul
 
 def test_class_disjoint_generator_never_sees_the_class(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(roles, "_train_vae", lambda rec, X, side: seen.update(X=X) or
+    monkeypatch.setattr(roles, "_train_vae", lambda rec, X, side, progress: seen.update(X=X) or
                         roles.VAE(rec["latent"], rec["hidden"], side).state_dict())
     vae = roles.generator(cache_dir=tmp_path, dataset="digits", exclude=3, epochs=1)
     X, y = roles.role_data("public", "digits")
