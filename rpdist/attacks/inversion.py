@@ -299,7 +299,8 @@ class RoleModels:
     def load(cls, spec: InversionSpec, targets: list[int], configs: list[dict], progress: bool = False
              ) -> RoleModels:
         """Each role's model, from the cache or trained now (its epochs on stderr with ``progress``)."""
-        data, dpsgd = spec.dataset, sorted({c["epsilon"] for c in configs}) if spec.defense == "dpsgd" else []
+        data = spec.dataset
+        dpsgd = sorted({c["epsilon"] for c in configs}) if spec.defense == "dpsgd" else []
         return cls(target=roles.target_model(dataset=data, progress=progress),
                    eval=roles.eval_model(dataset=data, progress=progress),
                    generators=prior_generators(spec, targets, progress),
@@ -400,15 +401,17 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
         if progress:
             print(f"  resuming {run_dir.path}: {len(parts.done)} of {len(configs) * len(targets)} (config, class) "
                   "attacks saved", file=sys.stderr)
-    if key is not None and key.source == "random":  # kept, so that a resume answers under the same key
-        key = stored_key(key_store(run_dir))  # (only now: a refused run keeps none)
+    # A random key is kept, so that a resume answers under it (only now: a refused run keeps none).
+    kept_at = key_store(run_dir) if key is not None and key.source == "random" else None
+    if kept_at is not None:
+        key = stored_key(kept_at)
     recorded = (earlier or {}).get("details", {})
     keys_drawn = recorded.get("random_noise_keys", 0)
     if key is not None and key.source == "generated":
         keys_drawn += 1
         if progress:
             print(f"  keyed noise: no --noise-key-file or ${KEY_ENV}, so a random key is kept (mode 0600) in "
-                  f"{key_store(run_dir)} until the run completes", file=sys.stderr)
+                  f"{kept_at} until the run completes", file=sys.stderr)
         if keys_drawn > 1 and progress:
             print("  resuming keyed noise with a new random key (the earlier one was not kept): classes saved "
                   "before ran under another key", file=sys.stderr)
@@ -475,8 +478,8 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
                                finished=dt.datetime.now(dt.timezone.utc).isoformat())
     run_dir.write_manifest(manifest)
     run_dir.store.delete_dir(run_id, "parts")
-    if key is not None and key.source in ("generated", "stored"):
-        key_store(run_dir).unlink(missing_ok=True)  # nothing is left to resume under it
+    if kept_at is not None:
+        kept_at.unlink(missing_ok=True)  # nothing is left to resume under it
     return _outcome(run_dir, manifest)
 
 

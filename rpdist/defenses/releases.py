@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rpdist.errors import InputError
+from rpdist.io.store import atomic_write
 from rpdist.models.refs import ModelRef
 from rpdist.privacy.mechanisms import Certify, Majority, Predict
 
@@ -98,21 +99,21 @@ def stored_key(path: Path) -> NoiseKey:
     """The key kept at ``path``, or, when there is none, 32 ``os.urandom`` bytes written there first (hex, mode
     0600, atomically): a run given no key of its own resumes under the key it started with."""
     path = Path(path)
+    material = os.urandom(32).hex().encode()
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(material)
+            handle.flush()
+            os.fsync(handle.fileno())
+
     try:
         if path.is_file():
             return _key_from(path.read_bytes(), "stored", f"in {str(path)!r}")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        material = os.urandom(32).hex().encode()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)  # a stale one may have other permissions; O_EXCL creates it at 0600
-        handle = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
-        with handle:
-            handle.write(material)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise InputError(f"cannot keep the noise key at {str(path)!r}: {exc.strerror or exc} (give one with "
+        atomic_write(path, write, mode=0o600)
+    except (OSError, InputError) as exc:
+        raise InputError(f"cannot keep the noise key at {str(path)!r}: {getattr(exc, 'strerror', None) or exc} (give one with "
                          f"--noise-key-file or ${KEY_ENV})") from None
     return _key_from(material, "generated", f"in {str(path)!r}")
 

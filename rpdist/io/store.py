@@ -21,8 +21,9 @@ import pyarrow.parquet as pq
 from rpdist.errors import InputError
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
+def atomic_write(path: Path, write, mode: int = 0o644) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place with ``mode`` (the
+    temporary file is 0600 until then, so a secret written with mode 0o600 is never readable by others)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,7 +32,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from other users of a shared disk
+        os.chmod(tmp, mode)  # by default 0644: mkstemp's 0600 would hide results from other users of a shared disk
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
