@@ -313,6 +313,22 @@ def test_folder_table_gives_each_result_its_recorded_time_and_the_sum(tmp_path):
     assert "Time the manifests record: 2 h 07 min for 4 of 6 results" in text  # 7,634.4 s
 
 
+def test_per_point_sweep_names_its_unfinished_points(tmp_path):
+    """A half-finished attack sweep is reported from its finished points, and the report says which are missing."""
+    points = attack_frame().query("defense == 'rp'")
+    done = tmp_path.joinpath("sw", *partition_dir(0.1, 1000, 0.001, 0))
+    done.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(points[points.sigma == 0.1], preserve_index=False), done / "attack.parquet")
+    (done / "manifest.json").write_text(json.dumps({"status": "complete"}))
+    running = tmp_path.joinpath("sw", *partition_dir(0.05, 1000, 0.001, 0))
+    (running / "parts").mkdir(parents=True)  # classes saved so far; no attack.parquet yet
+    (running / "manifest.json").write_text(json.dumps({"status": "running"}))
+    for directory in (tmp_path / "sw", tmp_path):  # the sweep itself, or the folder holding it
+        text = write_report(directory).read_text()
+        assert f"Skipped: {running} holds an unfinished run (status running" in text
+        assert str(done) not in text.split("Skipped:")[1].split("\n")[0]
+
+
 def _make(path: Path, files: dict[str, str]) -> Path:
     path.mkdir()
     for name, content in files.items():

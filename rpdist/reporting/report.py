@@ -80,6 +80,13 @@ def _unfinished(directory: Path) -> str | None:
     return f"{directory} holds an unfinished run (status {status}, no results yet); rerun its command to finish it"
 
 
+def _point_notes(sources: list[Source]) -> list[str]:
+    """Notes for the grid points of per-point sweeps that hold a manifest but no result yet: their tables lack them."""
+    return [note for s in sources if s.sweep and s.analysis.per_point
+            for manifest in sorted(s.path.glob(f"{POINT_GLOB}/manifest.json"))
+            if not (manifest.parent / s.analysis.final_file).is_file() and (note := _unfinished(manifest.parent))]
+
+
 def _read_table(path: Path, analysis: analyses.Analysis) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
@@ -140,7 +147,8 @@ def find_sources(directory: str | Path) -> tuple[list[Source], list[str]]:
         raise InputError(f"{directory} is not a directory")
     found = _found_in(directory)
     if found:
-        return [_load(directory, *item) for item in found], []
+        sources = [_load(directory, *item) for item in found]
+        return sources, _point_notes(sources)
     notes: list[str] = []
     sources: list[Source] = []
     try:
@@ -153,7 +161,7 @@ def find_sources(directory: str | Path) -> tuple[list[Source], list[str]]:
         if not child_found and (note := _unfinished(child)):
             notes.append(note)
     if sources:
-        return sources, notes
+        return sources, notes + _point_notes(sources)
     if note := _unfinished(directory):
         raise InputError(note)
     if notes:
