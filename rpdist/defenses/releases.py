@@ -99,9 +99,8 @@ def stored_key(path: Path) -> NoiseKey:
     """The key kept at ``path``, or, when there is none, 32 ``os.urandom`` bytes written there first (hex, mode
     0600, atomically): a run given no key of its own resumes under the key it started with."""
     path = Path(path)
-    material = os.urandom(32).hex().encode()
 
-    def write(tmp: str) -> None:
+    def write(tmp: str) -> None:  # ``material`` is drawn below, only when no key is kept yet
         with open(tmp, "wb") as handle:
             handle.write(material)
             handle.flush()
@@ -110,6 +109,7 @@ def stored_key(path: Path) -> NoiseKey:
     try:
         if path.is_file():
             return _key_from(path.read_bytes(), "stored", f"in {str(path)!r}")
+        material = os.urandom(32).hex().encode()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(path, write, mode=0o600)
     except (OSError, InputError) as exc:
