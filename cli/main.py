@@ -8,12 +8,13 @@ finished chunks are saved, and rerunning the same command resumes.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
 import typer
 
-from rpdist.errors import ClusterLostError, InputError
+from rpdist.errors import ClusterLostError, InputError, first_line
 
 CLUSTER_LOST = 3  # exit status of a run that lost its cluster: rerun to resume
 
@@ -41,19 +42,37 @@ def root_command():
     return typer.main.get_command(app)
 
 
+class _StderrLines(logging.Handler):
+    """The package's log records as ``rpdist: warning: …`` lines on whatever stderr is at the time."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(f"rpdist: {record.levelname.lower()}: {record.getMessage()}", err=True)
+        except Exception:  # noqa: BLE001 — logging must never end the run
+            self.handleError(record)
+
+
+def configure_logging() -> None:
+    """Warnings from the library (a cache it cannot read or write) reach the user in the CLI's own voice, once."""
+    logger = logging.getLogger("rpdist")
+    if not any(isinstance(handler, _StderrLines) for handler in logger.handlers):
+        logger.addHandler(_StderrLines(logging.WARNING))
+
+
 def fail(message: str) -> None:
     click.echo(f"rpdist: error: {message}", err=True)
     sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
+    configure_logging()
     command = root_command()
     try:
         code = command.main(args=argv, prog_name="rpdist", standalone_mode=False)
     except InputError as exc:
         fail(str(exc).splitlines()[0] if str(exc) else "invalid input")
     except ClusterLostError as exc:
-        click.echo(f"rpdist: error: {str(exc).splitlines()[0]}", err=True)
+        click.echo(f"rpdist: error: {first_line(exc, limit=1000)}", err=True)
         sys.exit(CLUSTER_LOST)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

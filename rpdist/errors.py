@@ -5,6 +5,12 @@ is a bug and keeps its traceback.
 """
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none): errors stay one line."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 class InputError(ValueError):
     """Bad input from the user: a parameter, a file, a dataset or a model."""
 

@@ -211,3 +211,20 @@ def test_results_through_a_non_local_filesystem(ray_session, tmp_path):
     local = run_sweep(spec, out=tmp_path / "local", sweep_id="s", progress=False)
     pd.testing.assert_frame_equal(read_sweep(tmp_path / "bucket" / "s").to_pandas(),
                                   read_sweep(local.path).to_pandas())
+
+
+def test_library_warnings_reach_stderr_as_one_prefixed_line(tmp_path, capsys):
+    import torch
+
+    from rpdist.cli.main import configure_logging
+    from rpdist.models.zoo import cached_state
+
+    configure_logging()
+    configure_logging()  # main() runs it on every call: still one handler, so one line
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"not a torch file")
+    state = cached_state(path, lambda: torch.nn.Linear(2, 2), lambda: torch.nn.Linear(2, 2).state_dict())
+    assert set(state) == {"weight", "bias"}
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"rpdist: warning: ignoring unreadable cached model {path}")

@@ -286,6 +286,19 @@ def test_submit_waits_follows_and_reports_failures(monkeypatch, tmp_path, final,
     assert len(client.statuses) == (3 if not wait and not follow else 1)  # --no-wait never polls
 
 
+def test_a_failed_job_without_a_message_says_only_its_status(monkeypatch, tmp_path):
+    import rpdist.pipelines.submit as sub
+
+    client = FakeJobClient(["PENDING", "FAILED"], message=None)
+    monkeypatch.setattr(sub, "connect", lambda address: client)
+    monkeypatch.setattr(sub, "_sleep", lambda s: None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(sub.JobFailedError) as failed:
+        sub.submit("127.0.0.1:8265", ["report", str(tmp_path)], root_command(), follow=False, wait=True,
+                   echo=lambda line: None, write=lambda text: None)
+    assert str(failed.value) == "job raysubmit_fake FAILED"
+
+
 def _free_ports(count: int) -> list[int]:
     """Distinct free ports: all sockets are held open until every port is picked."""
     sockets = [socket.socket() for _ in range(count)]

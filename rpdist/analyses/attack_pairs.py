@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from rpdist.analyses.attack import SETTING, AttackAnalysis
-from rpdist.errors import InputError
+from rpdist.errors import InputError, first_line
 from rpdist.smoothing.stats import clopper_pearson, discordant, paired_difference
 
 ATTACK_FILE = AttackAnalysis.final_file
@@ -87,7 +87,7 @@ def _read_side(directory: Path) -> Side:
         try:
             table = pq.read_table(directory / ATTACK_FILE).to_pandas()
         except Exception as exc:  # noqa: BLE001 — an unreadable file is the user's input
-            raise InputError(f"cannot read {directory / ATTACK_FILE}: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"cannot read {directory / ATTACK_FILE}: {first_line(exc)}") from None
         if "seed" not in table.columns:  # the seed used (drawn from os.urandom when none was given)
             seed = (manifest.get("details") or {}).get("seed", (manifest.get("config") or {}).get("seed"))
             if seed is None:
@@ -108,7 +108,7 @@ def _read_side(directory: Path) -> Side:
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"cannot read the sweep in {root}: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"cannot read the sweep in {root}: {first_line(exc)}") from None
         for key, value in fixed.items():  # a folder inside the sweep: its grid values, as the path gives them
             table = table[_matches(table[key], value)]
     missing = [c for c in (*AttackAnalysis.required_columns, *PAIR_KEYS) if c not in table.columns]

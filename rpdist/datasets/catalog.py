@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rpdist.errors import InputError
+from rpdist.errors import InputError, first_line
 
 __all__ = ["Dataset", "load_dataset", "list_datasets", "split_indices", "BUILTINS", "SPLITS"]
 
@@ -350,7 +350,7 @@ def _read_table(path: Path, label_column: str) -> tuple[dict, tuple]:
     except pd.errors.EmptyDataError:
         raise InputError(f"{where}: the file is empty") from None
     except Exception as exc:
-        raise InputError(f"cannot read {where}: {_first_line(exc)}") from None
+        raise InputError(f"cannot read {where}: {first_line(exc)}") from None
 
     frame.columns = [str(c) for c in frame.columns]
     if len(frame) == 0:
@@ -409,7 +409,7 @@ def _read_npz(path: Path, label_column: str) -> tuple[dict, tuple]:
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"cannot read {where} as .npz without pickles: {_first_line(exc)}") from None
+        raise InputError(f"cannot read {where} as .npz without pickles: {first_line(exc)}") from None
 
     if X.dtype.kind not in "biuf":
         raise InputError(f"{where}: array 'X' must be numeric, got dtype {X.dtype}")
@@ -446,9 +446,6 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------

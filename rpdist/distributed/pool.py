@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 
-from rpdist.errors import InputError
+from rpdist.errors import InputError, first_line
 from rpdist.models.refs import ModelRef
 
 INLINE_PIECE = 64 * 1024  # bytes per creation argument: under Ray's inline limit (max_direct_call_object_size)
@@ -30,7 +30,7 @@ def ensure_ray(address: str | None = None) -> None:
         else:
             ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     except ConnectionError as exc:
-        raise InputError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"cannot reach the Ray cluster at {address}: {first_line(exc)}") from None
 
 
 @dataclass(frozen=True)

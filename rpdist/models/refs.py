@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rpdist.errors import InputError
+from rpdist.errors import InputError, first_line
 
 TORCHSCRIPT = "torchscript"
 STATE_DICT = "state_dict"
@@ -106,7 +106,7 @@ def load_model_file(path: str | Path, arch: str | None = None, arch_kwargs: dict
         try:
             state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise InputError(f"{path} is not a plain state dict loadable with weights_only=True ({_first_line(exc)})") from None
+            raise InputError(f"{path} is not a plain state dict loadable with weights_only=True ({first_line(exc)})") from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise InputError(f"{path} does not hold a state dict of tensors")
         ref = ModelRef.from_state_dict(arch, arch_kwargs or {}, state)
@@ -115,7 +115,7 @@ def load_model_file(path: str | Path, arch: str | None = None, arch_kwargs: dict
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(f"{path} does not fit architecture {arch!r}: {_first_line(exc)}") from None
+            raise InputError(f"{path} does not fit architecture {arch!r}: {first_line(exc)}") from None
         return ref
     if not zipfile.is_zipfile(io.BytesIO(payload)):
         raise InputError(f"{path} is not a TorchScript file (not a zip archive)")
@@ -130,10 +130,5 @@ def load_model_file(path: str | Path, arch: str | None = None, arch_kwargs: dict
     try:
         ref.load()
     except Exception as exc:
-        raise InputError(f"cannot read TorchScript model {path}: {_first_line(exc)}") from None
+        raise InputError(f"cannot read TorchScript model {path}: {first_line(exc)}") from None
     return ref
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -23,7 +23,7 @@ from torch import nn
 from rpdist.models import architectures
 from rpdist.datasets.catalog import SPLIT_SEED, TEST_FRACTION, load_dataset
 from rpdist.reporting.progress import SampleProgress
-from rpdist.errors import InputError
+from rpdist.errors import InputError, first_line
 from rpdist.models.refs import ModelRef
 from rpdist.io.store import atomic_write
 
@@ -222,7 +222,7 @@ def cached_state(path: Path, build, train) -> dict[str, torch.Tensor]:
             build().load_state_dict(state, strict=True)
             return state
         except Exception as exc:  # a truncated or foreign file is just a cache miss
-            log.warning("ignoring unreadable cached model %s (%s); retraining", path, exc)
+            log.warning("ignoring unreadable cached model %s (%s); retraining", path, first_line(exc))
     state = train()
 
     def write(tmp: str) -> None:
@@ -234,7 +234,7 @@ def cached_state(path: Path, build, train) -> dict[str, torch.Tensor]:
     try:
         atomic_write(path, write)
     except (OSError, InputError) as exc:
-        log.warning("could not cache %s (%s)", path, exc)
+        log.warning("could not cache %s (%s)", path, first_line(exc))
     return state
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from rpdist.errors import InputError
+from rpdist.errors import InputError, first_line
 
 #: Environment of the job on the cluster (on top of the environment of the cluster's Ray).
 JOB_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
@@ -94,7 +94,7 @@ def connect(address: str | None):
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # connection, version or authentication failures of the SDK
-        raise InputError(f"cannot use the Ray job API at {address}: {_first_line(exc)}") from None
+        raise InputError(f"cannot use the Ray job API at {address}: {first_line(exc)}") from None
 
 
 def prepare(rpdist_args: list[str], staging_dir: str | Path, commands) -> PreparedJob:
@@ -160,7 +160,7 @@ def submit(
             job_id = client.submit_job(entrypoint=job.entrypoint, runtime_env=runtime_env,
                                        metadata={"rpdist_args": shlex.join(rpdist_args)[:4096]})
         except Exception as exc:
-            raise InputError(f"the cluster refused the job: {_first_line(exc)}") from None
+            raise InputError(f"the cluster refused the job: {first_line(exc)}") from None
     echo(f"submitted job {job_id} to {address}")
     echo(f"  entrypoint: {job.entrypoint}")
     for local, name in job.staged.items():
@@ -182,7 +182,7 @@ def submit(
     except (JobFailedError, KeyboardInterrupt):
         raise
     except Exception as exc:  # the job API went away after the submission
-        raise InputError(f"lost the Ray job API at {address} while watching {job_id}: {_first_line(exc)}") from None
+        raise InputError(f"lost the Ray job API at {address} while watching {job_id}: {first_line(exc)}") from None
     return job_id
 
 
@@ -211,7 +211,7 @@ def follow_job(client, job_id: str, write: Callable[[str], None] | None = None, 
     try:
         asyncio.run(tail())
     except Exception as exc:  # the stream broke off; the status below still tells how the job ended
-        print(f"rpdist: the log stream of {job_id} broke off ({_first_line(exc)}); waiting for the job to end",
+        print(f"rpdist: the log stream of {job_id} broke off ({first_line(exc)}); waiting for the job to end",
               file=sys.stderr)
     status = job_status(client, job_id)
     while status not in TERMINAL:
@@ -222,10 +222,10 @@ def follow_job(client, job_id: str, write: Callable[[str], None] | None = None, 
 
 def _job_message(client, job_id: str) -> str:
     try:
-        message = _first_line(client.get_job_info(job_id).message or "")
+        lines = (client.get_job_info(job_id).message or "").strip().splitlines()
     except Exception:
         return ""
-    return message.split(", last available logs", 1)[0]  # the logs were already shown
+    return lines[0].split(", last available logs", 1)[0] if lines else ""  # the logs were already shown
 
 
 def _sleep(seconds: float) -> None:
@@ -237,9 +237,6 @@ def _write_stdout(text: str) -> None:
     sys.stdout.flush()
 
 
-def _first_line(exc: object) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _Staging:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from rpdist import analyses
-from rpdist.errors import InputError
+from rpdist.errors import InputError, first_line
 from rpdist.io.store import atomic_write
 from rpdist.reporting.format import duration, flatten, fmt, md_table
 from rpdist.reporting.plots import DPI
@@ -93,8 +93,7 @@ def _read_table(path: Path, analysis: analyses.Analysis) -> pd.DataFrame:
     try:
         df = pq.read_table(path).to_pandas()
     except Exception as exc:  # noqa: BLE001 — any unreadable file is the user's input
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"cannot read {path}: {first}") from None
+        raise InputError(f"cannot read {path}: {first_line(exc)}") from None
     missing = [c for c in analysis.required_columns if c not in df.columns]
     if missing:
         raise InputError(f"{path} is not an rpdist {analysis.name} table: column {missing[0]!r} is missing")
@@ -127,8 +126,7 @@ def _load(directory: Path, analysis: analyses.Analysis | None, sweep: bool) -> S
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"cannot read the sweep in {directory}: {first}") from None
+        raise InputError(f"cannot read the sweep in {directory}: {first_line(exc)}") from None
     analysis = analyses.of_table(df)
     missing = [c for c in analysis.required_columns if c not in df.columns]
     if missing:

@@ -25,7 +25,7 @@ from rpdist.distributed.plan import PhaseSpec, Plan
 from rpdist.distributed.pool import default_batch_size, ensure_ray, get_pool
 from rpdist.reporting.progress import SampleProgress
 from rpdist.distributed.scheduler import run_plan
-from rpdist.errors import InputError
+from rpdist.errors import InputError, first_line
 from rpdist.models.refs import ModelRef, load_model_file
 from rpdist.smoothing.noise import DEFAULT_BLOCK, MAX_BLOCKS, Phase, num_blocks
 from rpdist.io.schemas import certificate_schema, prediction_schema
@@ -160,8 +160,7 @@ def _probe(model_ref: ModelRef, X: np.ndarray) -> int:
         with torch.inference_mode():
             logits = model(torch.as_tensor(X[:2]))
     except Exception as exc:
-        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"the model does not accept inputs of shape {list(X.shape[1:])}: {line[:200]}") from None
+        raise InputError(f"the model does not accept inputs of shape {list(X.shape[1:])}: {first_line(exc)}") from None
     if logits.ndim != 2 or logits.shape[0] != min(2, len(X)) or logits.shape[1] < 1:
         raise InputError(f"the model must map [B, ...] to logits [B, classes], got output shape {list(logits.shape)}")
     return int(logits.shape[1])
