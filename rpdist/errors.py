@@ -11,6 +11,11 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return lines[0][:limit] if lines else type(exc).__name__
 
 
+def whole_message(exc: BaseException, limit: int = 200) -> str:
+    """All of an exception's message on one line (a YAML or OS error spreads its context over several lines)."""
+    return " ".join(str(exc).split())[:limit]
+
+
 class InputError(ValueError):
     """Bad input from the user: a parameter, a file, a dataset or a model."""
 

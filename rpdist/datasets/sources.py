@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rpdist.errors import InputError
+from rpdist.errors import InputError, whole_message
 
 READ_BATCH = 16_384  # rows decoded at a time
 
@@ -83,7 +83,7 @@ def scan_parquet(path: str | Path, label_column: str) -> tuple[tuple[str, ...], 
     try:
         reader = pq.ParquetFile(str(path))
     except Exception as exc:
-        raise InputError(f"cannot read {path}: {' '.join(str(exc).split())[:200]}") from None
+        raise InputError(f"cannot read {path}: {whole_message(exc)}") from None
     schema = reader.schema_arrow
     names = [n for n in schema.names if n != label_column]
     if not names:

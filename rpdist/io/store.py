@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from rpdist.errors import InputError
+from rpdist.errors import InputError, whole_message
 
 
 def atomic_write(path: Path, write, mode: int = 0o644) -> None:
@@ -62,7 +62,7 @@ class Store:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(str(root))
             except (pa.ArrowException, ValueError, OSError) as exc:
-                raise InputError(f"cannot use results location {root}: {' '.join(str(exc).split())[:200]}") from None
+                raise InputError(f"cannot use results location {root}: {whole_message(exc)}") from None
         else:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(root)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -139,7 +139,7 @@ class Store:
             self._upload(self.path(probe), b"")
             self.fs.delete_file(self.path(probe))
         except OSError as exc:
-            raise InputError(f"cannot write results under {self.display}: {' '.join(str(exc).split())[:200]}") from None
+            raise InputError(f"cannot write results under {self.display}: {whole_message(exc)}") from None
 
     def claim(self, run_id: str, config: dict, id_flag: str = "run id",
               compare: Callable[[dict], dict] | None = None) -> dict | None:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rpdist import analyses
 from rpdist.smoothing import stats
-from rpdist.errors import InputError
+from rpdist.errors import InputError, whole_message
 from rpdist.specs import input_error
 from rpdist.smoothing.noise import DEFAULT_BLOCK, NOISE_SCHEME, Phase
 from rpdist.analyses.base import Outcome
@@ -272,7 +272,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+        raise InputError(f"{path}: not valid YAML ({whole_message(exc)})") from None
     return parse_sweep(data, str(path))
 
 
