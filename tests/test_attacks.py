@@ -232,6 +232,7 @@ def test_an_interrupted_attack_resumes_with_the_classes_left_and_writes_what_one
 
     from rpdist.attacks import inversion
     from rpdist.attacks.parts import AttackParts
+    from rpdist.defenses.releases import KEY_ENV
     from rpdist.errors import InputError
     from rpdist.io.rundir import RunDir
 
@@ -271,6 +272,13 @@ def test_an_interrupted_attack_resumes_with_the_classes_left_and_writes_what_one
         inversion.run_inversion(inversion.InversionSpec(out=str(tmp_path), run_id="cut", **spec))
     assert sorted(p.name for p in (tmp_path / "cut" / "parts").iterdir()) == before
     (tmp_path / "cut" / "manifest.json").write_text(json.dumps(first))
+    # Another key than the kept one it drew: refused, and nothing written.
+    monkeypatch.setenv(KEY_ENV, "another key of enough length")
+    with pytest.raises(InputError, match=f"another noise key \\(check value {first['details']['noise_key']['check']}"):
+        inversion.run_inversion(inversion.InversionSpec(out=str(tmp_path), run_id="cut", **spec))
+    monkeypatch.delenv(KEY_ENV)
+    assert sorted(p.name for p in (tmp_path / "cut" / "parts").iterdir()) == before
+    assert json.loads((tmp_path / "cut" / "manifest.json").read_text()) == first
 
     attacked.clear()
     resumed = inversion.run_inversion(inversion.InversionSpec(out=str(tmp_path), run_id="cut",

@@ -83,6 +83,32 @@ def test_key_comes_from_file_or_environment_else_random(tmp_path):
         noise_key(tmp_path / "missing", environ={})
 
 
+def test_a_resumed_run_refuses_a_key_other_than_the_one_its_saved_classes_ran_under(tmp_path):
+    """The manifest's check value names a key without holding it: the same material from a file or the
+    environment gives one check value, other material another, so a resume under a changed key file or
+    $RPDIST_NOISE_KEY, or without the key it was given, is refused; a run that drew its own key may draw again."""
+    from rpdist.attacks.inversion import check_resumed_key
+    from rpdist.io.rundir import RunDir
+
+    (tmp_path / "key").write_bytes(b"correct horse battery staple\n")
+    given = noise_key(tmp_path / "key", environ={})
+    same = noise_key(None, environ={KEY_ENV: "correct horse battery staple"})
+    other = noise_key(None, environ={KEY_ENV: "correct horse battery stapler"})
+    drawn = noise_key(None, environ={})
+    assert given.check == same.check != other.check and len(given.check) == 6
+    assert given.check not in given.secret.hex() and "correct" not in json.dumps(given.describe())
+    run = RunDir(str(tmp_path), "cut", "attack.parquet")
+    check_resumed_key(run, given.describe(), same)  # the same key, now from the environment: resumes
+    check_resumed_key(run, {"source": "environment"}, same)  # a manifest from before check values: resumes
+    with pytest.raises(InputError, match=f"another noise key \\(check value {given.check}, this key's is {other.check}"):
+        check_resumed_key(run, given.describe(), other)
+    with pytest.raises(InputError, match="started under a noise key from --noise-key-file; give the same key"):
+        check_resumed_key(run, given.describe(), drawn)
+    with pytest.raises(InputError, match="another noise key"):  # a kept key exists, another is given
+        check_resumed_key(run, {**drawn.describe(), "source": "generated"}, given)
+    check_resumed_key(run, {**drawn.describe(), "source": "generated"}, noise_key(None, environ={}))  # kept key lost
+
+
 def test_a_run_without_a_key_keeps_the_one_it_draws_private_and_reads_it_back(tmp_path):
     """stored_key: drawn once, written 0600 even under a permissive umask, the same secret when read back (as a
     --noise-key-file of it gives), and one clear line when it cannot be kept."""

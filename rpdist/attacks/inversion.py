@@ -342,6 +342,21 @@ def run_secrets(spec: InversionSpec, configs: list[dict], earlier: dict | None =
     return seed, source, noise_key(spec.noise_key_file) if keyed else None
 
 
+def check_resumed_key(run_dir: RunDir, before: dict, key) -> None:
+    """Refuse to resume keyed noise under another key than the saved classes ran under (``before``: their
+    manifest's ``details.noise_key``). A key the user gave (a file or ``$RPDIST_NOISE_KEY``) must be given again,
+    the same one; a key the run drew itself may be lost with its cache directory, and a new one is then drawn
+    (said and counted in ``details.random_noise_keys``)."""
+    given = {"file": "--noise-key-file", "environment": f"${KEY_ENV}"}
+    if before.get("source") in given and key.source not in given:
+        raise InputError(f"{run_dir.path} was started under a noise key from {given[before['source']]}; give the "
+                         "same key again to resume it (a run does not mix keys), or start a new run id")
+    if key.source in given and before.get("check", key.check) != key.check:
+        raise InputError(f"{run_dir.path} was started under another noise key (check value {before['check']}, this "
+                         f"key's is {key.check}); resume it with the key it started with (a run does not mix keys), "
+                         "or start a new run id")
+
+
 def key_store(run_dir: RunDir):
     """Where a run given no noise key keeps the one it draws: under the cache directory (never beside the
     results, which get shared), named by a hash of the run's location."""
@@ -388,6 +403,8 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     parts = AttackParts(run_dir, targets)
     earlier = existing if existing is not None and parts.done else None
     seed, seed_source, key = run_secrets(spec, configs, earlier)
+    if key is not None and earlier is not None:
+        check_resumed_key(run_dir, earlier.get("details", {}).get("noise_key", {}), key)
 
     from rpdist.distributed.pool import ensure_ray
 

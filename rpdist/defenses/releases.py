@@ -40,6 +40,10 @@ CERTIFY_N0 = 100  # the certify release's selection samples, charged to its forw
 ABSTAIN = -1
 KEY_ENV = "RPDIST_NOISE_KEY"
 MIN_KEY_BYTES = 16
+# A key's check value is 24 bits of PBKDF2-SHA256 of the key at this many rounds: enough for a resumed run to tell
+# another key from the one it started with (two keys share a check value with probability 2^-24), too few bits to
+# single out a random key, and slow to compute (about 0.1 s on one core), so that guessing a weak key from it is slow.
+KEY_CHECK_ROUNDS = 200_000
 # Width of a keyed-grid cell, in units of the release's σ. Over keys, a nudge δ moves a point into another
 # cell with probability ≤ ‖Rδ‖₁ / width (R: the grid's secret rotation; its offset is uniform), about
 # 0.8·√d·‖δ‖₂ / width: at 4σ a 1e-3σ nudge leaves its cell in 0.07% of queries on insurance, 0.16% on 8x8
@@ -53,19 +57,24 @@ KEY_GRID_UNITS = 1.0
 
 @dataclass(frozen=True)
 class NoiseKey:
-    """A secret key for keyed noise and where it came from; only ``source`` may be recorded."""
+    """A secret key for keyed noise and where it came from; only ``source`` and ``check`` may be recorded."""
 
     secret: bytes = field(repr=False)
     source: str  # "file", "environment", "random", or "generated" / "stored" (see stored_key)
 
+    @functools.cached_property
+    def check(self) -> str:
+        """The key's check value (6 hex digits; see ``KEY_CHECK_ROUNDS``), the manifest's way to name a key."""
+        return hashlib.pbkdf2_hmac("sha256", self.secret, b"rpdist noise key check", KEY_CHECK_ROUNDS)[:3].hex()
+
     def describe(self) -> dict:
-        """What a manifest may say about the key: its source, never the key."""
+        """What a manifest may say about the key: its source and check value, never the key."""
         text = {"file": "read from --noise-key-file", "environment": f"read from ${KEY_ENV}",
                 "random": "drawn from os.urandom for this run only (not stored)",
                 "generated": "drawn from os.urandom and kept (mode 0600) under the cache directory until the run "
                              "completes",
                 "stored": "read back from the cache directory, where this run kept the key it drew"}[self.source]
-        return {"source": self.source, "description": text}
+        return {"source": self.source, "description": text, "check": self.check}
 
 
 def _key_from(material: bytes, source: str, where: str) -> NoiseKey:
