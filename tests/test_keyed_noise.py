@@ -102,7 +102,7 @@ def test_a_resumed_run_refuses_a_key_other_than_the_one_its_saved_classes_ran_un
     check_resumed_key(run, {"source": "environment"}, same)  # a manifest from before check values: resumes
     with pytest.raises(InputError, match=f"another noise key \\(check value {given.check}, this key's is {other.check}"):
         check_resumed_key(run, given.describe(), other)
-    with pytest.raises(InputError, match="started under a noise key from --noise-key-file; give the same key"):
+    with pytest.raises(InputError, match="from --noise-key-file; give the same key.*a sweep, another --sweep-id or --out"):
         check_resumed_key(run, given.describe(), drawn)
     with pytest.raises(InputError, match="another noise key"):  # a kept key exists, another is given
         check_resumed_key(run, {**drawn.describe(), "source": "generated"}, given)

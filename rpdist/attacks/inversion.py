@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from rpdist.models.refs import ModelRef
 
 ATTACK = REGISTRY[AttackAnalysis.name]
+ELSEWHERE = "or start a new run elsewhere (another --run-id; for a sweep, another --sweep-id or --out)"  # a refused resume's way out
 CLIP_ONLY = float("inf")  # the epsilon of the DP-SGD clip-only control (no noise: no privacy)
 DEFAULT_SIGMAS, DEFAULT_NS = [0.1, 0.25, 0.5], [200]
 
@@ -350,11 +351,11 @@ def check_resumed_key(run_dir: RunDir, before: dict, key) -> None:
     given = {"file": "--noise-key-file", "environment": f"${KEY_ENV}"}
     if before.get("source") in given and key.source not in given:
         raise InputError(f"{run_dir.path} was started under a noise key from {given[before['source']]}; give the "
-                         "same key again to resume it (a run does not mix keys), or start a new run id")
+                         "same key again to resume it (a run does not mix keys), " + ELSEWHERE)
     if key.source in given and before.get("check", key.check) != key.check:
         raise InputError(f"{run_dir.path} was started under another noise key (check value {before['check']}, this "
                          f"key's is {key.check}); resume it with the key it started with (a run does not mix keys), "
-                         "or start a new run id")
+                         + ELSEWHERE)
 
 
 def key_store(run_dir: RunDir):
@@ -515,7 +516,7 @@ def _check_models(run_dir: RunDir, earlier: dict, mine: dict) -> None:
         name = changed[0]
         raise InputError(f"{run_dir.path} was started on another {name} model ({before[name][:8]}, this "
                          f"machine's is {mine[name]['sha256'][:8]}); a run does not mix models: resume it with "
-                         "the $RPDIST_CACHE that started it, or start a new run id")
+                         "the $RPDIST_CACHE that started it, " + ELSEWHERE)
 
 
 class _Clock:
