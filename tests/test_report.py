@@ -322,10 +322,12 @@ def test_per_point_sweep_names_its_unfinished_points(tmp_path):
     (done / "manifest.json").write_text(json.dumps({"status": "complete"}))
     running = tmp_path.joinpath("sw", *partition_dir(0.05, 1000, 0.001, 0))
     (running / "parts").mkdir(parents=True)  # classes saved so far; no attack.parquet yet
+    for chunk in (0, 1):
+        (running / "parts" / f"chunk-{chunk:06d}.parquet").write_bytes(b"")  # counted, never read
     (running / "manifest.json").write_text(json.dumps({"status": "running"}))
     for directory in (tmp_path / "sw", tmp_path):  # the sweep itself, or the folder holding it
         text = write_report(directory).read_text()
-        assert f"Skipped: {running} holds an unfinished run (status running" in text
+        assert f"Skipped: {running} holds an unfinished run (status running, 2 chunks saved, no final table" in text
         assert str(done) not in text.split("Skipped:")[1].split("\n")[0]
 
 

@@ -72,12 +72,14 @@ def _found_in(directory: Path) -> list[tuple[analyses.Analysis, bool]]:
 
 
 def _unfinished(directory: Path) -> str | None:
-    """A note for a run directory that has a manifest but no results yet."""
+    """A note for a run directory that has a manifest but no final results yet, with the chunks it saved."""
     manifest = directory / "manifest.json"
     if not manifest.is_file():
         return None
     status = (_manifest(directory) or {}).get("status", "unknown")
-    return f"{directory} holds an unfinished run (status {status}, no results yet); rerun its command to finish it"
+    chunks = len(list((directory / "parts").glob("chunk-*.parquet")))  # saved work a rerun resumes from
+    saved = f"{chunks} chunk{'s' * (chunks != 1)} saved, no final table yet" if chunks else "no results yet"
+    return f"{directory} holds an unfinished run (status {status}, {saved}); rerun its command to finish it"
 
 
 def _point_notes(sources: list[Source]) -> list[str]:
