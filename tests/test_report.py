@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -329,6 +330,10 @@ def test_per_point_sweep_names_its_unfinished_points(tmp_path):
         text = write_report(directory).read_text()
         assert f"Skipped: {running} holds an unfinished run (status running, 2 chunks saved, no final table" in text
         assert str(done) not in text.split("Skipped:")[1].split("\n")[0]
+    shutil.copytree(running, tmp_path.joinpath("begun", *partition_dir(0.05, 1000, 0.001, 0)))
+    (tmp_path / "begun" / "manifest.json").write_text(json.dumps({"status": "running"}))  # a sweep with no point done
+    text = write_report(tmp_path).read_text()
+    assert f"Skipped: {tmp_path / 'begun'} holds an unfinished run (status running, 2 chunks saved" in text
 
 
 def _make(path: Path, files: dict[str, str]) -> Path:

@@ -77,7 +77,7 @@ def _unfinished(directory: Path) -> str | None:
     if not manifest.is_file():
         return None
     status = (_manifest(directory) or {}).get("status", "unknown")
-    chunks = len(list((directory / "parts").glob("chunk-*.parquet")))  # saved work a rerun resumes from
+    chunks = sum(1 for _ in directory.glob("**/parts/chunk-*.parquet"))  # a run's or a sweep's points' saved work
     saved = f"{chunks} chunk{'s' * (chunks != 1)} saved, no final table yet" if chunks else "no results yet"
     return f"{directory} holds an unfinished run (status {status}, {saved}); rerun its command to finish it"
 
