@@ -495,7 +495,7 @@ def run_inversion(spec: InversionSpec, progress: bool = False) -> Outcome:
     manifest["timings"].update(seconds=clock.total + time.perf_counter() - session,
                                finished=dt.datetime.now(dt.timezone.utc).isoformat())
     run_dir.write_manifest(manifest)
-    run_dir.store.delete_dir(run_id, "parts")
+    run_dir.drop_chunks()
     if kept_at is not None:
         kept_at.unlink(missing_ok=True)  # nothing is left to resume under it
     return _outcome(run_dir, manifest)

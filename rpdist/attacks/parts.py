@@ -55,10 +55,9 @@ class AttackParts:
         return self._read(range(configs * len(self.targets)))
 
     def _read(self, chunks) -> tuple[pd.DataFrame, np.ndarray]:
-        store, run_id = self.run_dir.store, self.run_dir.run_id
         frames, images = [], []
         for chunk in chunks:
-            table = store.read_table(store.path(run_id, "parts", f"chunk-{chunk:06d}.parquet"))
+            table = self.run_dir.store.read_table(self.run_dir.chunk_path(chunk))
             images += [np.asarray(image, dtype=np.float32) for image in table.column(IMAGE).to_pylist()]
             frames.append(table.drop_columns([IMAGE]).to_pandas().assign(config=chunk // len(self.targets)))
         return pd.concat(frames, ignore_index=True), np.stack(images)

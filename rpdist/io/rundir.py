@@ -10,6 +10,14 @@ import pyarrow.parquet as pq
 
 from rpdist.io.store import open_run
 
+PARTS = "parts"  # the run directory's folder of chunk files, there only while the run is unfinished
+CHUNK_GLOB = "chunk-*.parquet"
+
+
+def chunk_name(chunk: int) -> str:
+    """A chunk's file name, zero-padded so that names sort in chunk order."""
+    return f"chunk-{chunk:06d}.parquet"
+
 
 class RunDir:
     """``OUT/RUN_ID/``: chunk files while running, one final Parquet file and a manifest when done."""
@@ -47,14 +55,21 @@ class RunDir:
 
     def finished_chunks(self) -> set[int]:
         return {int(path.rsplit("/", 1)[1].split("-")[1].split(".")[0])
-                for path in self.store.files(self.run_id, "parts") if path.endswith(".parquet")}
+                for path in self.store.files(self.run_id, PARTS) if path.endswith(".parquet")}
+
+    def chunk_path(self, chunk: int) -> str:
+        return self.store.path(self.run_id, PARTS, chunk_name(chunk))
 
     def chunk_paths(self) -> list[str]:
         """The finished chunk files, in chunk order."""
-        return [self.store.path(self.run_id, "parts", f"chunk-{c:06d}.parquet") for c in sorted(self.finished_chunks())]
+        return [self.chunk_path(c) for c in sorted(self.finished_chunks())]
 
     def write_chunk(self, chunk: int, table: pa.Table) -> None:
-        self.store.write_parquet(table, self.run_id, "parts", f"chunk-{chunk:06d}.parquet")
+        self.store.write_parquet(table, self.run_id, PARTS, chunk_name(chunk))
+
+    def drop_chunks(self) -> None:
+        """Delete the chunk files once the final table holds their rows."""
+        self.store.delete_dir(self.run_id, PARTS)
 
     def finish(self, schema: pa.Schema, manifest: dict) -> None:
         """Stream the chunk files, in order, into the final file; then drop them.
@@ -70,4 +85,4 @@ class RunDir:
 
         self.store.publish((self.run_id, self.final_name), merge)
         self.write_manifest(manifest)
-        self.store.delete_dir(self.run_id, "parts")
+        self.drop_chunks()

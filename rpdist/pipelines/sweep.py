@@ -37,6 +37,7 @@ from rpdist.attacks.brep import ABSTAIN_AWARE, EXACT, PLAIN, PRIORS, PUBLIC, nud
 from rpdist.defenses import DEFENSES
 from rpdist.defenses.releases import FRESH, KEYED, SMOOTHED_RELEASES
 from rpdist.io.manifest import new_manifest, recorded_models
+from rpdist.io.rundir import chunk_name
 from rpdist.io.store import Store, describe_change, open_run
 from rpdist.privacy.staged import DEFAULT_PILOT
 from rpdist.smoothing.job import CERTIFY, PREDICT, SmoothingConfig, SmoothingJob
@@ -374,14 +375,14 @@ def run_sweep(spec: SweepSpec, *, out: str | Path = "results", sweep_id: str, wo
             configs = spec.configs(sigma, seed)
             dirs = [(sweep_id, *partition_dir(sigma, c.n, c.alpha, seed)) for c in configs]
             done = {c for c in range(job.plan.num_chunks)
-                    if all(store.exists(*d, f"chunk-{c:06d}.parquet") for d in dirs)}
+                    if all(store.exists(*d, chunk_name(c)) for d in dirs)}
             meter = job.meter(done, enabled=progress)
             for chunk, counts in job.block_counts(skip=done, meter=meter, on_unit=on_unit):
                 rows = job.plan.chunk_rows(chunk)
                 for config, directory in zip(configs, dirs):
                     table = job.table(rows, prefix_counts(counts, config.n, spec.block), config)
                     store.write_parquet(table.drop_columns([name for name, _ in PARTITIONS]),
-                                        *directory, f"chunk-{chunk:06d}.parquet")
+                                        *directory, chunk_name(chunk))
                 samples = job.plan.samples([chunk])
                 computed, session = computed + samples, session + samples
                 forward["used"] = computed

@@ -382,8 +382,7 @@ def run_audit(spec: AuditSpec, progress: bool = False, on_unit=None):
         releases += len(keys) - sum(len(range(*releases_job.plan.chunk_rows(c))) for c in skip)
         samples += meter.done
     seconds = time.perf_counter() - clock
-    parts = [run_dir.store.read_table(p) for p in sorted(run_dir.store.files(run_dir.run_id, "parts"))
-             if p.endswith(".parquet")]
+    parts = [run_dir.store.read_table(p) for p in run_dir.chunk_paths()]
     trials = pa.concat_tables(parts).to_pandas()
     table = score_pairs(spec, trials, certificates, first.num_classes)
     run_dir.write_table(pa.Table.from_pandas(trials, preserve_index=False), "trials.parquet")
@@ -395,5 +394,5 @@ def run_audit(spec: AuditSpec, progress: bool = False, on_unit=None):
         "releases_per_second": releases / max(seconds, 1e-9), "resumed_chunks": len(done)})
     manifest["details"] = {"chunks": offset, "summary": audit.summarize(table)}
     run_dir.write_manifest(manifest)
-    run_dir.store.delete_dir(run_dir.run_id, "parts")
+    run_dir.drop_chunks()
     return audit.outcome(run_dir, manifest, len(done))

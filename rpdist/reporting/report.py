@@ -22,12 +22,13 @@ import pandas as pd
 
 from rpdist import analyses
 from rpdist.errors import InputError, first_line
+from rpdist.io.rundir import CHUNK_GLOB, PARTS
 from rpdist.io.store import atomic_write
 from rpdist.reporting.format import duration, flatten, fmt, md_table
 from rpdist.reporting.plots import DPI
 
 POINT_GLOB = "sigma=*/n=*/alpha=*/seed=*"
-SWEEP_GLOB = f"{POINT_GLOB}/chunk-*.parquet"
+SWEEP_GLOB = f"{POINT_GLOB}/{CHUNK_GLOB}"
 
 
 @dataclass
@@ -77,7 +78,7 @@ def _unfinished(directory: Path) -> str | None:
     if not manifest.is_file():
         return None
     status = (_manifest(directory) or {}).get("status", "unknown")
-    chunks = sum(1 for _ in directory.glob("**/parts/chunk-*.parquet"))  # a run's or a sweep's points' saved work
+    chunks = sum(1 for _ in directory.glob(f"**/{PARTS}/{CHUNK_GLOB}"))  # a run's or a sweep's points' saved work
     saved = f"{chunks} chunk{'s' * (chunks != 1)} saved, no final table yet" if chunks else "no results yet"
     return f"{directory} holds an unfinished run (status {status}, {saved}); rerun its command to finish it"
 
